@@ -1,0 +1,253 @@
+//! The command line: the original's `-p` and `-d`, plus `--name`, and the messages the binary
+//! prints about them. Kept in the library so that parsing and messages are unit-tested, and
+//! `main.rs` stays a few lines long.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::api::{PRINT_CAP, SUM_BODY_CAP};
+use crate::harness::{BYTES_CAP, CHUNK_DELAY_CAP_MS, CHUNK_LEN, DELAY_CAP_MS};
+use crate::Config;
+
+/// The demo backend for the load balancer: the "RESTful API demo" page and its sum API.
+#[derive(Debug, Parser)]
+#[command(name = "restful-server", version, after_help = endpoints_help())]
+pub struct Args {
+    /// Where to listen. A bare PORT listens on 127.0.0.1 only; use -p 0.0.0.0:PORT to listen on
+    /// all interfaces. Port 0 picks a free port (the "Starting" line says which).
+    #[arg(
+        short = 'p',
+        long = "port",
+        value_name = "[IP:]PORT",
+        default_value = "8000",
+        value_parser = parse_listen_addr
+    )]
+    pub listen: SocketAddr,
+
+    /// Also serve static files from DOCROOT, with a listing for directories that have no
+    /// index.html. `/` is DOCROOT/index.html if there is one, else the built-in page.
+    #[arg(short = 'd', long = "docroot", value_name = "DOCROOT")]
+    pub docroot: Option<PathBuf>,
+
+    /// The name sent in X-Served-By and shown on the page [default: the listening address]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+}
+
+impl Args {
+    /// The server configuration, with DOCROOT made absolute (it is printed, and relative paths
+    /// would be relative to whatever directory the server was started from).
+    pub fn config(&self) -> io::Result<Config> {
+        let docroot = match &self.docroot {
+            None => None,
+            Some(dir) => {
+                let absolute = std::fs::canonicalize(dir).map_err(|err| {
+                    io::Error::new(err.kind(), format!("-d {}: {err}", dir.display()))
+                })?;
+                if !absolute.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("-d {}: not a directory", dir.display()),
+                    ));
+                }
+                Some(absolute)
+            }
+        };
+        Ok(Config {
+            name: self.name.clone(),
+            docroot,
+        })
+    }
+}
+
+/// Parses the command line. On a bad flag this prints clap's message and exits with status 2, as
+/// clap's own `parse` does, except that a bad `-p` or `--name` value gets one line: the value,
+/// the flag, and the expected form.
+pub fn parse() -> Args {
+    match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) if err.kind() == ErrorKind::ValueValidation => {
+            let rendered = err.to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or_default());
+            std::process::exit(2);
+        }
+        Err(err) => err.exit(),
+    }
+}
+
+/// The line printed once the server listens; tests and scripts wait for it.
+pub fn starting_line(addr: SocketAddr, config: &Config) -> String {
+    let serving = match &config.docroot {
+        Some(dir) => dir.display().to_string(),
+        None => "built-in page".to_owned(),
+    };
+    format!("Starting RESTful server on {addr}, serving {serving}")
+}
+
+/// Why the server could not listen, with the usual fix for the usual cause.
+pub fn cannot_listen(addr: SocketAddr, err: &io::Error) -> String {
+    if err.kind() == io::ErrorKind::AddrInUse {
+        format!(
+            "cannot listen on {addr}: Address already in use \
+             (is another server running? pick another port with -p)"
+        )
+    } else {
+        format!("cannot listen on {addr}: {err}")
+    }
+}
+
+const LISTEN_FORM: &str = "-p expects PORT or IP:PORT, e.g. 8000 or 0.0.0.0:8000";
+
+/// `8000` -> 127.0.0.1:8000 (loopback unless asked otherwise: a demo should not be reachable
+/// from the network by accident); `0.0.0.0:8000` and `[::1]:8000` as written.
+fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+        return match value.parse::<u16>() {
+            Ok(port) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+            Err(_) => Err(format!("port must be 0-65535 ({LISTEN_FORM})")),
+        };
+    }
+    value.parse().map_err(|_| LISTEN_FORM.to_owned())
+}
+
+/// A name goes into a header, where control characters are not allowed.
+fn parse_name(value: &str) -> Result<String, String> {
+    if value.chars().any(char::is_control) {
+        return Err("--name must not contain control characters (it is sent as a header)".into());
+    }
+    Ok(value.to_owned())
+}
+
+/// The endpoint list at the end of `--help`, with the caps the handlers enforce.
+fn endpoints_help() -> String {
+    let chunk_kib = CHUNK_LEN / 1024;
+    format!(
+        "\
+Endpoints:
+  GET  /                    the \"RESTful API demo\" page
+  POST /api/v1/sum          n1, n2 as a form or JSON -> {{\"result\": n1 + n2}}
+                            (body at most {SUM_BODY_CAP} bytes)
+  GET  /api/v1/whoami       {{\"name\", \"addr\", \"pid\", \"requests_served\"}}
+  ANY  /printcontent        prints the first {PRINT_CAP} body bytes to stdout, replies 200
+
+Test-harness endpoints (any method; a value past its cap is a 400 with {{\"error\": ...}}):
+  /api/v1/echo              the request as received: method, uri, version, headers in
+                            order, body_len, body_crc32 (any body size, streamed)
+  /api/v1/delay?ms=N        waits N ms (at most {DELAY_CAP_MS}), then {{\"delayed_ms\": N}}
+  /api/v1/status/CODE       replies with status CODE (200-599)
+  /api/v1/bytes?n=N         streams N bytes (at most {BYTES_CAP}) in {chunk_kib} KiB chunks;
+    [&chunk_delay_ms=M]     waiting M ms (at most {CHUNK_DELAY_CAP_MS}) between chunks
+
+Every response carries X-Served-By: NAME.
+Examples:
+  restful-server -p 8910                  listen on 127.0.0.1:8910
+  restful-server -p 0.0.0.0:8910 -d .     all interfaces, serving the current directory"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse_from(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("restful-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_bare_port_is_loopback_and_8000_is_the_default() {
+        assert_eq!(
+            parse_from(&[]).unwrap().listen.to_string(),
+            "127.0.0.1:8000"
+        );
+        assert_eq!(
+            parse_from(&["-p", "8910"]).unwrap().listen.to_string(),
+            "127.0.0.1:8910"
+        );
+        assert_eq!(
+            parse_from(&["-p", "0.0.0.0:8910"])
+                .unwrap()
+                .listen
+                .to_string(),
+            "0.0.0.0:8910"
+        );
+        assert_eq!(
+            parse_from(&["-p", "[::1]:0"]).unwrap().listen.to_string(),
+            "[::1]:0"
+        );
+    }
+
+    #[test]
+    fn a_bad_port_names_the_flag_and_the_form() {
+        for bad in ["99999", "abc", "", "1.2.3.4", ":80", "localhost:80"] {
+            let err = parse_from(&["-p", bad]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad}");
+            let first_line = err.to_string().lines().next().unwrap().to_owned();
+            assert!(
+                first_line.contains("-p expects PORT or IP:PORT"),
+                "{first_line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_with_control_characters_is_refused() {
+        assert!(parse_from(&["--name", "a\nb"]).is_err());
+        assert_eq!(
+            parse_from(&["--name", "blue"]).unwrap().name.unwrap(),
+            "blue"
+        );
+    }
+
+    #[test]
+    fn help_says_how_to_listen_on_all_interfaces_and_lists_the_caps() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("-p 0.0.0.0:PORT"), "{help}");
+        for cap in [
+            "60000",
+            "1073741824",
+            "10000",
+            "/api/v1/echo",
+            "X-Served-By",
+        ] {
+            assert!(help.contains(cap), "help lacks {cap}: {help}");
+        }
+    }
+
+    #[test]
+    fn port_taken_is_one_line_with_the_fix() {
+        let err = io::Error::from(io::ErrorKind::AddrInUse);
+        assert_eq!(
+            cannot_listen("127.0.0.1:8910".parse().unwrap(), &err),
+            "cannot listen on 127.0.0.1:8910: Address already in use \
+             (is another server running? pick another port with -p)"
+        );
+    }
+
+    #[test]
+    fn docroot_is_made_absolute_and_must_be_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = parse_from(&["-d", tmp.path().to_str().unwrap()]).unwrap();
+        let config = args.config().unwrap();
+        assert_eq!(config.docroot.unwrap(), tmp.path().canonicalize().unwrap());
+
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let args = parse_from(&["-d", file.to_str().unwrap()]).unwrap();
+        assert!(args
+            .config()
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+        let args = parse_from(&["-d", "/no/such/dir"]).unwrap();
+        assert!(args
+            .config()
+            .unwrap_err()
+            .to_string()
+            .starts_with("-d /no/such/dir"));
+    }
+}
