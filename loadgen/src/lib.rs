@@ -1,1 +1,40 @@
-//! placeholder
+//! loadgen: an HTTP/1.1 traffic generator that measures throughput and latency and checks how a
+//! load balancer spreads requests over its backends.
+//!
+//! The library does the work; the `loadgen` binary only parses arguments ([`cli`]) and prints.
+//! Read the modules in this order, which is also the life of a run:
+//!
+//! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate).
+//! 2. [`run`]: the workers, one per connection, in the closed or the open loop.
+//! 3. `conn` (private): one persistent hyper connection per worker.
+//! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
+//!    merging runs from several machines.
+//! 5. [`check`]: judging `--expect round-robin | even | weights=...` (pure logic).
+//!
+//! **Invariants:** memory does not grow with the number of requests (histograms, never a list of
+//! samples, except the first `Plan::keep_samples`); every request started ends up counted either
+//! as a response or as exactly one error class; a failing server never makes `run` return `Err`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut plan = loadgen::Plan::new("http://127.0.0.1:8080/")?;
+//! plan.requests = Some(100);
+//! plan.expect = Some(loadgen::Expectation::RoundRobin);
+//! let report = loadgen::run(plan).await?;
+//! print!("{}", report.render_text());
+//! assert!(report.passed());
+//! # Ok(()) }
+//! ```
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod check;
+pub mod cli;
+mod conn;
+pub mod plan;
+pub mod report;
+pub mod run;
+
+pub use check::{Expectation, Verdict};
+pub use plan::{Plan, PlanError};
+pub use report::{ErrorClass, Report, Sample};
+pub use run::{run, RunError};

@@ -1,1 +1,27 @@
-fn main() {}
+//! The `loadgen` command: parse the arguments, start a multi-threaded runtime with one worker
+//! thread per core, and hand over to the library (`loadgen::cli::execute`), which prints the
+//! report and picks the exit code (0 pass, 1 fail, 2 usage error from clap).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = loadgen::cli::Cli::parse();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(loadgen::cli::execute(cli)),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the tokio runtime")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The command line: clap definitions, turning arguments into a [`Plan`], printing the report and
+//! choosing the exit code. Kept in the library so `main.rs` stays a thin shell and so the argument
+//! parsing can be unit-tested.
+//!
+//! Exit codes: 0 everything passed; 1 an expectation failed, errors exceeded `--max-errors`, or
+//! the run could not happen; 2 usage error (clap's convention, including an `https://` URL).
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::header::{HeaderName, HeaderValue};
+use http::Method;
+
+use crate::check::Expectation;
+use crate::plan::{self, Plan};
+use crate::report::Report;
+
+/// An HTTP/1.1 load generator: measures throughput and latency, checks how a balancer spreads
+/// the load over its backends.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Without -n or -z, sends 200 requests. Exit code: 0 pass, 1 fail, 2 usage error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Combine the JSON reports of several runs (e.g. from several machines) into one report.
+    Merge {
+        /// Reports written by `--output json` or `--json-out`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Target URL, http:// only (e.g. http://127.0.0.1:8080/).
+    #[arg(required = true, value_parser = check_url)]
+    pub url: Option<String>,
+    /// Total number of requests, across all connections [default: 200 unless -z is given].
+    #[arg(short = 'n', long, conflicts_with = "duration")]
+    pub requests: Option<u64>,
+    /// Send for this long instead of a fixed count (e.g. 10s, 500ms).
+    #[arg(short = 'z', long, value_parser = plan::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: u64,
+    /// Open loop at this many requests per second in total; latency is then measured from the
+    /// scheduled send time (coordinated omission corrected).
+    #[arg(short = 'q', long, value_parser = plan::parse_rate)]
+    pub rate: Option<f64>,
+    /// HTTP method.
+    #[arg(short = 'm', long, default_value = "GET", value_parser = parse_method)]
+    pub method: Method,
+    /// Extra request header, 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header", value_parser = plan::parse_header)]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request body.
+    #[arg(short = 'd', long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// Read the request body from this file.
+    #[arg(short = 'D', long)]
+    pub body_file: Option<PathBuf>,
+    /// Give up on a request (connect included) after this long; counted as a timeout error.
+    #[arg(long, default_value = "5s", value_parser = plan::parse_duration)]
+    pub timeout: Duration,
+    /// Open a new connection for every request (and send `Connection: close`).
+    #[arg(long)]
+    pub no_keepalive: bool,
+    /// Check the spread over backends: round-robin, even, or weights=NAME:W,NAME:W...
+    #[arg(long, value_parser = clap::value_parser!(Expectation))]
+    pub expect: Option<Expectation>,
+    /// Allowed relative deviation of shares for `even` and `weights=`, in percent.
+    #[arg(long, default_value = "10%", value_parser = parse_percent)]
+    pub tolerance: f64,
+    /// Response header naming the backend that served the request.
+    #[arg(long, default_value = "X-Served-By")]
+    pub backend_header: HeaderName,
+    /// Fail (exit 1) when there are more errors than this.
+    #[arg(long, default_value_t = 0)]
+    pub max_errors: u64,
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Also write the JSON report to this file (for `loadgen merge`).
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Keep the first N requests individually in the JSON report (for per-request tables).
+    #[arg(long, default_value_t = 0)]
+    pub samples: usize,
+}
+
+fn check_url(s: &str) -> Result<String, String> {
+    plan::parse_url(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::from_bytes(s.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("`{s}` is not an HTTP method"))
+}
+
+/// `10%`, `10` (percent) -> 0.10.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p / 100.0),
+        _ => Err(format!("`{s}` is not a percentage; write it like 10%")),
+    }
+}
+
+impl LoadArgs {
+    /// The plan these arguments describe (reads `-D FILE`).
+    pub fn to_plan(&self) -> anyhow::Result<Plan> {
+        let url = self.url.as_deref().context("a URL is required")?;
+        let mut plan = Plan::new(url)?;
+        plan.requests = self.requests;
+        plan.duration = self.duration;
+        plan.connections = usize::try_from(self.connections).unwrap_or(usize::MAX);
+        plan.rate = self.rate;
+        plan.method = self.method.clone();
+        plan.headers = self.headers.clone();
+        plan.body = match (&self.body, &self.body_file) {
+            (Some(b), _) => Bytes::from(b.clone()),
+            (None, Some(path)) => Bytes::from(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read the body file {}", path.display()))?,
+            ),
+            (None, None) => Bytes::new(),
+        };
+        plan.timeout = self.timeout;
+        plan.keepalive = !self.no_keepalive;
+        plan.expect = self.expect.clone();
+        plan.tolerance = self.tolerance;
+        plan.backend_header = self.backend_header.clone();
+        plan.max_errors = self.max_errors;
+        plan.keep_samples = self.samples;
+        plan.progress = !self.quiet && std::io::stderr().is_terminal();
+        Ok(plan)
+    }
+}
+
+/// Runs what the command line asked for and returns the exit code.
+pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (report, output) = match cli.command {
+        Some(Command::Merge { files, output }) => {
+            let mut reports = Vec::with_capacity(files.len());
+            for path in &files {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let report: Report = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{} is not a loadgen JSON report (write one with --output json)",
+                        path.display()
+                    )
+                })?;
+                reports.push(report);
+            }
+            (Report::merge(reports), output)
+        }
+        None => {
+            let plan = cli.load.to_plan()?;
+            let report = crate::run(plan).await?;
+            if let Some(path) = &cli.load.json_out {
+                let json = serde_json::to_string_pretty(&report)?;
+                std::fs::write(path, json + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            (report, cli.load.output)
+        }
+    };
+    match output {
+        Output::Text => print!("{}", report.render_text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_become_a_plan() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "http://127.0.0.1:9/x?y=1",
+            "-c",
+            "4",
+            "-q",
+            "100",
+            "-z",
+            "2s",
+            "-H",
+            "X-A: 1",
+            "--expect",
+            "weights=a:1,b:2",
+            "--tolerance",
+            "5%",
+            "--no-keepalive",
+        ])
+        .unwrap();
+        let plan = cli.load.to_plan().unwrap();
+        assert_eq!(plan.connections, 4);
+        assert_eq!(plan.rate, Some(100.0));
+        assert_eq!(plan.duration, Some(Duration::from_secs(2)));
+        assert!(!plan.keepalive);
+        assert!((plan.tolerance - 0.05).abs() < 1e-12);
+        assert_eq!(plan.headers.len(), 1);
+        assert_eq!(plan.url.path_and_query().unwrap().as_str(), "/x?y=1");
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            vec!["loadgen"],
+            vec!["loadgen", "https://127.0.0.1/"],
+            vec!["loadgen", "http://h/", "-n", "5", "-z", "1s"],
+            vec!["loadgen", "http://h/", "-c", "0"],
+            vec!["loadgen", "http://h/", "--expect", "random"],
+            vec!["loadgen", "merge"],
+        ] {
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        let merge = Cli::try_parse_from(["loadgen", "merge", "a.json", "b.json"]).unwrap();
+        assert!(matches!(merge.command, Some(Command::Merge { files, .. }) if files.len() == 2));
+    }
+}

@@ -1,0 +1,204 @@
+//! What to send: the [`Plan`] a run follows (target, how many requests or for how long, how many
+//! connections, open or closed loop, the request itself) and the parsers the command line shares
+//! with library users (`Name: value` headers, `500ms` durations, `weights=a:1,b:2`).
+//!
+//! A `Plan` is plain data: building one never touches the network, so a typo in the URL is a
+//! usage error reported before any traffic is sent.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Uri};
+
+use crate::check::Expectation;
+
+/// Requests sent when neither a count (`-n`) nor a duration (`-z`) is given.
+pub const DEFAULT_REQUESTS: u64 = 200;
+
+/// Per-request timeout when none is given. A request that takes longer is counted as a
+/// `timeout` error and its connection is replaced.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header a balancer's backends use to say who answered.
+pub const DEFAULT_BACKEND_HEADER: &str = "x-served-by";
+
+/// Relative tolerance of `even` and `weights=` expectations: a share may be 10% off its target.
+pub const DEFAULT_TOLERANCE: f64 = 0.10;
+
+/// Everything a run needs to know. Build it with [`Plan::new`] and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The target, always `http://host[:port]/path?query` (checked by [`Plan::new`]).
+    pub url: Uri,
+    /// Total requests across all connections (`-n`). `None` with no `duration` means
+    /// [`DEFAULT_REQUESTS`].
+    pub requests: Option<u64>,
+    /// How long to send (`-z`). If both `requests` and `duration` are set the run stops at
+    /// whichever comes first.
+    pub duration: Option<Duration>,
+    /// Concurrent connections (`-c`), each driven by its own worker. At least 1.
+    pub connections: usize,
+    /// Total requests per second (`-q`): switches from the closed loop to the open loop.
+    pub rate: Option<f64>,
+    pub method: Method,
+    /// Extra request headers (`-H`), sent in this order after `Host` and `User-Agent`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request body (`-d` / `-D`); empty means no body.
+    pub body: Bytes,
+    /// Limit for one request, from the moment it is sent (or its connection is opened) to the
+    /// last byte of the response body.
+    pub timeout: Duration,
+    /// `false` (`--no-keepalive`) opens a new connection for every request and sends
+    /// `Connection: close`.
+    pub keepalive: bool,
+    /// What the distribution over backends must look like (`--expect`).
+    pub expect: Option<Expectation>,
+    /// Relative tolerance of `even` and `weights=` (0.10 = 10%).
+    pub tolerance: f64,
+    /// The response header that names the backend (`--backend-header`, default `X-Served-By`).
+    pub backend_header: HeaderName,
+    /// More transport errors than this make [`crate::Report::passed`] false (`--max-errors`).
+    pub max_errors: u64,
+    /// Keep the first N requests as individual [`crate::Sample`]s in the report (`--samples`).
+    /// Everything else is aggregated in histograms, so memory stays constant however long the run.
+    pub keep_samples: usize,
+    /// Draw a progress bar on stderr (only if stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Why a [`Plan`] cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("`{0}` is not a valid URL: {1}")]
+    InvalidUrl(String, String),
+    #[error(
+        "`{0}`: https is not supported; loadgen speaks plain HTTP/1.1 only, use an http:// URL"
+    )]
+    Https(String),
+    #[error("`{0}`: only http:// URLs are supported (write it as http://host:port/path)")]
+    UnsupportedScheme(String),
+    #[error("`{0}` has no host; write it as http://host:port/path")]
+    MissingHost(String),
+}
+
+impl Plan {
+    /// A plan with the defaults of the command line: 1 connection, [`DEFAULT_REQUESTS`] requests,
+    /// closed loop, `GET`, keep-alive, 5 s timeout, backend header `X-Served-By`, no errors allowed.
+    pub fn new(url: &str) -> Result<Plan, PlanError> {
+        Ok(Plan {
+            url: parse_url(url)?,
+            requests: None,
+            duration: None,
+            connections: 1,
+            rate: None,
+            method: Method::GET,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            timeout: DEFAULT_TIMEOUT,
+            keepalive: true,
+            expect: None,
+            tolerance: DEFAULT_TOLERANCE,
+            backend_header: HeaderName::from_static(DEFAULT_BACKEND_HEADER),
+            max_errors: 0,
+            keep_samples: 0,
+            progress: false,
+        })
+    }
+
+    /// The request budget the workers share: the explicit count, unlimited when only a duration
+    /// is given, [`DEFAULT_REQUESTS`] when neither is.
+    pub fn request_limit(&self) -> Option<u64> {
+        match (self.requests, self.duration) {
+            (Some(n), _) => Some(n),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_REQUESTS),
+        }
+    }
+}
+
+/// Checks that `url` is an absolute `http://` URL with a host; a missing path becomes `/`.
+pub fn parse_url(url: &str) -> Result<Uri, PlanError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| PlanError::InvalidUrl(url.to_owned(), e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(s) if s.eq_ignore_ascii_case("https") => return Err(PlanError::Https(url.to_owned())),
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        _ => return Err(PlanError::UnsupportedScheme(url.to_owned())),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(PlanError::MissingHost(url.to_owned()));
+    }
+    Ok(uri)
+}
+
+/// Parses a `-H` argument: `Name: value`.
+pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not a header; write it as 'Name: value'"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("`{}` is not a valid header name", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("the value of header `{name}` contains invalid characters"))?;
+    Ok((name, value))
+}
+
+/// Parses `500ms`, `2s`, `1m 30s` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 500ms, 2s or 1m"))
+}
+
+/// Parses a `-q` rate: a positive number of requests per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a rate; give requests per second, e.g. 200"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("http://127.0.0.1:8080").unwrap().path(), "/");
+        assert!(matches!(
+            parse_url("https://example.com/"),
+            Err(PlanError::Https(_))
+        ));
+        assert!(matches!(
+            parse_url("ftp://x/"),
+            Err(PlanError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            parse_url("localhost:80"),
+            Err(PlanError::UnsupportedScheme(_))
+        ));
+        assert!(parse_url("http://").is_err());
+    }
+
+    #[test]
+    fn headers_and_durations() {
+        let (n, v) = parse_header("X-Thing:  a b ").unwrap();
+        assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-thing", "a b"));
+        assert!(parse_header("nocolon").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn default_budget() {
+        let mut p = Plan::new("http://h/").unwrap();
+        assert_eq!(p.request_limit(), Some(DEFAULT_REQUESTS));
+        p.duration = Some(Duration::from_secs(1));
+        assert_eq!(p.request_limit(), None);
+    }
+}

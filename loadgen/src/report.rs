@@ -1,0 +1,729 @@
+//! What a run measured: the [`Report`], its wrk-like text table, its JSON form, and
+//! [`Report::merge`] to combine runs from several machines.
+//!
+//! Latencies live in HDR histograms ([`Latency`]): a fixed-size array of counters whose buckets
+//! keep 3 significant digits from 1 µs to 1 hour. Recording is one array increment, memory does
+//! not grow with the number of requests, and two histograms add up exactly — which is what makes
+//! merging percentiles from several machines correct (averaging their p99s would not be).
+//! In JSON each histogram travels in HdrHistogram's standard V2 serialized form, base64-encoded,
+//! next to the headline percentiles for readers who only want those.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::check::Verdict;
+
+/// Smallest latency the histograms track, in microseconds.
+const LOWEST_US: u64 = 1;
+/// Largest latency the histograms track: one hour, in microseconds. Longer ones are clamped.
+const HIGHEST_US: u64 = 3_600_000_000;
+const SIGNIFICANT_FIGURES: u8 = 3;
+
+/// A latency distribution: an HDR histogram of microseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latency {
+    hist: Histogram<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        match Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES) {
+            Ok(hist) => Latency { hist },
+            // The bounds are constants that satisfy hdrhistogram's rules (low >= 1,
+            // high >= 2 * low, 0 <= sigfig <= 5); a unit test builds one.
+            Err(e) => unreachable!("constant histogram bounds rejected: {e:?}"),
+        }
+    }
+}
+
+impl Latency {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one latency; values outside 1 µs..1 h are clamped into range.
+    pub fn record(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.hist.saturating_record(us.clamp(LOWEST_US, HIGHEST_US));
+    }
+
+    /// Number of recorded latencies.
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// The latency at quantile `q` (0.0..=1.0), e.g. `0.99` for p99.
+    pub fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.hist.value_at_quantile(q))
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.hist.max())
+    }
+
+    pub fn mean(&self) -> Duration {
+        Duration::from_secs_f64(self.hist.mean().max(0.0) / 1e6)
+    }
+
+    /// The underlying histogram, for finer questions than the headline percentiles.
+    pub fn histogram(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+
+    /// Adds every recorded value of `other` to `self`.
+    pub fn add(&mut self, other: &Latency) {
+        if self.hist.add(&other.hist).is_err() {
+            // Only possible with a histogram read from JSON that tracks a wider range than ours;
+            // fold it in value by value, clamping what does not fit.
+            for v in other.hist.iter_recorded() {
+                let value = v.value_iterated_to().clamp(LOWEST_US, HIGHEST_US);
+                self.hist.saturating_record_n(value, v.count_at_value());
+            }
+        }
+    }
+}
+
+/// The JSON shape of a [`Latency`]: headline numbers for people and scripts, `hdr` for merging.
+#[derive(Serialize, Deserialize)]
+struct LatencyJson {
+    count: u64,
+    mean_us: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    /// HdrHistogram V2 serialization, base64 (standard alphabet, padded).
+    hdr: String,
+}
+
+impl Serialize for Latency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut raw = Vec::new();
+        V2Serializer::new()
+            .serialize(&self.hist, &mut raw)
+            .map_err(|e| serde::ser::Error::custom(format!("histogram: {e:?}")))?;
+        let h = &self.hist;
+        LatencyJson {
+            count: h.len(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            hdr: base64::engine::general_purpose::STANDARD.encode(raw),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Latency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let json = LatencyJson::deserialize(d)?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(json.hdr.as_bytes())
+            .map_err(|e| D::Error::custom(format!("histogram is not base64: {e}")))?;
+        let mut hist: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut raw.as_slice())
+            .map_err(|e| D::Error::custom(format!("histogram is not HdrHistogram V2: {e:?}")))?;
+        // Histograms from other tools may track a different range; let `add` grow ours.
+        hist.auto(true);
+        Ok(Latency { hist })
+    }
+}
+
+/// Why a request got no answer. Every request ends either in a response or in exactly one of
+/// these, so `requests == responses + errors` always holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Nothing listens on the port (TCP RST to our SYN).
+    ConnectRefused,
+    /// No complete answer within `--timeout` (connect included).
+    Timeout,
+    /// The connection was reset or closed before the response was complete.
+    Reset,
+    /// The bytes that came back are not a valid HTTP/1.1 response.
+    InvalidResponse,
+    /// Anything else (no route to host, too many open files, ...).
+    Other,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 5] = [
+        ErrorClass::ConnectRefused,
+        ErrorClass::Timeout,
+        ErrorClass::Reset,
+        ErrorClass::InvalidResponse,
+        ErrorClass::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorClass::ConnectRefused => "connect refused",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Reset => "reset",
+            ErrorClass::InvalidResponse => "invalid response",
+            ErrorClass::Other => "other",
+        }
+    }
+}
+
+/// Error counts by class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCounts {
+    pub connect_refused: u64,
+    pub timeout: u64,
+    pub reset: u64,
+    pub invalid_response: u64,
+    pub other: u64,
+}
+
+impl ErrorCounts {
+    pub fn count(&mut self, class: ErrorClass) {
+        *self.slot(class) += 1;
+    }
+
+    pub fn get(&self, class: ErrorClass) -> u64 {
+        match class {
+            ErrorClass::ConnectRefused => self.connect_refused,
+            ErrorClass::Timeout => self.timeout,
+            ErrorClass::Reset => self.reset,
+            ErrorClass::InvalidResponse => self.invalid_response,
+            ErrorClass::Other => self.other,
+        }
+    }
+
+    fn slot(&mut self, class: ErrorClass) -> &mut u64 {
+        match class {
+            ErrorClass::ConnectRefused => &mut self.connect_refused,
+            ErrorClass::Timeout => &mut self.timeout,
+            ErrorClass::Reset => &mut self.reset,
+            ErrorClass::InvalidResponse => &mut self.invalid_response,
+            ErrorClass::Other => &mut self.other,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        ErrorClass::ALL.iter().map(|c| self.get(*c)).sum()
+    }
+
+    pub fn add(&mut self, other: &ErrorCounts) {
+        for c in ErrorClass::ALL {
+            *self.slot(c) += other.get(c);
+        }
+    }
+}
+
+/// How requests were paced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LoadModel {
+    /// Each connection sends its next request as soon as the previous answer is complete; the
+    /// server's speed sets the rate.
+    #[default]
+    Closed,
+    /// Requests are scheduled at a fixed total `rate` (req/s) whatever the server does; latency is
+    /// measured from the scheduled time (coordinated omission corrected).
+    Open { rate: f64 },
+}
+
+/// One request, kept individually (only the first `Plan::keep_samples`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// 1-based request number, in the order requests were started.
+    pub index: u64,
+    /// Which connection (0-based worker number) sent it.
+    pub connection: usize,
+    /// The value of the backend header, if the response had one.
+    pub backend: Option<String>,
+    /// The response status, if there was a response.
+    pub status: Option<u16>,
+    /// Time until the response body was complete or the error happened (in JSON: seconds).
+    #[serde(with = "secs_f64")]
+    pub latency: Duration,
+    pub error: Option<ErrorClass>,
+}
+
+/// One backend's share of the traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendReport {
+    /// The backend header's value, or [`crate::check::NO_BACKEND`].
+    pub name: String,
+    pub responses: u64,
+    /// Fraction (0..=1) of all responses.
+    pub share: f64,
+    /// Latency of the responses it served: a slow backend stands out here.
+    pub latency: Latency,
+}
+
+/// Everything a run measured. Serializes to the JSON of `--output json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub url: String,
+    pub model: LoadModel,
+    pub connections: usize,
+    pub keepalive: bool,
+    /// Wall time from the first send to the last answer (in JSON: seconds).
+    #[serde(with = "secs_f64")]
+    pub duration: Duration,
+    /// Requests started: always `responses + errors.total()`.
+    pub requests: u64,
+    /// Requests that got a complete response, whatever its status.
+    pub responses: u64,
+    /// Response body bytes read.
+    pub bytes: u64,
+    pub requests_per_sec: f64,
+    pub bytes_per_sec: f64,
+    /// Responses per status code.
+    pub status: BTreeMap<u16, u64>,
+    pub errors: ErrorCounts,
+    /// Latency of every response. In the open loop it is measured from the *scheduled* send
+    /// time, so it includes the time a request waited because the server was slow.
+    pub latency: Latency,
+    /// Open loop only: latency from the moment the request actually went out (what a naive
+    /// tool reports). The gap to `latency` is the coordinated omission it would hide.
+    pub latency_uncorrected: Option<Latency>,
+    /// Open loop only: sends that went out more than [`crate::run::LATE_AFTER`] after their slot.
+    pub late_sends: u64,
+    /// The header that named the backend, e.g. `x-served-by`.
+    pub backend_header: String,
+    /// Per-backend counts, shares and latency, most responses first.
+    pub backends: Vec<BackendReport>,
+    pub verdict: Option<Verdict>,
+    /// The `--max-errors` this run was judged against.
+    pub max_errors: u64,
+    /// The first `Plan::keep_samples` requests, by index.
+    pub samples: Vec<Sample>,
+}
+
+impl Report {
+    /// True when the errors stay within `max_errors` and the expectation (if any) held.
+    pub fn passed(&self) -> bool {
+        self.errors.total() <= self.max_errors && self.verdict.as_ref().is_none_or(|v| v.passed)
+    }
+
+    /// Recomputes the derived numbers (rates, shares) from the counts.
+    pub(crate) fn finish(&mut self) {
+        let secs = self.duration.as_secs_f64();
+        let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        self.requests_per_sec = per_sec(self.responses);
+        self.bytes_per_sec = per_sec(self.bytes);
+        let total = self.backends.iter().map(|b| b.responses).sum::<u64>();
+        for b in &mut self.backends {
+            b.share = if total > 0 {
+                b.responses as f64 / total as f64
+            } else {
+                0.0
+            };
+        }
+        self.backends.sort_by(|a, b| {
+            b.responses
+                .cmp(&a.responses)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+    }
+
+    /// Combines runs (e.g. from several machines hitting the same target at the same time):
+    /// counts add up, histograms are merged bucket by bucket, the duration is the longest run's
+    /// and throughput is recomputed as total / that duration. Open-loop rates add up.
+    /// The verdict passes only if every run's verdict passed.
+    pub fn merge<I: IntoIterator<Item = Report>>(reports: I) -> Report {
+        let mut reports = reports.into_iter();
+        let Some(mut out) = reports.next() else {
+            return Report::default();
+        };
+        let mut verdicts: Vec<Option<Verdict>> = vec![out.verdict.take()];
+        for r in reports {
+            out.model = match (out.model, r.model) {
+                (LoadModel::Open { rate: a }, LoadModel::Open { rate: b }) => {
+                    LoadModel::Open { rate: a + b }
+                }
+                (m, _) => m,
+            };
+            out.connections += r.connections;
+            out.duration = out.duration.max(r.duration);
+            out.requests += r.requests;
+            out.responses += r.responses;
+            out.bytes += r.bytes;
+            for (code, n) in &r.status {
+                *out.status.entry(*code).or_default() += n;
+            }
+            out.errors.add(&r.errors);
+            out.latency.add(&r.latency);
+            match (&mut out.latency_uncorrected, &r.latency_uncorrected) {
+                (Some(a), Some(b)) => a.add(b),
+                (None, Some(b)) => out.latency_uncorrected = Some(b.clone()),
+                _ => {}
+            }
+            out.late_sends += r.late_sends;
+            for b in r.backends {
+                match out.backends.iter_mut().find(|o| o.name == b.name) {
+                    Some(o) => {
+                        o.responses += b.responses;
+                        o.latency.add(&b.latency);
+                    }
+                    None => out.backends.push(b),
+                }
+            }
+            out.max_errors += r.max_errors;
+            out.samples.extend(r.samples);
+            verdicts.push(r.verdict);
+        }
+        out.verdict = merge_verdicts(verdicts);
+        out.finish();
+        out
+    }
+
+    /// The human-readable report: a wrk-like table, the per-backend table and the verdict.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        // `write!` into a String cannot fail; the results are ignored on purpose.
+        let conns = plural(self.connections as u64, "connection");
+        let keepalive = if self.keepalive {
+            ""
+        } else {
+            ", a new connection per request"
+        };
+        let _ = match self.model {
+            LoadModel::Closed => writeln!(
+                s,
+                "{} over {conns}{keepalive}: closed loop (each connection sends as soon as \
+                 the previous answer is in)",
+                self.url
+            ),
+            LoadModel::Open { rate } => writeln!(
+                s,
+                "{} over {conns}{keepalive}: open loop at {rate} req/s (latency measured \
+                 from the scheduled send time)",
+                self.url
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
+            "Latency", "p50", "p90", "p99", "p99.9", "max", "mean"
+        );
+        let label = match self.latency_uncorrected {
+            Some(_) => "  corrected",
+            None => "",
+        };
+        latency_row(&mut s, label, &self.latency);
+        if let Some(u) = &self.latency_uncorrected {
+            latency_row(&mut s, "  uncorrected", u);
+        }
+        let _ = writeln!(
+            s,
+            "  {} in {}, {} read",
+            plural(self.requests, "request"),
+            fmt_duration(self.duration),
+            fmt_bytes(self.bytes as f64)
+        );
+        let _ = writeln!(s, "  Requests/sec: {:>10.2}", self.requests_per_sec);
+        let _ = writeln!(s, "  Transfer/sec: {:>10}", fmt_bytes(self.bytes_per_sec));
+        let statuses: Vec<String> = self
+            .status
+            .iter()
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  Status:       {}",
+            if statuses.is_empty() {
+                "no responses".to_owned()
+            } else {
+                statuses.join(", ")
+            }
+        );
+        let errors: Vec<String> = ErrorClass::ALL
+            .iter()
+            .filter(|c| self.errors.get(**c) > 0)
+            .map(|c| format!("{} {}", c.label(), self.errors.get(*c)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  Errors:       {}",
+            if errors.is_empty() {
+                "none".to_owned()
+            } else {
+                errors.join(", ")
+            }
+        );
+        if let LoadModel::Open { .. } = self.model {
+            let _ = writeln!(
+                s,
+                "  Late sends:   {} (went out more than 1ms after their scheduled time)",
+                self.late_sends
+            );
+        }
+        if !self.backends.is_empty() {
+            let width = self
+                .backends
+                .iter()
+                .map(|b| b.name.len())
+                .max()
+                .unwrap_or(0)
+                .max(16);
+            let _ = writeln!(
+                s,
+                "\n  {:<width$}{:>10}{:>8}{:>9}{:>9}{:>9}{:>9}",
+                format!("Backend ({})", self.backend_header),
+                "responses",
+                "share",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+            );
+            for b in &self.backends {
+                let l = &b.latency;
+                let _ = writeln!(
+                    s,
+                    "  {:<width$}{:>10}{:>7.1}%{:>9}{:>9}{:>9}{:>9}",
+                    b.name,
+                    b.responses,
+                    b.share * 100.0,
+                    fmt_duration(l.quantile(0.5)),
+                    fmt_duration(l.quantile(0.9)),
+                    fmt_duration(l.quantile(0.99)),
+                    fmt_duration(l.max()),
+                );
+            }
+        }
+        s.push('\n');
+        if let Some(v) = &self.verdict {
+            let word = if v.passed { "PASS" } else { "FAIL" };
+            let _ = writeln!(s, "  Expect {}: {word}: {}", v.expectation, v.detail);
+        }
+        if self.errors.total() > self.max_errors {
+            let _ = writeln!(
+                s,
+                "  FAIL: {} errors, more than --max-errors {}",
+                self.errors.total(),
+                self.max_errors
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  Result: {}",
+            if self.passed() { "PASS" } else { "FAIL" }
+        );
+        s
+    }
+}
+
+fn merge_verdicts(verdicts: Vec<Option<Verdict>>) -> Option<Verdict> {
+    let present: Vec<(usize, Verdict)> = verdicts
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| (i, v)))
+        .collect();
+    match present.len() {
+        0 => None,
+        1 => present.into_iter().next().map(|(_, v)| v),
+        _ => {
+            let passed = present.iter().all(|(_, v)| v.passed);
+            let first_violation = present.iter().find_map(|(_, v)| v.first_violation);
+            let detail = present
+                .iter()
+                .map(|(i, v)| format!("run {}: {}", i + 1, v.detail))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let expectation = present[0].1.expectation.clone();
+            Some(Verdict {
+                expectation,
+                passed,
+                detail,
+                first_violation,
+            })
+        }
+    }
+}
+
+fn latency_row(s: &mut String, label: &str, l: &Latency) {
+    let _ = writeln!(
+        s,
+        "  {:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
+        label,
+        fmt_duration(l.quantile(0.5)),
+        fmt_duration(l.quantile(0.9)),
+        fmt_duration(l.quantile(0.99)),
+        fmt_duration(l.quantile(0.999)),
+        fmt_duration(l.max()),
+        fmt_duration(l.mean()),
+    );
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// `850us`, `1.23ms`, `2.50s`: three significant digits, like the histograms.
+pub fn fmt_duration(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.0}us")
+    } else if us < 1e6 {
+        format!("{:.2}ms", us / 1e3)
+    } else {
+        format!("{:.2}s", us / 1e6)
+    }
+}
+
+/// `512B`, `12.30KB`, `4.10MB` (powers of 1024, like wrk).
+pub fn fmt_bytes(b: f64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if b < 1024.0 {
+        return format!("{b:.0}B");
+    }
+    let mut v = b / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.2}{unit}")
+}
+
+/// Durations as float seconds in JSON (`2.5`), which every language reads.
+mod secs_f64 {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Expectation;
+
+    fn report(ms: &[u64], backend: &str) -> Report {
+        let mut r = Report {
+            url: "http://127.0.0.1:1/".into(),
+            connections: 1,
+            keepalive: true,
+            duration: Duration::from_secs(2),
+            backend_header: "x-served-by".into(),
+            ..Report::default()
+        };
+        let mut b = BackendReport {
+            name: backend.into(),
+            responses: 0,
+            share: 0.0,
+            latency: Latency::new(),
+        };
+        for m in ms {
+            r.latency.record(Duration::from_millis(*m));
+            b.latency.record(Duration::from_millis(*m));
+            b.responses += 1;
+        }
+        r.requests = ms.len() as u64 + 1;
+        r.responses = ms.len() as u64;
+        r.bytes = 10 * ms.len() as u64;
+        r.status.insert(200, ms.len() as u64);
+        r.errors.count(ErrorClass::Timeout);
+        r.max_errors = 1;
+        r.backends.push(b);
+        r.finish();
+        r
+    }
+
+    #[test]
+    fn histogram_bounds_and_clamping() {
+        let mut l = Latency::new();
+        l.record(Duration::ZERO);
+        l.record(Duration::from_secs(7200));
+        assert_eq!(l.count(), 2);
+        assert_eq!(l.quantile(0.0), Duration::from_micros(1));
+        assert!(l.max() >= Duration::from_secs(3599));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_histograms() {
+        let mut r = report(&[1, 2, 3, 100], "a");
+        r.verdict = Some(Verdict {
+            expectation: Expectation::Weights(vec![("a".into(), 1)]),
+            passed: true,
+            detail: "ok".into(),
+            first_violation: None,
+        });
+        r.samples.push(Sample {
+            index: 1,
+            connection: 0,
+            backend: Some("a".into()),
+            status: Some(200),
+            latency: Duration::from_micros(1500),
+            error: None,
+        });
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.latency, r.latency);
+        assert_eq!(back.backends, r.backends);
+        assert_eq!(back.samples, r.samples);
+        assert_eq!(back.verdict, r.verdict);
+        assert_eq!(back.duration, r.duration);
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v["latency"]["hdr"].as_str().unwrap().starts_with("HIST"));
+        assert_eq!(v["latency"]["p99_us"], 100_031); // 100 ms within 3 significant digits
+    }
+
+    #[test]
+    fn merge_adds_counts_and_histograms() {
+        let a = report(&[1, 2, 3], "a");
+        let mut b = report(&[10, 20], "b");
+        b.duration = Duration::from_secs(4);
+        let m = Report::merge([a.clone(), b.clone()]);
+        assert_eq!(m.requests, a.requests + b.requests);
+        assert_eq!(m.responses, 5);
+        assert_eq!(m.status[&200], 5);
+        assert_eq!(m.errors.timeout, 2);
+        assert_eq!(m.latency.count(), 5);
+        assert_eq!(m.duration, Duration::from_secs(4));
+        assert!((m.requests_per_sec - 5.0 / 4.0).abs() < 1e-9);
+        assert_eq!(m.backends.len(), 2);
+        assert!((m.backends[0].share - 0.6).abs() < 1e-9);
+        assert_eq!(m.latency.max(), b.latency.max());
+        assert!(Report::merge([]).passed());
+    }
+
+    #[test]
+    fn text_report_has_the_headline_rows() {
+        let text = report(&[1, 2, 3], "a").render_text();
+        for needle in [
+            "Latency",
+            "p99.9",
+            "Requests/sec",
+            "Transfer/sec",
+            "200: 3",
+            "timeout 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(text.contains("Result: PASS"), "{text}");
+        assert_eq!(fmt_duration(Duration::from_micros(1234)), "1.23ms");
+        assert_eq!(fmt_bytes(2048.0), "2.00KB");
+    }
+}
