@@ -1,1 +1,159 @@
-//! placeholder
+//! `lb`: a streaming round-robin HTTP/1.1 load balancer with the command line of the Mongoose
+//! `load_balancer` example, built on hyper.
+//!
+//! The modules follow one request through the balancer, in order (start reading at [`proxy`]):
+//!
+//! 0. [`cli`] / [`config`]: the original command line becomes a [`Config`];
+//! 1. [`accept`]: accept the connection, serve HTTP/1.1 on it (timeouts, connection cap, shutdown);
+//! 2. [`proxy`]: the handler that runs steps 3 to 8 for each request;
+//! 3. [`route`]: Host + path -> a group of backends (longest prefix, vhosts first);
+//! 4. [`pick`]: which member goes first (round robin), with [`health`] deciding who is skipped;
+//! 5. [`upstream`]: a pooled (or new) connection to that backend;
+//! 6. [`forward`]: the rewritten request head (hop-by-hop headers, X-Forwarded-For, Via);
+//! 7. [`body`]: request and response bodies streamed frame by frame;
+//! 8. [`respond`] for answers lb writes itself, [`access_log`] for the line per request, [`trace`]
+//!    for `--trace`.
+//!
+//! Around them: [`error`] (what can fail), [`probe`] (active health checks), [`shutdown`].
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod accept;
+pub mod access_log;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod pick;
+pub mod probe;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod shutdown;
+pub mod trace;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+use access_log::AccessLog;
+use config::{Limits, Timeouts};
+use route::Router;
+use upstream::{Backend, PoolSettings};
+
+/// The shared state every request reads: routes, backends, settings, the log handle.
+#[derive(Debug)]
+pub struct Balancer {
+    pub router: Router,
+    pub backends: Vec<Arc<Backend>>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub fail_timeout: Duration,
+    pub trace: bool,
+    pub log: AccessLog,
+}
+
+impl Balancer {
+    /// Resolve every backend address once and group the rules.
+    pub fn new(config: &Config, log: AccessLog) -> std::io::Result<Self> {
+        let settings = PoolSettings {
+            connect_timeout: config.timeouts.connect,
+            idle_timeout: config.timeouts.pool_idle,
+            max_idle: config.limits.pool_max_idle,
+        };
+        let mut backends: Vec<Arc<Backend>> = Vec::new();
+        for rule in &config.rules {
+            if backends.iter().any(|b| b.name == rule.backend) {
+                continue;
+            }
+            let addr = rule.backend.to_socket_addrs()?.next().ok_or_else(|| {
+                std::io::Error::other(format!("backend address '{}' resolves to nothing", rule.backend))
+            })?;
+            backends.push(Arc::new(Backend::new(rule.backend.clone(), addr, settings)));
+        }
+        let router = Router::new(&config.rules, |name| backends.iter().position(|b| b.name == name).unwrap_or(0));
+        Ok(Balancer {
+            router,
+            backends,
+            timeouts: config.timeouts,
+            limits: config.limits,
+            fail_timeout: config.fail_timeout,
+            trace: config.trace,
+            log,
+        })
+    }
+}
+
+/// Print the original's startup lines (on stderr, so `-l -` keeps stdout for log lines).
+pub fn print_rules(config: &Config) {
+    for rule in &config.rules {
+        eprintln!(
+            "Adding backend for {}{} : {} [redirect={},prefix_replacement={}]",
+            rule.vhost.as_deref().unwrap_or(""),
+            rule.prefix,
+            rule.backend,
+            u8::from(rule.redirect),
+            rule.replacement
+        );
+    }
+}
+
+/// Run the balancer on an already-bound listener until `shutdown` completes, then drain
+/// in-flight requests (up to `--grace`) and flush the access log.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let (log, writer) = match &config.log {
+        Some(target) => {
+            let (log, writer) = AccessLog::start(target, config.log_format)?;
+            (log, Some(writer))
+        }
+        None => (AccessLog::default(), None),
+    };
+    let balancer = Arc::new(Balancer::new(&config, log)?);
+
+    let background = spawn_background(&balancer, &config);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let accepting = tokio::spawn(accept::accept_loop(listener, balancer.clone(), stop_rx));
+    shutdown.await;
+    eprintln!("lb: shutting down: no new connections, waiting up to {:?} for in-flight requests", config.timeouts.grace);
+    let _ = stop_tx.send(true);
+    let _ = accepting.await;
+    for task in background {
+        task.abort();
+    }
+    drop(balancer);
+    if let Some(writer) = writer {
+        let dropped = tokio::task::spawn_blocking(move || writer.finish()).await.map_err(std::io::Error::other)??;
+        if dropped > 0 {
+            eprintln!("lb: {dropped} access-log lines were dropped because the log could not keep up");
+        }
+    }
+    Ok(())
+}
+
+/// The pool reaper and, with `--health-check`, the prober.
+fn spawn_background(balancer: &Arc<Balancer>, config: &Config) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let backends = balancer.backends.clone();
+    let every = (config.timeouts.pool_idle / 2).max(Duration::from_millis(100));
+    tasks.push(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            for backend in &backends {
+                backend.evict_expired();
+            }
+        }
+    }));
+    if let Some(check) = config.health_check.clone() {
+        tasks.push(tokio::spawn(probe::run(balancer.backends.clone(), check)));
+    }
+    tasks
+}

@@ -1,1 +1,41 @@
-fn main() {}
+//! The `lb` binary: parse the command line, bind, run until Ctrl-C or SIGTERM.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let config = match lb::cli::parse(std::env::args_os()) {
+        Ok(config) => config,
+        Err(lb::cli::CliError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("lb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).without_time().init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lb: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        lb::print_rules(&config);
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("lb: cannot listen on {}: {e} (is another server using it? pick another port with -p)", config.listen);
+                return ExitCode::from(1);
+            }
+        };
+        let addr = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        eprintln!("Starting LB on {addr}");
+        match lb::run(listener, config, lb::shutdown::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lb: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

@@ -1,0 +1,265 @@
+//! Step 7 of a request: one access-log line once the response is over.
+//!
+//! The default format is byte-compatible with the original balancer:
+//!
+//! ```text
+//! 1465822060 GET / backend=127.0.0.1:8910
+//! ```
+//!
+//! (Unix seconds, method, path without the query, the backend that served it, or `not defined`
+//! when no rule matched.) `--log-format combined|json` add status, bytes, duration and client.
+//!
+//! **Invariant:** writing the log never blocks a request. Lines go through a bounded channel to a
+//! dedicated writer thread that flushes whenever it has caught up, so `-l -` shows each line as it
+//! happens. If the disk cannot keep up the channel fills and further lines are counted as dropped
+//! (reported at exit) instead of slowing the proxy down.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, Version};
+
+use crate::config::{LogFormat, LogTarget};
+
+/// How many lines may wait for the writer before new ones are dropped.
+const QUEUE: usize = 64 * 1024;
+
+/// Everything known about one finished request.
+#[derive(Debug)]
+pub struct Record {
+    /// The request's number on its client connection (for `--trace`).
+    pub request: u64,
+    pub started: Instant,
+    pub unix_time: u64,
+    pub client: SocketAddr,
+    pub method: Method,
+    /// The request target as the client sent it (the log's path is this without the query).
+    pub target: String,
+    pub version: Version,
+    /// `None` when no rule matched (`backend=not defined`).
+    pub backend: Option<String>,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration: Duration,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+}
+
+impl Record {
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+}
+
+/// Seconds since the Unix epoch, as the original's `time(NULL)`.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+enum Message {
+    Line(String),
+    Stop,
+}
+
+/// A cheap, cloneable handle for writing log lines; does nothing when logging is off.
+#[derive(Debug, Clone, Default)]
+pub struct AccessLog {
+    inner: Option<Arc<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: SyncSender<Message>,
+    format: LogFormat,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Message")
+    }
+}
+
+/// The writer thread; [`LogWriter::finish`] writes out what is queued and stops it.
+#[derive(Debug)]
+pub struct LogWriter {
+    tx: SyncSender<Message>,
+    thread: JoinHandle<io::Result<()>>,
+    log: AccessLog,
+}
+
+impl AccessLog {
+    /// Open the log target and start the writer thread. Fails (before anything binds) if the file
+    /// cannot be opened.
+    pub fn start(target: &LogTarget, format: LogFormat) -> io::Result<(AccessLog, LogWriter)> {
+        let out: Box<dyn Write + Send> = match target {
+            LogTarget::Stdout => Box::new(io::stdout()),
+            LogTarget::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let thread = std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out))?;
+        let log = AccessLog { inner: Some(Arc::new(Inner { tx: tx.clone(), format, dropped: AtomicU64::new(0) })) };
+        Ok((log.clone(), LogWriter { tx, thread, log }))
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Queue the line for `record`, never waiting.
+    pub fn write(&self, record: &Record) {
+        let Some(inner) = &self.inner else { return };
+        let line = format_line(inner.format, record);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = inner.tx.try_send(Message::Line(line)) {
+            inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |i| i.dropped.load(Ordering::Relaxed))
+    }
+}
+
+impl LogWriter {
+    /// Write everything queued so far, stop the thread, and say how many lines were dropped.
+    pub fn finish(self) -> io::Result<u64> {
+        let _ = self.tx.send(Message::Stop);
+        match self.thread.join() {
+            Ok(result) => result?,
+            Err(_) => return Err(io::Error::other("the access-log thread panicked")),
+        }
+        Ok(self.log.dropped())
+    }
+}
+
+/// The writer thread: write each line, flush whenever the queue is empty.
+fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(message) = rx.recv() {
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Line(line) => out.write_all(line.as_bytes())?,
+                Message::Stop => return out.flush(),
+            }
+            next = rx.try_recv().ok();
+        }
+        out.flush()?;
+    }
+    out.flush()
+}
+
+/// Render one line (with its trailing newline) in the chosen format.
+pub fn format_line(format: LogFormat, r: &Record) -> String {
+    let backend = r.backend.as_deref().unwrap_or("not defined");
+    match format {
+        LogFormat::Mongoose => format!("{} {} {} backend={}\n", r.unix_time, r.method, r.path(), backend),
+        LogFormat::Combined => format!(
+            "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" backend={} duration={:.3}ms\n",
+            r.client.ip(),
+            clf_time(r.unix_time),
+            r.method,
+            r.target,
+            r.version,
+            r.status,
+            r.bytes,
+            header_text(r.referer.as_ref()),
+            header_text(r.user_agent.as_ref()),
+            backend,
+            r.duration.as_secs_f64() * 1e3,
+        ),
+        LogFormat::Json => {
+            let mut line = serde_json::json!({
+                "time": r.unix_time,
+                "client": r.client.to_string(),
+                "method": r.method.as_str(),
+                "path": r.path(),
+                "target": r.target,
+                "status": r.status,
+                "bytes": r.bytes,
+                "duration_ms": (r.duration.as_secs_f64() * 1e6).round() / 1e3,
+                "backend": r.backend,
+                "user_agent": r.user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            })
+            .to_string();
+            line.push('\n');
+            line
+        }
+    }
+}
+
+fn header_text(value: Option<&HeaderValue>) -> String {
+    match value {
+        Some(v) => String::from_utf8_lossy(v.as_bytes()).replace('"', "\\\""),
+        None => "-".to_string(),
+    }
+}
+
+/// `25/Nov/2026:08:01:00 +0000`: the Common Log Format's timestamp, in UTC.
+fn clf_time(unix: u64) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let name = MONTHS.get((month - 1) as usize).copied().unwrap_or("???");
+    format!("{day:02}/{name}/{year}:{:02}:{:02}:{:02} +0000", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            request: 1,
+            started: Instant::now(),
+            unix_time: 1_465_822_060,
+            client: "127.0.0.1:5555".parse().unwrap(),
+            method: Method::GET,
+            target: "/index.html?q=1".into(),
+            version: Version::HTTP_11,
+            backend: Some("127.0.0.1:8910".into()),
+            status: 200,
+            bytes: 1930,
+            duration: Duration::from_micros(512),
+            referer: None,
+            user_agent: Some(HeaderValue::from_static("curl/8.0")),
+        }
+    }
+
+    #[test]
+    fn mongoose_line_matches_the_original() {
+        assert_eq!(format_line(LogFormat::Mongoose, &record()), "1465822060 GET /index.html backend=127.0.0.1:8910\n");
+        let mut r = record();
+        r.backend = None;
+        assert!(format_line(LogFormat::Mongoose, &r).ends_with("backend=not defined\n"));
+    }
+
+    #[test]
+    fn combined_and_json() {
+        let line = format_line(LogFormat::Combined, &record());
+        assert_eq!(
+            line,
+            "127.0.0.1 - - [13/Jun/2016:12:47:40 +0000] \"GET /index.html?q=1 HTTP/1.1\" 200 1930 \"-\" \"curl/8.0\" \
+             backend=127.0.0.1:8910 duration=0.512ms\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&format_line(LogFormat::Json, &record())).unwrap();
+        assert_eq!(json["status"], 200);
+        assert_eq!(json["path"], "/index.html");
+        assert_eq!(json["backend"], "127.0.0.1:8910");
+    }
+}

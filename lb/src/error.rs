@@ -1,0 +1,41 @@
+//! Everything that can go wrong with one request, and where it went wrong.
+//!
+//! Each variant records *which side* failed (the client, the route, the upstream) so that exactly one
+//! place, [`crate::respond::error_response`], can turn it into a status code: a bad request is the
+//! client's fault (4xx), an unreachable or broken backend is a gateway failure (502/503/504).
+
+use std::time::Duration;
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client sent something we refuse to forward (RFC 9112 §3.2: Host is mandatory in HTTP/1.1).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No `-b` rule matches the request's Host and path.
+    #[error("no route for {host}{path}: no -b prefix matches")]
+    NoRoute { host: String, path: String },
+    /// Every backend of the group refused the connection or is in its cool-down.
+    #[error("all backends for prefix {prefix} are down (last error: {last})")]
+    AllBackendsDown { prefix: String, last: String },
+    /// The backend accepted the request but did not send a response head in time.
+    #[error("backend {backend} sent no response within {timeout:?}")]
+    ResponseTimeout { backend: String, timeout: Duration },
+    /// The backend broke the connection or sent something that is not HTTP.
+    #[error("backend {backend} failed: {source}")]
+    Upstream { backend: String, source: hyper::Error },
+}
+
+/// Why we could not get a connection to one backend. Nothing was sent, so trying another is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {backend}: {source}")]
+    Io { backend: String, source: std::io::Error },
+    #[error("connecting to {backend}: no connection within {timeout:?}")]
+    Timeout { backend: String, timeout: Duration },
+    #[error("HTTP handshake with {backend}: {source}")]
+    Handshake { backend: String, source: hyper::Error },
+}
+
+/// The error type carried by the bodies we stream; hyper only needs it to be boxable.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

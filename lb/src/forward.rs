@@ -1,0 +1,173 @@
+//! Step 5 of a request: rewrite the client's request into the one the backend sees, and the
+//! backend's response head into the one the client sees.
+//!
+//! A proxy is two HTTP connections glued together, so headers that describe *one connection* must
+//! not cross over (RFC 9110 §7.6.1): `Connection` and every header it lists, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate` and
+//! `Proxy-Authorization`. hyper re-frames each side itself (Content-Length or chunked), so dropping
+//! `Transfer-Encoding` is safe: the body is re-encoded on the way out.
+//!
+//! What we add: `X-Forwarded-For` (the client address appended to any list the client sent; lb does
+//! not trust or interpret inbound values, it only extends them), `X-Forwarded-Proto: http`
+//! (overwritten: we know the truth), and `Via: 1.1 lb` (RFC 9110 §7.6.3). The client's `Host` is
+//! kept, as in the original.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, response, Uri, Version};
+
+/// Headers that never cross a proxy, beyond those named in `Connection`.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Does this request ask to switch protocols (e.g. WebSocket)? Then `Upgrade` must pass through.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+}
+
+/// Turn the client's request head into the backend's: new target, HTTP/1.1, proxy headers.
+pub fn request(parts: &mut request::Parts, target: Uri, client: SocketAddr, backend: &str) {
+    let upgrade = is_upgrade(&parts.headers);
+    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    let via = via_value(parts.version);
+    remove_hop_by_hop(&mut parts.headers);
+    if let (true, Some(protocol)) = (upgrade, upgrade_value) {
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+
+    parts.uri = target;
+    parts.version = Version::HTTP_11;
+    // HTTP/1.0 clients may omit Host; an HTTP/1.1 request must carry one (RFC 9112 §3.2).
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(backend) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    append_forwarded_for(&mut parts.headers, client);
+    parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    parts.headers.append(header::VIA, via);
+}
+
+/// Clean the backend's response head for the client. A `101 Switching Protocols` keeps its
+/// `Upgrade`/`Connection` headers, since the client needs them to finish the switch.
+pub fn response(parts: &mut response::Parts) {
+    let via = via_value(parts.version);
+    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        remove_hop_by_hop(&mut parts.headers);
+    }
+    parts.headers.append(header::VIA, via);
+}
+
+fn via_value(version: Version) -> HeaderValue {
+    HeaderValue::from_static(if version == Version::HTTP_10 { "1.0 lb" } else { "1.1 lb" })
+}
+
+/// Remove `Connection`, every header it names, and the fixed hop-by-hop list. `TE: trailers` is the
+/// one `TE` value a proxy may forward.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let te_trailers = headers.get_all(header::TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// Does any `Connection` header list `token`?
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `X-Forwarded-For: <what the client sent>, <client ip>`, as one header line.
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let mut list = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(text) = value.to_str() {
+            list.push_str(text);
+            list.push_str(", ");
+        }
+    }
+    list.push_str(&ip);
+    if let Ok(value) = HeaderValue::from_str(&list) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> request::Parts {
+        let mut builder = http::Request::builder().uri("/x").version(Version::HTTP_11);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut p = parts(&[
+            ("host", "h"),
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip"),
+            ("proxy-authorization", "basic x"),
+            ("x-kept", "yes"),
+        ]);
+        request(&mut p, Uri::from_static("/y"), "10.0.0.1:1".parse().unwrap(), "b:1");
+        for gone in ["connection", "x-secret", "keep-alive", "te", "proxy-authorization", "upgrade"] {
+            assert!(!p.headers.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(p.headers["x-kept"], "yes");
+        assert_eq!(p.headers["host"], "h");
+        assert_eq!(p.uri, "/y");
+        assert_eq!(p.headers["via"], "1.1 lb");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut p = parts(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8")]);
+        request(&mut p, Uri::from_static("/"), "127.0.0.1:9".parse().unwrap(), "b:1");
+        assert_eq!(p.headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["host"], "b:1", "a missing Host is filled in with the backend");
+    }
+
+    #[test]
+    fn te_trailers_and_upgrades_pass() {
+        let mut p = parts(&[("te", "trailers"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
+        request(&mut p, Uri::from_static("/"), "127.0.0.1:9".parse().unwrap(), "b:1");
+        assert_eq!(p.headers["te"], "trailers");
+        assert_eq!(p.headers["upgrade"], "websocket");
+        assert_eq!(p.headers["connection"], "upgrade");
+    }
+}

@@ -1,0 +1,132 @@
+//! Is a backend worth trying? Passive and active health, kept outside the selection strategy.
+//!
+//! *Passive*: a backend that refuses a connection is put in a cool-down (`--fail-timeout`) during
+//! which the proxy skips it. *Active* (`--health-check PATH`): a background task probes every
+//! backend and takes it out after `fall` failures in a row, back in after `rise` successes.
+//!
+//! The state is two atomics per backend, read on every request without a lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the first call: a cheap monotonic clock that fits in an atomic.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Until when (in [`now_ms`] time) passive health skips this backend; 0 = not skipped.
+    down_until: AtomicU64,
+    /// Set by the active checker when the backend failed `fall` probes in a row.
+    probe_down: AtomicBool,
+}
+
+impl Health {
+    /// Whether the proxy should try this backend now.
+    pub fn is_available(&self) -> bool {
+        !self.probe_down.load(Ordering::Relaxed) && self.down_until.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Remember that connecting failed: skip the backend for `cool_down`.
+    /// Returns true when this call started the cool-down (so it is logged once, not per request).
+    pub fn connect_failed(&self, cool_down: Duration) -> bool {
+        let now = now_ms();
+        let until = now + cool_down.as_millis() as u64;
+        let before = self.down_until.swap(until, Ordering::Relaxed);
+        before <= now
+    }
+
+    /// Record a successful connection: the backend is back.
+    pub fn connect_succeeded(&self) {
+        if self.down_until.load(Ordering::Relaxed) != 0 {
+            self.down_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_probe_down(&self, down: bool) {
+        self.probe_down.store(down, Ordering::Relaxed);
+    }
+
+    pub fn is_probe_down(&self) -> bool {
+        self.probe_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Rise/fall bookkeeping for one backend's probes: decides when to flip its state.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProbeStreak {
+    passes: u32,
+    fails: u32,
+}
+
+/// What one probe result means for the backend.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Unchanged,
+    WentDown,
+    CameBack,
+}
+
+impl ProbeStreak {
+    /// Feed one probe result; `down` is the backend's current state.
+    pub fn record(&mut self, passed: bool, down: bool, rise: u32, fall: u32) -> Verdict {
+        if passed {
+            self.passes += 1;
+            self.fails = 0;
+            if down && self.passes >= rise {
+                return Verdict::CameBack;
+            }
+        } else {
+            self.fails += 1;
+            self.passes = 0;
+            if !down && self.fails >= fall {
+                return Verdict::WentDown;
+            }
+        }
+        Verdict::Unchanged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cool_down_skips_then_recovers() {
+        let h = Health::default();
+        assert!(h.is_available());
+        assert!(h.connect_failed(Duration::from_secs(60)));
+        assert!(!h.connect_failed(Duration::from_secs(60)), "a second failure does not restart the log");
+        assert!(!h.is_available());
+        h.connect_succeeded();
+        assert!(h.is_available());
+    }
+
+    /// ```text
+    /// probes:  ok ok FAIL FAIL FAIL  ok ok
+    /// state:   up up up   up   DOWN  .  UP     (fall = 3, rise = 2)
+    /// ```
+    #[test]
+    fn rise_and_fall() {
+        let mut s = ProbeStreak::default();
+        let mut down = false;
+        let mut flips = Vec::new();
+        for passed in [true, true, false, false, false, true, true] {
+            match s.record(passed, down, 2, 3) {
+                Verdict::WentDown => {
+                    down = true;
+                    flips.push("down")
+                }
+                Verdict::CameBack => {
+                    down = false;
+                    flips.push("up")
+                }
+                Verdict::Unchanged => {}
+            }
+        }
+        assert_eq!(flips, vec!["down", "up"]);
+    }
+}

@@ -1,0 +1,329 @@
+//! The file to read first: one request, from the moment hyper hands it to us until its response
+//! head goes back. [`handle`] calls each stage in order:
+//!
+//! 1. check the request ([`check_request`]): HTTP/1.1 needs exactly one `Host`;
+//! 2. [`crate::route`]: which group of backends serves this Host and path;
+//! 3. [`crate::pick`]: which member of the group goes first (round robin), then
+//!    [`connect_with_failover`] walks the group until one backend accepts a connection;
+//! 4. [`crate::upstream`]: that connection comes from the backend's pool when possible;
+//! 5. [`crate::forward`]: rewrite the head (target, hop-by-hop headers, X-Forwarded-For, Via);
+//! 6. [`send`]: send it, streaming the body, and wait for the response head (`--response-timeout`);
+//! 7. the response body streams back through [`crate::body::ResponseBody`], whose completion
+//!    pools the connection and writes the [`crate::access_log`] line.
+//!
+//! Every failure becomes a [`ProxyError`], turned into a status code in one place ([`crate::respond`]).
+//!
+//! **Invariant:** nothing here panics or buffers a body.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use crate::access_log::{unix_now, Record};
+use crate::accept::ConnInfo;
+use crate::body::{Completion, RequestBody, ResponseBody};
+use crate::error::{ConnectError, ProxyError};
+use crate::pick::{failover_order, Selection};
+use crate::respond;
+use crate::route::{rewrite, Group, Member};
+use crate::upstream::{Backend, Upstream};
+use crate::Balancer;
+
+/// hyper's service: answer one request. Never fails; failures are answered with an error status.
+pub async fn handle(
+    request: Request<Incoming>,
+    balancer: Arc<Balancer>,
+    conn: Arc<ConnInfo>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let in_flight = conn.begin_request();
+    let number = in_flight.number();
+    let trace = conn.trace.clone();
+    trace.event(
+        number,
+        format_args!(
+            "request head read: {} {} {:?} (host {})",
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("-")
+        ),
+    );
+    let mut record = Record {
+        request: number,
+        started: Instant::now(),
+        unix_time: unix_now(),
+        client: conn.peer,
+        method: request.method().clone(),
+        target: request.uri().path_and_query().map_or_else(|| request.uri().to_string(), |p| p.to_string()),
+        version: request.version(),
+        backend: None,
+        status: 0,
+        bytes: 0,
+        duration: Default::default(),
+        referer: request.headers().get(header::REFERER).cloned(),
+        user_agent: request.headers().get(header::USER_AGENT).cloned(),
+    };
+
+    let mut exchange = Exchange { balancer: &balancer, conn: &conn, number, served_by: None, upstream: None };
+    let mut response = match exchange.proxy(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            trace.event(number, format_args!("error: {error}"));
+            respond::error_response(&error)
+        }
+    };
+    record.backend = exchange.served_by.as_ref().map(|b| b.name.clone());
+    record.status = response.status().as_u16();
+    let upstream = exchange.upstream.take();
+    response.body_mut().on_complete(Completion {
+        upstream,
+        record,
+        log: balancer.log.clone(),
+        trace,
+        bytes: 0,
+        clean: false,
+        in_flight: Some(in_flight),
+    });
+    Ok(response)
+}
+
+/// The state of one request while it is being proxied.
+struct Exchange<'a> {
+    balancer: &'a Balancer,
+    conn: &'a ConnInfo,
+    number: u64,
+    /// The backend that answered (for the log line), once known.
+    served_by: Option<Arc<Backend>>,
+    /// The upstream connection to return to the pool when the response body ends.
+    upstream: Option<(Arc<Backend>, crate::upstream::Sender, u64)>,
+}
+
+impl Exchange<'_> {
+    async fn proxy(&mut self, request: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+        check_request(&request)?;
+        let trace = &self.conn.trace;
+
+        // Step 2: route. An absolute-form target (`GET http://host/x`) carries the host itself.
+        let host = request.uri().host().or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let path = request.uri().path();
+        let Some(group) = self.balancer.router.route(host, path) else {
+            return Err(ProxyError::NoRoute { host: host.unwrap_or("").to_string(), path: path.to_string() });
+        };
+        trace.event(
+            self.number,
+            format_args!(
+                "route: prefix {} (vhost {}) -> group of {}",
+                group.prefix,
+                group.vhost.as_deref().unwrap_or("*"),
+                group.members.len()
+            ),
+        );
+
+        // Step 3 and 4: pick a member, connect (with failover).
+        let (member, backend, upstream) = self.connect_with_failover(group).await?;
+        self.served_by = Some(backend.clone());
+        let target = rewrite(
+            &group.prefix,
+            &member.replacement,
+            request.uri().path_and_query().map_or("/", |p| p.as_str()),
+        );
+        if member.redirect {
+            let location = format!("http://{}{}", backend.name, target);
+            trace.event(self.number, format_args!("redirect: 302 to {location}"));
+            return Ok(respond::redirect(&location));
+        }
+        let Some(upstream) = upstream else {
+            return Err(ProxyError::BadRequest("internal: no upstream connection"));
+        };
+
+        // Step 5: rewrite the head.
+        let (mut parts, body) = request.into_parts();
+        let client_upgrade = crate::forward::is_upgrade(&parts.headers).then(|| {
+            let mut probe = Request::new(());
+            std::mem::swap(probe.extensions_mut(), &mut parts.extensions);
+            hyper::upgrade::on(probe)
+        });
+        let target: Uri = target.parse().map_err(|_| ProxyError::BadRequest("request target cannot be rewritten"))?;
+        crate::forward::request(&mut parts, target, self.conn.peer, &backend.name);
+        let (body, sent) = RequestBody::new(body, self.balancer.timeouts.body_idle);
+
+        // Step 6: send and wait for the response head.
+        let (mut response, upstream) = self.send(&backend, upstream, Request::from_parts(parts, body), sent).await?;
+        trace.event(self.number, format_args!("response head received: {}", response.status()));
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                tunnel(client, hyper::upgrade::on(&mut response), self.conn.trace.clone(), self.number);
+            }
+        } else {
+            self.upstream = Some((backend.clone(), upstream.sender, upstream.id));
+        }
+        let (mut parts, incoming) = response.into_parts();
+        crate::forward::response(&mut parts);
+        Ok(Response::from_parts(parts, ResponseBody::streamed(incoming, self.balancer.timeouts.body_idle)))
+    }
+
+    /// Try the group's members in round-robin order, skipping those that are down, until one
+    /// accepts a TCP connection. Nothing has been sent yet, so moving on is safe for any method.
+    async fn connect_with_failover<'g>(
+        &self,
+        group: &'g Group,
+    ) -> Result<(&'g Member, Arc<Backend>, Option<Upstream>), ProxyError> {
+        let trace = &self.conn.trace;
+        let backends = &self.balancer.backends;
+        let first = group.selection.pick(group.members.len());
+        trace.event(
+            self.number,
+            format_args!("pick: round robin slot {first} of {} (counter {})", group.members.len(), group.selection.count()),
+        );
+        // If every member is marked down we try them all anyway ("panic mode", as Envoy calls it):
+        // a refused connection costs microseconds, and a backend that just came back gets traffic
+        // again at once instead of after its cool-down.
+        let usable = |m: &Member| backends.get(m.backend).is_some_and(|b| b.health.is_available());
+        let any_up = group.members.iter().any(usable);
+        let mut last_error: Option<ConnectError> = None;
+        for slot in failover_order(first, group.members.len()) {
+            let Some(member) = group.members.get(slot) else { continue };
+            let Some(backend) = backends.get(member.backend) else { continue };
+            if any_up && !usable(member) {
+                trace.event(self.number, format_args!("skip {}: marked down", backend.name));
+                continue;
+            }
+            if member.redirect {
+                return Ok((member, backend.clone(), None));
+            }
+            match backend.checkout().await {
+                Ok(upstream) => {
+                    backend.health.connect_succeeded();
+                    match upstream.connect_time {
+                        Some(t) => trace.event(
+                            self.number,
+                            format_args!(
+                                "upstream: new conn #{} to {} (connect {:.3}ms)",
+                                upstream.id,
+                                backend.name,
+                                t.as_secs_f64() * 1e3
+                            ),
+                        ),
+                        None => trace.event(
+                            self.number,
+                            format_args!("upstream: reusing pooled conn #{} to {}", upstream.id, backend.name),
+                        ),
+                    }
+                    return Ok((member, backend.clone(), Some(upstream)));
+                }
+                Err(error) => {
+                    trace.event(self.number, format_args!("upstream: {error}; trying the next backend"));
+                    if backend.health.connect_failed(self.balancer.fail_timeout) {
+                        tracing::warn!(
+                            "backend {} is down ({error}); skipping it for {:?}",
+                            backend.name,
+                            self.balancer.fail_timeout
+                        );
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(ProxyError::AllBackendsDown {
+            prefix: group.prefix.clone(),
+            last: last_error.map_or_else(|| "no backend available".to_string(), |e| e.to_string()),
+        })
+    }
+
+    /// Send the request on `upstream` and wait for the response head.
+    ///
+    /// The response timer starts only once the request body has been fully sent (`sent`), so a
+    /// slow upload never counts against the backend. If a pooled connection turns out to have been
+    /// closed before the request was written (the backend closed it while it sat idle), the
+    /// untouched request is retried once on a fresh connection: a stale pool entry never fails a
+    /// request.
+    async fn send(
+        &self,
+        backend: &Arc<Backend>,
+        mut upstream: Upstream,
+        mut request: Request<RequestBody>,
+        mut sent: oneshot::Receiver<()>,
+    ) -> Result<(Response<Incoming>, Upstream), ProxyError> {
+        let timeout = self.balancer.timeouts.response;
+        let mut sent_done = false;
+        loop {
+            let response = upstream.sender.try_send_request(request);
+            tokio::pin!(response);
+            if !sent_done {
+                tokio::select! {
+                    biased;
+                    result = &mut response => match result {
+                        Ok(r) => return Ok((r, upstream)),
+                        Err(e) => { request = self.retry_or_fail(backend, &mut upstream, e).await?; continue; }
+                    },
+                    _ = &mut sent => sent_done = true,
+                }
+            }
+            match tokio::time::timeout(timeout, &mut response).await {
+                Ok(Ok(r)) => return Ok((r, upstream)),
+                Ok(Err(e)) => request = self.retry_or_fail(backend, &mut upstream, e).await?,
+                Err(_) => return Err(ProxyError::ResponseTimeout { backend: backend.name.clone(), timeout }),
+            }
+        }
+    }
+
+    /// A send failed: retry on a fresh connection if the request was never written, else give up.
+    async fn retry_or_fail(
+        &self,
+        backend: &Arc<Backend>,
+        upstream: &mut Upstream,
+        mut error: hyper::client::conn::TrySendError<Request<RequestBody>>,
+    ) -> Result<Request<RequestBody>, ProxyError> {
+        match error.take_message() {
+            Some(request) if upstream.connect_time.is_none() => {
+                self.conn.trace.event(
+                    self.number,
+                    format_args!("upstream: pooled conn #{} was closed by the backend; reconnecting", upstream.id),
+                );
+                *upstream = backend.connect().await.map_err(|e| ProxyError::AllBackendsDown {
+                    prefix: "(retry)".to_string(),
+                    last: e.to_string(),
+                })?;
+                Ok(request)
+            }
+            _ => Err(ProxyError::Upstream { backend: backend.name.clone(), source: error.into_error() }),
+        }
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.
+fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if hosts == 0 && request.version() == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("HTTP/1.1 request without a Host header"));
+    }
+    Ok(())
+}
+
+/// After `101 Switching Protocols`, copy bytes both ways between client and backend until either
+/// side closes (WebSocket and friends).
+fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, trace: crate::trace::Trace, n: u64) {
+    tokio::spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(pair) => pair,
+            Err(e) => {
+                trace.event(n, format_args!("upgrade failed: {e}"));
+                return;
+            }
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            Ok((up, down)) => trace.event(n, format_args!("tunnel closed: {up} bytes up, {down} bytes down")),
+            Err(e) => trace.event(n, format_args!("tunnel closed: {e}")),
+        }
+    });
+}
