@@ -14,6 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use http_body_util::BodyExt;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -175,13 +176,22 @@ fn number_from_text(field: &str, text: Option<&str>) -> Result<f64, ApiError> {
 
 /// `GET /api/v1/whoami`: which server this is and how many requests it has handled (this one
 /// included), so a test can check how a balancer spread its traffic.
-pub(crate) async fn whoami(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "name": &*state.name,
-        "addr": state.addr.to_string(),
-        "pid": std::process::id(),
-        "requests_served": state.requests_served.load(Ordering::Relaxed),
-    }))
+pub(crate) async fn whoami(State(state): State<AppState>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: state.name.to_string(),
+        addr: state.addr.to_string(),
+        pid: std::process::id(),
+        requests_served: state.requests_served.load(Ordering::Relaxed),
+    })
+}
+
+/// The reply of `whoami`; a struct rather than `json!` so that the fields keep this order.
+#[derive(Serialize)]
+pub(crate) struct WhoAmI {
+    name: String,
+    addr: String,
+    pid: u32,
+    requests_served: u64,
 }
 
 /// `/printcontent`, any method: prints the first [`PRINT_CAP`] bytes of the body to stdout, reads

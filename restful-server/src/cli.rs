@@ -17,8 +17,8 @@ use crate::Config;
 #[derive(Debug, Parser)]
 #[command(name = "restful-server", version, after_help = endpoints_help())]
 pub struct Args {
-    /// Where to listen. A bare PORT listens on 127.0.0.1 only; use -p 0.0.0.0:PORT to listen on
-    /// all interfaces. Port 0 picks a free port (the "Starting" line says which).
+    /// Where to listen: a bare PORT is on 127.0.0.1 only (see below for all interfaces); port 0
+    /// picks a free port, which the "Starting" line names.
     #[arg(
         short = 'p',
         long = "port",
@@ -143,6 +143,8 @@ Test-harness endpoints (any method; a value past its cap is a 400 with {{\"error
     [&chunk_delay_ms=M]     waiting M ms (at most {CHUNK_DELAY_CAP_MS}) between chunks
 
 Every response carries X-Served-By: NAME.
+A bare -p PORT listens on 127.0.0.1 only; -p 0.0.0.0:PORT listens on all interfaces.
+
 Examples:
   restful-server -p 8910                  listen on 127.0.0.1:8910
   restful-server -p 0.0.0.0:8910 -d .     all interfaces, serving the current directory"

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -49,7 +50,7 @@ const fn repeat_alphabet() -> [u8; CHUNK_LEN] {
 /// in the order `HeaderMap` keeps them (first appearance of each name, then all its values in
 /// order), names lowercased by hyper, values as bytes made lossy UTF-8. The body is not echoed but
 /// measured: its length and CRC-32, computed frame by frame so a body of any size costs no memory.
-pub(crate) async fn echo(request: Request) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn echo(request: Request) -> Result<Json<Echo>, ApiError> {
     let (parts, mut body) = request.into_parts();
     let headers: Vec<[String; 2]> = parts
         .headers
@@ -74,14 +75,28 @@ pub(crate) async fn echo(request: Request) -> Result<Json<Value>, ApiError> {
         }
     }
 
-    Ok(Json(json!({
-        "method": parts.method.as_str(),
-        "uri": parts.uri.to_string(),
-        "version": format!("{:?}", parts.version),
-        "headers": headers,
-        "body_len": body_len,
-        "body_crc32": crc.finalize(),
-    })))
+    Ok(Json(Echo {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: format!("{:?}", parts.version),
+        headers,
+        body_len,
+        body_crc32: crc.finalize(),
+    }))
+}
+
+/// The reply of `echo`; a struct rather than `json!` so that the fields keep this order.
+#[derive(Serialize)]
+pub(crate) struct Echo {
+    method: String,
+    uri: String,
+    /// `HTTP/1.1`, `HTTP/1.0`, ...
+    version: String,
+    /// `[name, value]` pairs.
+    headers: Vec<[String; 2]>,
+    body_len: u64,
+    /// CRC-32 (IEEE, as zlib and `crc32fast` compute it) of the body.
+    body_crc32: u32,
 }
 
 /// `/api/v1/delay?ms=N`: waits N milliseconds, then answers `{"delayed_ms": N}`. The wait is a
@@ -202,6 +217,12 @@ mod tests {
         )
         .await;
         assert_eq!(reply.status, StatusCode::OK);
+        // Fields in the documented order, so the raw reply reads top to bottom like a request.
+        assert!(
+            reply.text().starts_with(r#"{"method":"POST","uri":"#),
+            "{}",
+            reply.text()
+        );
         let echo = reply.json();
         assert_eq!(echo["method"], "POST");
         assert_eq!(echo["uri"], "/api/v1/echo?a=1");

@@ -6,25 +6,21 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use restful_server::{cli, serve, shutdown};
+use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A bad flag ends the process here with clap's message and status 2.
-    let args = cli::parse();
+    let args = cli::parse(); // A bad flag exits here, with status 2.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // `{:#}` prints the error and its causes on one line.
-            eprintln!("restful-server: {err:#}");
-            ExitCode::FAILURE
-        }
+    if let Err(err) = run(args).await {
+        eprintln!("restful-server: {err:#}"); // `{:#}`: the error and its causes on one line.
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
 
 async fn run(args: cli::Args) -> anyhow::Result<()> {
