@@ -318,8 +318,7 @@ pub fn check_counts(
     }
     let share = |c: u64| c as f64 / total as f64;
     let mut problems = Vec::new();
-    let detail_ok;
-    match expectation {
+    let detail_ok = match expectation {
         Expectation::RoundRobin => {
             let (min, max) = counts
                 .iter()
@@ -331,22 +330,22 @@ pub fn check_counts(
                     max - min
                 ));
             }
-            detail_ok = format!(
+            format!(
                 "counts within {} of each other: {}",
                 connections,
                 list(counts)
-            );
+            )
         }
         Expectation::Even => {
             let target = 1.0 / counts.len() as f64;
             for (n, c) in counts {
                 within(n, share(*c), target, tolerance, &mut problems);
             }
-            detail_ok = format!(
+            format!(
                 "shares within {:.0}% of even: {}",
                 tolerance * 100.0,
                 list(counts)
-            );
+            )
         }
         Expectation::Weights(weights) => {
             let sum: u32 = weights.iter().map(|(_, w)| w).sum();
@@ -365,13 +364,13 @@ pub fn check_counts(
                     problems.push(format!("{n} served {c} responses but has no weight"));
                 }
             }
-            detail_ok = format!(
+            format!(
                 "shares within {:.0}% of the weights: {}",
                 tolerance * 100.0,
                 list(counts)
-            );
+            )
         }
-    }
+    };
     if problems.is_empty() {
         Verdict {
             expectation: expectation.clone(),

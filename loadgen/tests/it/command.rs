@@ -1,0 +1,173 @@
+//! The `loadgen` binary: what a user sees (exit codes, report text, JSON files, `merge`).
+
+use std::process::Output;
+
+use loadgen::Report;
+
+use crate::servers;
+
+/// Runs the binary to completion (killed if the test is dropped first).
+async fn loadgen(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Everything needed to understand a failed assertion: the command, its status and output.
+fn show(args: &[&str], out: &Output) -> String {
+    format!(
+        "loadgen {}\nstatus: {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn round_robin_passes_with_exit_0() {
+    let server = servers::backends(&["a", "b"]).await;
+    let url = server.url();
+    let args = ["--expect", "round-robin", "-n", "20", &url];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Latency",
+        "Requests/sec",
+        "200: 20",
+        "Expect round-robin: PASS",
+    ] {
+        assert!(
+            text.contains(needle),
+            "missing {needle:?}\n{}",
+            show(&args, &out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_to_one_pattern_fails_round_robin_at_its_index() {
+    let server = servers::backends(&["a", "a", "b"]).await;
+    let url = server.url();
+    let args = [url.as_str(), "-n", "12", "--expect", "round-robin"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("request #3 went to b, expected a; sequence around it: a a [b] a a b"),
+        "{}",
+        show(&args, &out)
+    );
+}
+
+#[tokio::test]
+async fn timeouts_are_errors_with_exit_1() {
+    let addr = servers::silent().await;
+    let url = format!("http://{addr}/");
+    let args = [url.as_str(), "-n", "3", "--timeout", "200ms"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("timeout 3"), "{}", show(&args, &out));
+    assert!(
+        text.contains("more than --max-errors 0"),
+        "{}",
+        show(&args, &out)
+    );
+
+    // Allowing them turns the run green.
+    let args = [
+        url.as_str(),
+        "-n",
+        "2",
+        "--timeout",
+        "100ms",
+        "--max-errors",
+        "2",
+    ];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+}
+
+#[tokio::test]
+async fn refused_connections_exit_1() {
+    let addr = servers::refused().await;
+    let url = format!("http://{addr}/");
+    let args = [url.as_str(), "-n", "4", "--output", "json"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.errors.connect_refused, 4);
+    assert_eq!(report.requests, 4);
+}
+
+#[tokio::test]
+async fn json_reports_round_trip_and_merge_adds_up() {
+    let server = servers::backends(&["a", "b"]).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut runs = Vec::new();
+    for (name, n) in [("one.json", "30"), ("two.json", "50")] {
+        let path = dir.path().join(name).display().to_string();
+        let args = [
+            url.as_str(),
+            "-n",
+            n,
+            "-c",
+            "2",
+            "--json-out",
+            &path,
+            "--quiet",
+        ];
+        let out = loadgen(&args).await;
+        assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let report: Report = serde_json::from_str(&text).unwrap();
+        // Reading and writing again gives the same JSON: nothing is lost on the way.
+        assert_eq!(serde_json::to_string_pretty(&report).unwrap() + "\n", text);
+        runs.push(report);
+        files.push(path);
+    }
+    let args = ["merge", &files[0], &files[1], "--output", "json"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let merged: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(merged.requests, 80);
+    assert_eq!(merged.responses, runs[0].responses + runs[1].responses);
+    assert_eq!(merged.bytes, runs[0].bytes + runs[1].bytes);
+    assert_eq!(merged.status.get(&200), Some(&80));
+    assert_eq!(merged.latency.count(), 80);
+    assert_eq!(merged.duration, runs[0].duration.max(runs[1].duration));
+    let backends: u64 = merged.backends.iter().map(|b| b.responses).sum();
+    assert_eq!(backends, 80);
+
+    let args = ["merge", &files[0], &files[1]];
+    let out = loadgen(&args).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("80 requests"),
+        "{}",
+        show(&args, &out)
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    for args in [
+        &["https://127.0.0.1:1/"][..],
+        &[],
+        &["http://127.0.0.1:1/", "-n", "5", "-z", "1s"],
+        &["http://127.0.0.1:1/", "--expect", "sometimes"],
+        &["http://127.0.0.1:1/", "-z", "soon"],
+    ] {
+        let out = loadgen(args).await;
+        assert_eq!(out.status.code(), Some(2), "{}", show(args, &out));
+    }
+    let out = loadgen(&["https://127.0.0.1:1/"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("https is not supported"), "{err}");
+}

@@ -1,0 +1,152 @@
+//! `loadgen::run` against in-process servers.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use loadgen::{ErrorClass, Expectation, Plan};
+
+use crate::servers;
+
+fn plan(url: &str, requests: u64) -> Plan {
+    let mut plan = Plan::new(url).unwrap();
+    plan.requests = Some(requests);
+    plan
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternating_backends_pass_round_robin() {
+    let server = servers::backends(&["a", "b"]).await;
+    let mut plan = plan(&server.url(), 20);
+    plan.expect = Some(Expectation::RoundRobin);
+    let report = loadgen::run(plan).await.unwrap();
+    assert!(report.passed(), "{}", report.render_text());
+    assert_eq!(report.requests, 20);
+    assert_eq!(report.status.get(&200), Some(&20));
+    assert_eq!(report.bytes, 20 * "hello from a\n".len() as u64);
+    let counts: Vec<_> = report
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.responses))
+        .collect();
+    assert_eq!(counts, [("a", 10), ("b", 10)]);
+    assert_eq!(report.latency.count(), 20);
+    // One keep-alive connection carried everything.
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_judge_counts() {
+    let server = servers::backends(&["a", "b", "c"]).await;
+    let mut plan = plan(&server.url(), 300);
+    plan.connections = 4;
+    plan.expect = Some(Expectation::RoundRobin);
+    let report = loadgen::run(plan).await.unwrap();
+    assert!(report.passed(), "{}", report.render_text());
+    assert_eq!(report.requests, 300);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 4);
+
+    let skewed = servers::backends(&["a", "a", "b"]).await;
+    let mut plan = self::plan(&skewed.url(), 300);
+    plan.connections = 4;
+    plan.expect = Some(Expectation::Even);
+    let report = loadgen::run(plan).await.unwrap();
+    assert!(!report.passed());
+    let verdict = report.verdict.unwrap();
+    assert!(verdict.detail.contains("a got 66.7%"), "{}", verdict.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_backend_header_fails_the_expectation() {
+    let server = servers::backends(&["a", ""]).await;
+    let mut plan = plan(&server.url(), 6);
+    plan.expect = Some(Expectation::RoundRobin);
+    let report = loadgen::run(plan).await.unwrap();
+    let verdict = report.verdict.clone().unwrap();
+    assert_eq!(verdict.first_violation, Some(2), "{}", verdict.detail);
+    assert!(
+        verdict.detail.contains("had no x-served-by header"),
+        "{}",
+        verdict.detail
+    );
+    assert!(report
+        .backends
+        .iter()
+        .any(|b| b.name == "(none)" && b.responses == 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_keeps_the_rate() {
+    let server = servers::backends(&["a", "b"]).await;
+    let mut plan = Plan::new(&server.url()).unwrap();
+    plan.rate = Some(200.0);
+    plan.duration = Some(Duration::from_secs(2));
+    plan.connections = 2;
+    let report = loadgen::run(plan).await.unwrap();
+    // 2 s at 200 req/s schedules exactly 400 sends; all of them complete.
+    assert!(
+        (390..=410).contains(&report.requests),
+        "{}",
+        report.render_text()
+    );
+    assert_eq!(report.errors.total(), 0);
+    assert!(matches!(report.model, loadgen::report::LoadModel::Open { rate } if rate == 200.0));
+    let uncorrected = report.latency_uncorrected.as_ref().unwrap();
+    assert_eq!(uncorrected.count(), report.requests);
+    // Measured from the scheduled time, latency can only be longer.
+    assert!(report.latency.max() >= uncorrected.max());
+    assert!(report.render_text().contains("open loop at 200 req/s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_counted_not_returned() {
+    let addr = servers::refused().await;
+    let report = loadgen::run(plan(&format!("http://{addr}/"), 5))
+        .await
+        .unwrap();
+    assert_eq!(report.requests, 5);
+    assert_eq!(report.responses, 0);
+    assert_eq!(report.errors.connect_refused, 5);
+    assert!(!report.passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keepalive_opens_a_connection_per_request() {
+    let server = servers::backends(&["a", "b"]).await;
+    let mut plan = plan(&server.url(), 10);
+    plan.keepalive = false;
+    plan.expect = Some(Expectation::RoundRobin);
+    let report = loadgen::run(plan).await.unwrap();
+    assert!(report.passed(), "{}", report.render_text());
+    assert_eq!(server.connections.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_samples_are_kept() {
+    let server = servers::backends(&["a", "b"]).await;
+    let mut plan = plan(&server.url(), 10);
+    plan.keep_samples = 4;
+    let report = loadgen::run(plan).await.unwrap();
+    let seen: Vec<_> = report
+        .samples
+        .iter()
+        .map(|s| (s.index, s.backend.as_deref(), s.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, Some("a"), Some(200)),
+            (2, Some("b"), Some(200)),
+            (3, Some("a"), Some(200)),
+            (4, Some("b"), Some(200))
+        ]
+    );
+    let addr = servers::refused().await;
+    let mut plan = self::plan(&format!("http://{addr}/"), 3);
+    plan.keep_samples = 10;
+    let report = loadgen::run(plan).await.unwrap();
+    assert_eq!(report.samples.len(), 3);
+    assert!(report
+        .samples
+        .iter()
+        .all(|s| s.error == Some(ErrorClass::ConnectRefused)));
+}
