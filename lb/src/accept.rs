@@ -5,19 +5,27 @@
 //! so pipelined requests are answered in order. Around hyper, this module adds what it lacks:
 //! - a cap on concurrent connections (`--max-conns`): a semaphore permit per connection; past the
 //!   cap we stop calling `accept`, so new clients wait in the kernel's queue instead of failing;
-//! - a keep-alive idle timeout (`--idle-timeout`): hyper has none, so a watchdog closes a
-//!   connection that has had no request in flight for that long;
+//! - a watchdog for two timeouts hyper cannot tell apart. hyper's own `header_read_timeout` also
+//!   starts while a keep-alive connection waits for its next request, so it would double as the idle
+//!   timeout. We want a short `--header-timeout` (a slowloris client dripping a head byte by byte)
+//!   and a longer `--idle-timeout` (a polite client keeping its connection for the next request).
+//!   The socket is wrapped in [`WatchedIo`], which notes when the first byte of a new head arrives;
+//!   the watchdog then knows which of the two deadlines applies;
 //! - graceful shutdown: on the stop signal every connection finishes the request it is serving
 //!   and closes; `run` waits for that up to `--grace`.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -34,6 +42,8 @@ pub struct ConnInfo {
     in_flight: AtomicUsize,
     /// [`now_ms`] when the last request finished (or the connection was accepted).
     idle_since_ms: AtomicU64,
+    /// [`now_ms`] of the first byte read since the last request started or finished; 0 = none.
+    head_started_ms: AtomicU64,
 }
 
 impl ConnInfo {
@@ -41,10 +51,16 @@ impl ConnInfo {
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if number > 1 {
-            self.trace.conn_event(format_args!("keep-alive: request #{number} on this connection"));
+            self.trace.conn_event(format_args!(
+                "keep-alive: request #{number} on this connection"
+            ));
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { conn: self.clone(), number }
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        InFlight {
+            conn: self.clone(),
+            number,
+        }
     }
 }
 
@@ -64,12 +80,17 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.conn.idle_since_ms.store(now_ms(), Ordering::Relaxed);
+        self.conn.head_started_ms.store(0, Ordering::Relaxed);
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Accept connections until `stop` flips to true, then wait up to `grace` for them to finish.
-pub async fn accept_loop(listener: TcpListener, balancer: Arc<Balancer>, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    balancer: Arc<Balancer>,
+    mut stop: watch::Receiver<bool>,
+) {
     let max_conns = balancer.limits.max_conns;
     let permits = Arc::new(Semaphore::new(max_conns));
     let next_id = AtomicU64::new(1);
@@ -91,13 +112,23 @@ pub async fn accept_loop(listener: TcpListener, balancer: Arc<Balancer>, mut sto
             _ = stopped(&mut stop) => break,
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve_connection(stream, peer, id, balancer.clone(), stop.clone(), permit));
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            id,
+            balancer.clone(),
+            stop.clone(),
+            permit,
+        ));
     }
     drop(listener);
     // Every connection holds one permit: all permits back means every connection is closed.
     let grace = balancer.timeouts.grace;
     let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
         tracing::warn!(
             "shutdown: {} connection(s) still busy after --grace {grace:?}; closing them",
             max_conns - permits.available_permits()
@@ -123,6 +154,7 @@ async fn serve_connection(
         requests: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         idle_since_ms: AtomicU64::new(now_ms()),
+        head_started_ms: AtomicU64::new(0),
     });
     let service = {
         let (balancer, info) = (balancer.clone(), info.clone());
@@ -131,17 +163,25 @@ async fn serve_connection(
     let timeouts = balancer.timeouts;
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header)
+        .header_read_timeout(None) // the watchdog below does it, see the module comment
         .max_buf_size(balancer.limits.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(WatchedIo {
+                inner: stream,
+                conn: info.clone(),
+            }),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(connection);
 
     let mut stopping = false;
     let reason = loop {
-        // The watchdog: when nothing is in flight, the connection may stay idle for --idle-timeout.
-        let idle_for = Duration::from_millis(now_ms().saturating_sub(info.idle_since_ms.load(Ordering::Relaxed)));
-        let check_in = timeouts.idle.saturating_sub(idle_for).max(Duration::from_millis(10));
+        let wake_at = match deadline(&info, timeouts.header, timeouts.idle) {
+            Deadline::None => now_ms() + timeouts.idle.as_millis() as u64,
+            Deadline::Head(at) | Deadline::Idle(at) => at,
+        };
+        let check_in = Duration::from_millis(wake_at.saturating_sub(now_ms()).max(5));
         tokio::select! {
             result = connection.as_mut() => break match result {
                 Ok(()) if stopping => "shutdown".to_string(),
@@ -152,15 +192,20 @@ async fn serve_connection(
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(check_in), if !stopping => {
-                let idle = info.in_flight.load(Ordering::Relaxed) == 0
-                    && now_ms().saturating_sub(info.idle_since_ms.load(Ordering::Relaxed)) >= timeouts.idle.as_millis() as u64;
-                if idle {
-                    trace.conn_event(format_args!("closing: idle for {:?} (--idle-timeout)", timeouts.idle));
+            _ = tokio::time::sleep(check_in) => match deadline(&info, timeouts.header, timeouts.idle) {
+                // A request head started arriving but is still incomplete: drop the connection
+                // (nothing is in flight, so nothing is lost).
+                Deadline::Head(at) if at <= now_ms() => {
+                    break format!("no complete request head within {:?} (--header-timeout)", timeouts.header)
+                }
+                Deadline::Idle(at) if at <= now_ms() && !stopping => {
+                    trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
                     stopping = true;
                     connection.as_mut().graceful_shutdown();
                 }
-            }
+                Deadline::Idle(at) if at <= now_ms() => break "idle during shutdown".to_string(),
+                _ => {}
+            },
         }
     };
     trace.conn_event(format_args!("closed ({reason})"));
@@ -169,4 +214,82 @@ async fn serve_connection(
 /// Completes once the stop flag is set (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Which timeout applies to a connection right now, as an absolute [`now_ms`] time.
+enum Deadline {
+    /// A request is in flight: body timeouts apply, not these.
+    None,
+    /// Part of a request head has arrived: the rest must come by then.
+    Head(u64),
+    /// Nothing in flight, nothing arriving: the connection may idle until then.
+    Idle(u64),
+}
+
+fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
+    if conn.in_flight.load(Ordering::Relaxed) > 0 {
+        return Deadline::None;
+    }
+    let head_started = conn.head_started_ms.load(Ordering::Relaxed);
+    if head_started != 0 {
+        return Deadline::Head(head_started + header.as_millis() as u64);
+    }
+    // Before the first request a silent client gets only the header timeout.
+    let allowed = if conn.requests.load(Ordering::Relaxed) == 0 {
+        header
+    } else {
+        idle
+    };
+    Deadline::Idle(conn.idle_since_ms.load(Ordering::Relaxed) + allowed.as_millis() as u64)
+}
+
+/// The client socket, noting when the first byte of a request head arrives.
+struct WatchedIo {
+    inner: TcpStream,
+    conn: Arc<ConnInfo>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && self.conn.head_started_ms.load(Ordering::Relaxed) == 0 {
+            self.conn.head_started_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -59,7 +59,9 @@ impl Record {
 
 /// Seconds since the Unix epoch, as the original's `time(NULL)`.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 enum Message {
@@ -100,11 +102,21 @@ impl AccessLog {
     pub fn start(target: &LogTarget, format: LogFormat) -> io::Result<(AccessLog, LogWriter)> {
         let out: Box<dyn Write + Send> = match target {
             LogTarget::Stdout => Box::new(io::stdout()),
-            LogTarget::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+            LogTarget::File(path) => {
+                Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+            }
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let thread = std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out))?;
-        let log = AccessLog { inner: Some(Arc::new(Inner { tx: tx.clone(), format, dropped: AtomicU64::new(0) })) };
+        let thread = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        let log = AccessLog {
+            inner: Some(Arc::new(Inner {
+                tx: tx.clone(),
+                format,
+                dropped: AtomicU64::new(0),
+            })),
+        };
         Ok((log.clone(), LogWriter { tx, thread, log }))
     }
 
@@ -116,13 +128,17 @@ impl AccessLog {
     pub fn write(&self, record: &Record) {
         let Some(inner) = &self.inner else { return };
         let line = format_line(inner.format, record);
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = inner.tx.try_send(Message::Line(line)) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            inner.tx.try_send(Message::Line(line))
+        {
             inner.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn dropped(&self) -> u64 {
-        self.inner.as_ref().map_or(0, |i| i.dropped.load(Ordering::Relaxed))
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.dropped.load(Ordering::Relaxed))
     }
 }
 
@@ -159,7 +175,13 @@ fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>) -> io::Result<
 pub fn format_line(format: LogFormat, r: &Record) -> String {
     let backend = r.backend.as_deref().unwrap_or("not defined");
     match format {
-        LogFormat::Mongoose => format!("{} {} {} backend={}\n", r.unix_time, r.method, r.path(), backend),
+        LogFormat::Mongoose => format!(
+            "{} {} {} backend={}\n",
+            r.unix_time,
+            r.method,
+            r.path(),
+            backend
+        ),
         LogFormat::Combined => format!(
             "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" backend={} duration={:.3}ms\n",
             r.client.ip(),
@@ -203,7 +225,9 @@ fn header_text(value: Option<&HeaderValue>) -> String {
 
 /// `25/Nov/2026:08:01:00 +0000`: the Common Log Format's timestamp, in UTC.
 fn clf_time(unix: u64) -> String {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let (days, secs) = (unix / 86_400, unix % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -216,7 +240,12 @@ fn clf_time(unix: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let name = MONTHS.get((month - 1) as usize).copied().unwrap_or("???");
-    format!("{day:02}/{name}/{year}:{:02}:{:02}:{:02} +0000", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{day:02}/{name}/{year}:{:02}:{:02}:{:02} +0000",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]
@@ -243,7 +272,10 @@ mod tests {
 
     #[test]
     fn mongoose_line_matches_the_original() {
-        assert_eq!(format_line(LogFormat::Mongoose, &record()), "1465822060 GET /index.html backend=127.0.0.1:8910\n");
+        assert_eq!(
+            format_line(LogFormat::Mongoose, &record()),
+            "1465822060 GET /index.html backend=127.0.0.1:8910\n"
+        );
         let mut r = record();
         r.backend = None;
         assert!(format_line(LogFormat::Mongoose, &r).ends_with("backend=not defined\n"));
@@ -257,7 +289,8 @@ mod tests {
             "127.0.0.1 - - [13/Jun/2016:12:47:40 +0000] \"GET /index.html?q=1 HTTP/1.1\" 200 1930 \"-\" \"curl/8.0\" \
              backend=127.0.0.1:8910 duration=0.512ms\n"
         );
-        let json: serde_json::Value = serde_json::from_str(&format_line(LogFormat::Json, &record())).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&format_line(LogFormat::Json, &record())).unwrap();
         assert_eq!(json["status"], 200);
         assert_eq!(json["path"], "/index.html");
         assert_eq!(json["backend"], "127.0.0.1:8910");

@@ -36,20 +36,27 @@ struct IdleTimer {
 
 impl IdleTimer {
     fn new(timeout: Duration) -> Self {
-        IdleTimer { timeout, sleep: None }
+        IdleTimer {
+            timeout,
+            sleep: None,
+        }
     }
 
     /// A frame moved: push the deadline back.
     fn progress(&mut self) {
         if let Some(sleep) = self.sleep.as_mut() {
-            sleep.as_mut().reset(tokio::time::Instant::now() + self.timeout);
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
         }
     }
 
     /// The body is waiting: has it waited too long?
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let timeout = self.timeout;
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         sleep.as_mut().poll(cx).is_ready()
     }
 }
@@ -74,7 +81,11 @@ impl RequestBody {
     /// Wrap `inner`; the receiver completes when the body has been fully sent upstream.
     pub fn new(inner: Incoming, idle_timeout: Duration) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
-        let mut body = RequestBody { inner: Some(inner), idle: IdleTimer::new(idle_timeout), sent: Some(tx) };
+        let mut body = RequestBody {
+            inner: Some(inner),
+            idle: IdleTimer::new(idle_timeout),
+            sent: Some(tx),
+        };
         if body.inner.as_ref().is_none_or(Body::is_end_stream) {
             body.finish();
         }
@@ -83,7 +94,11 @@ impl RequestBody {
 
     /// An empty body (for health probes).
     pub fn empty() -> Self {
-        RequestBody { inner: None, idle: IdleTimer::new(Duration::MAX), sent: None }
+        RequestBody {
+            inner: None,
+            idle: IdleTimer::new(Duration::MAX),
+            sent: None,
+        }
     }
 
     fn finish(&mut self) {
@@ -105,9 +120,14 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
@@ -121,9 +141,11 @@ impl Body for RequestBody {
                 this.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending if this.idle.poll_expired(cx) => {
-                Poll::Ready(Some(Err(BodyTimeout { side: "request", timeout: this.idle.timeout }.into())))
+            Poll::Pending if this.idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyTimeout {
+                side: "request",
+                timeout: this.idle.timeout,
             }
+            .into()))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -133,7 +155,10 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(Body::size_hint).unwrap_or_else(|| SizeHint::with_exact(0))
+        self.inner
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_else(|| SizeHint::with_exact(0))
     }
 }
 
@@ -158,9 +183,15 @@ impl Drop for Completion {
         if let Some((backend, sender, id)) = self.upstream.take() {
             if self.clean {
                 backend.checkin(sender, id);
-                self.trace.event(self.record.request, format_args!("upstream conn #{id} returned to the pool"));
+                self.trace.event(
+                    self.record.request,
+                    format_args!("upstream conn #{id} returned to the pool"),
+                );
             } else {
-                self.trace.event(self.record.request, format_args!("upstream conn #{id} closed (exchange incomplete)"));
+                self.trace.event(
+                    self.record.request,
+                    format_args!("upstream conn #{id} closed (exchange incomplete)"),
+                );
             }
         }
         let duration = self.record.started.elapsed();
@@ -171,7 +202,11 @@ impl Drop for Completion {
                 self.record.status,
                 self.bytes,
                 duration.as_secs_f64() * 1e3,
-                if self.clean { "" } else { " (aborted: the client connection is closed early)" }
+                if self.clean {
+                    ""
+                } else {
+                    " (aborted: the client connection is closed early)"
+                }
             ),
         );
         self.record.bytes = self.bytes;
@@ -197,12 +232,20 @@ enum Kind {
 impl ResponseBody {
     /// A small body written by `lb` itself (errors, redirects).
     pub fn full(bytes: Bytes) -> Self {
-        ResponseBody { kind: Kind::Full(Some(bytes)), idle: IdleTimer::new(Duration::MAX), completion: None }
+        ResponseBody {
+            kind: Kind::Full(Some(bytes)),
+            idle: IdleTimer::new(Duration::MAX),
+            completion: None,
+        }
     }
 
     /// A backend's body, streamed frame by frame.
     pub fn streamed(inner: Incoming, idle_timeout: Duration) -> Self {
-        ResponseBody { kind: Kind::Streamed(inner), idle: IdleTimer::new(idle_timeout), completion: None }
+        ResponseBody {
+            kind: Kind::Streamed(inner),
+            idle: IdleTimer::new(idle_timeout),
+            completion: None,
+        }
     }
 
     /// Run `completion` when this body ends (or immediately if it is already empty).
@@ -231,7 +274,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -239,7 +285,11 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
                 Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
                 Poll::Pending if this.idle.poll_expired(cx) => {
-                    Poll::Ready(Some(Err(BodyTimeout { side: "response", timeout: this.idle.timeout }.into())))
+                    Poll::Ready(Some(Err(BodyTimeout {
+                        side: "response",
+                        timeout: this.idle.timeout,
+                    }
+                    .into())))
                 }
                 Poll::Pending => Poll::Pending,
             },

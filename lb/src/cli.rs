@@ -164,7 +164,13 @@ where
         )));
     }
     let listen = parse_listen(&args.port)?;
-    let log = args.log.map(|l| if l == "-" { LogTarget::Stdout } else { LogTarget::File(PathBuf::from(l)) });
+    let log = args.log.map(|l| {
+        if l == "-" {
+            LogTarget::Stdout
+        } else {
+            LogTarget::File(PathBuf::from(l))
+        }
+    });
     let health_check = match args.health_check {
         Some(path) if !path.starts_with('/') => {
             return Err(CliError::Invalid(format!(
@@ -212,7 +218,10 @@ fn rules_from(matches: &clap::ArgMatches, args: &Args) -> Result<Vec<Rule>, CliE
         if matches.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
             return Vec::new();
         }
-        matches.indices_of(id).map(|i| i.collect()).unwrap_or_default()
+        matches
+            .indices_of(id)
+            .map(|i| i.collect())
+            .unwrap_or_default()
     };
     let backend_at = indices("backend");
     let redirect_at = indices("redirect");
@@ -226,7 +235,11 @@ fn rules_from(matches: &clap::ArgMatches, args: &Args) -> Result<Vec<Rule>, CliE
         let at = backend_at.get(2 * n).copied().unwrap_or(usize::MAX);
         let in_window = |i: &usize| *i > previous && *i < at;
         let redirect = redirect_at.iter().any(in_window);
-        let vhost = vhost_at.iter().rposition(in_window).and_then(|k| args.vhost.get(k)).cloned();
+        let vhost = vhost_at
+            .iter()
+            .rposition(in_window)
+            .and_then(|k| args.vhost.get(k))
+            .cloned();
         previous = at;
 
         let (prefix, replacement) = match spec.split_once('=') {
@@ -238,12 +251,23 @@ fn rules_from(matches: &clap::ArgMatches, args: &Args) -> Result<Vec<Rule>, CliE
                 "invalid prefix '{prefix}' for -b {spec} {address}: expected a path starting with '/', e.g. -b / {address}"
             )));
         }
-        if address.to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) || !address.contains(':') {
+        if address
+            .to_socket_addrs()
+            .map(|mut a| a.next().is_none())
+            .unwrap_or(true)
+            || !address.contains(':')
+        {
             return Err(CliError::Invalid(format!(
                 "invalid backend address '{address}' for -b {spec}: expected HOST:PORT"
             )));
         }
-        rules.push(Rule { prefix, replacement, vhost, redirect, backend: address.clone() });
+        rules.push(Rule {
+            prefix,
+            replacement,
+            vhost,
+            redirect,
+            backend: address.clone(),
+        });
     }
     let last_b = backend_at.last().copied().unwrap_or(0);
     if redirect_at.iter().chain(&vhost_at).any(|i| *i > last_b) {
@@ -260,7 +284,9 @@ fn parse_listen(text: &str) -> Result<SocketAddr, CliError> {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     text.parse::<SocketAddr>().map_err(|_| {
-        CliError::Invalid(format!("invalid -p '{text}': expected PORT or IP:PORT, e.g. -p 8000 or -p 0.0.0.0:8000"))
+        CliError::Invalid(format!(
+            "invalid -p '{text}': expected PORT or IP:PORT, e.g. -p 8000 or -p 0.0.0.0:8000"
+        ))
     })
 }
 
@@ -274,7 +300,9 @@ mod tests {
 
     #[test]
     fn the_walkthrough_line_parses() {
-        let config = parse("lb -p 8000 -l - -b / 127.0.0.1:8910 -b / 127.0.0.1:8911".split_whitespace()).unwrap();
+        let config =
+            parse("lb -p 8000 -l - -b / 127.0.0.1:8910 -b / 127.0.0.1:8911".split_whitespace())
+                .unwrap();
         assert_eq!(config.listen, "127.0.0.1:8000".parse().unwrap());
         assert_eq!(config.log, Some(LogTarget::Stdout));
         assert_eq!(config.rules.len(), 2);
@@ -289,7 +317,10 @@ mod tests {
         assert_eq!(r[0].vhost.as_deref(), Some("example.com"));
         assert!(!r[1].redirect);
         assert_eq!(r[1].vhost, None);
-        assert_eq!((r[1].prefix.as_str(), r[1].replacement.as_str()), ("/b/", "/"));
+        assert_eq!(
+            (r[1].prefix.as_str(), r[1].replacement.as_str()),
+            ("/b/", "/")
+        );
         assert_eq!(r[2].vhost.as_deref(), Some("x.org"));
         assert!(!r[2].redirect);
     }
@@ -297,17 +328,35 @@ mod tests {
     #[test]
     fn errors_name_the_flag_and_exit_2() {
         let err = parse("lb -b / nonsense".split_whitespace()).unwrap_err();
-        assert_eq!(err.to_string(), "invalid backend address 'nonsense' for -b /: expected HOST:PORT");
+        assert_eq!(
+            err.to_string(),
+            "invalid backend address 'nonsense' for -b /: expected HOST:PORT"
+        );
         assert_eq!(err.exit_code(), 2);
         assert_eq!(parse(["lb"]).unwrap_err().exit_code(), 2);
-        assert_eq!(parse("lb -p x -b / 127.0.0.1:1".split_whitespace()).unwrap_err().exit_code(), 2);
-        assert_eq!(parse("lb --connect-timeout soon -b / 127.0.0.1:1".split_whitespace()).unwrap_err().exit_code(), 2);
-        assert!(parse("lb -b / 127.0.0.1:1 -r".split_whitespace()).unwrap_err().to_string().contains("-r"));
+        assert_eq!(
+            parse("lb -p x -b / 127.0.0.1:1".split_whitespace())
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(
+            parse("lb --connect-timeout soon -b / 127.0.0.1:1".split_whitespace())
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert!(parse("lb -b / 127.0.0.1:1 -r".split_whitespace())
+            .unwrap_err()
+            .to_string()
+            .contains("-r"));
     }
 
     #[test]
     fn durations_and_bare_ports() {
-        let c = parse("lb -p 0 --connect-timeout 250ms --grace 2s -b / 127.0.0.1:1".split_whitespace()).unwrap();
+        let c =
+            parse("lb -p 0 --connect-timeout 250ms --grace 2s -b / 127.0.0.1:1".split_whitespace())
+                .unwrap();
         assert_eq!(c.timeouts.connect, Duration::from_millis(250));
         assert_eq!(c.timeouts.grace, Duration::from_secs(2));
         assert_eq!(c.listen.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));

@@ -115,7 +115,11 @@ impl Default for Timeouts {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_header_bytes: 16 * 1024, max_conns: 10_000, pool_max_idle: 256 }
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_conns: 10_000,
+            pool_max_idle: 256,
+        }
     }
 }
 

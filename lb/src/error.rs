@@ -23,18 +23,27 @@ pub enum ProxyError {
     ResponseTimeout { backend: String, timeout: Duration },
     /// The backend broke the connection or sent something that is not HTTP.
     #[error("backend {backend} failed: {source}")]
-    Upstream { backend: String, source: hyper::Error },
+    Upstream {
+        backend: String,
+        source: hyper::Error,
+    },
 }
 
 /// Why we could not get a connection to one backend. Nothing was sent, so trying another is safe.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connecting to {backend}: {source}")]
-    Io { backend: String, source: std::io::Error },
+    Io {
+        backend: String,
+        source: std::io::Error,
+    },
     #[error("connecting to {backend}: no connection within {timeout:?}")]
     Timeout { backend: String, timeout: Duration },
     #[error("HTTP handshake with {backend}: {source}")]
-    Handshake { backend: String, source: hyper::Error },
+    Handshake {
+        backend: String,
+        source: hyper::Error,
+    },
 }
 
 /// The error type carried by the bodies we stream; hyper only needs it to be boxable.

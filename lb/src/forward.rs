@@ -45,7 +45,9 @@ pub fn request(parts: &mut request::Parts, target: Uri, client: SocketAddr, back
     remove_hop_by_hop(&mut parts.headers);
     if let (true, Some(protocol)) = (upgrade, upgrade_value) {
         parts.headers.insert(header::UPGRADE, protocol);
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 
     parts.uri = target;
@@ -57,7 +59,9 @@ pub fn request(parts: &mut request::Parts, target: Uri, client: SocketAddr, back
         }
     }
     append_forwarded_for(&mut parts.headers, client);
-    parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     parts.headers.append(header::VIA, via);
 }
 
@@ -72,7 +76,11 @@ pub fn response(parts: &mut response::Parts) {
 }
 
 fn via_value(version: Version) -> HeaderValue {
-    HeaderValue::from_static(if version == Version::HTTP_10 { "1.0 lb" } else { "1.1 lb" })
+    HeaderValue::from_static(if version == Version::HTTP_10 {
+        "1.0 lb"
+    } else {
+        "1.1 lb"
+    })
 }
 
 /// Remove `Connection`, every header it names, and the fixed hop-by-hop list. `TE: trailers` is the
@@ -88,7 +96,10 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    let te_trailers = headers.get_all(header::TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !te_trailers {
         headers.remove(header::TE);
     }
@@ -143,8 +154,20 @@ mod tests {
             ("proxy-authorization", "basic x"),
             ("x-kept", "yes"),
         ]);
-        request(&mut p, Uri::from_static("/y"), "10.0.0.1:1".parse().unwrap(), "b:1");
-        for gone in ["connection", "x-secret", "keep-alive", "te", "proxy-authorization", "upgrade"] {
+        request(
+            &mut p,
+            Uri::from_static("/y"),
+            "10.0.0.1:1".parse().unwrap(),
+            "b:1",
+        );
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "upgrade",
+        ] {
             assert!(!p.headers.contains_key(gone), "{gone} should be removed");
         }
         assert_eq!(p.headers["x-kept"], "yes");
@@ -155,17 +178,37 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended() {
-        let mut p = parts(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8")]);
-        request(&mut p, Uri::from_static("/"), "127.0.0.1:9".parse().unwrap(), "b:1");
+        let mut p = parts(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        request(
+            &mut p,
+            Uri::from_static("/"),
+            "127.0.0.1:9".parse().unwrap(),
+            "b:1",
+        );
         assert_eq!(p.headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
         assert_eq!(p.headers["x-forwarded-proto"], "http");
-        assert_eq!(p.headers["host"], "b:1", "a missing Host is filled in with the backend");
+        assert_eq!(
+            p.headers["host"], "b:1",
+            "a missing Host is filled in with the backend"
+        );
     }
 
     #[test]
     fn te_trailers_and_upgrades_pass() {
-        let mut p = parts(&[("te", "trailers"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
-        request(&mut p, Uri::from_static("/"), "127.0.0.1:9".parse().unwrap(), "b:1");
+        let mut p = parts(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        request(
+            &mut p,
+            Uri::from_static("/"),
+            "127.0.0.1:9".parse().unwrap(),
+            "b:1",
+        );
         assert_eq!(p.headers["te"], "trailers");
         assert_eq!(p.headers["upgrade"], "websocket");
         assert_eq!(p.headers["connection"], "upgrade");

@@ -27,7 +27,8 @@ pub struct Health {
 impl Health {
     /// Whether the proxy should try this backend now.
     pub fn is_available(&self) -> bool {
-        !self.probe_down.load(Ordering::Relaxed) && self.down_until.load(Ordering::Relaxed) <= now_ms()
+        !self.probe_down.load(Ordering::Relaxed)
+            && self.down_until.load(Ordering::Relaxed) <= now_ms()
     }
 
     /// Remember that connecting failed: skip the backend for `cool_down`.
@@ -99,7 +100,10 @@ mod tests {
         let h = Health::default();
         assert!(h.is_available());
         assert!(h.connect_failed(Duration::from_secs(60)));
-        assert!(!h.connect_failed(Duration::from_secs(60)), "a second failure does not restart the log");
+        assert!(
+            !h.connect_failed(Duration::from_secs(60)),
+            "a second failure does not restart the log"
+        );
         assert!(!h.is_available());
         h.connect_succeeded();
         assert!(h.is_available());

@@ -75,11 +75,16 @@ impl Balancer {
                 continue;
             }
             let addr = rule.backend.to_socket_addrs()?.next().ok_or_else(|| {
-                std::io::Error::other(format!("backend address '{}' resolves to nothing", rule.backend))
+                std::io::Error::other(format!(
+                    "backend address '{}' resolves to nothing",
+                    rule.backend
+                ))
             })?;
             backends.push(Arc::new(Backend::new(rule.backend.clone(), addr, settings)));
         }
-        let router = Router::new(&config.rules, |name| backends.iter().position(|b| b.name == name).unwrap_or(0));
+        let router = Router::new(&config.rules, |name| {
+            backends.iter().position(|b| b.name == name).unwrap_or(0)
+        });
         Ok(Balancer {
             router,
             backends,
@@ -108,7 +113,11 @@ pub fn print_rules(config: &Config) {
 
 /// Run the balancer on an already-bound listener until `shutdown` completes, then drain
 /// in-flight requests (up to `--grace`) and flush the access log.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let (log, writer) = match &config.log {
         Some(target) => {
             let (log, writer) = AccessLog::start(target, config.log_format)?;
@@ -122,7 +131,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let accepting = tokio::spawn(accept::accept_loop(listener, balancer.clone(), stop_rx));
     shutdown.await;
-    eprintln!("lb: shutting down: no new connections, waiting up to {:?} for in-flight requests", config.timeouts.grace);
+    eprintln!(
+        "lb: shutting down: no new connections, waiting up to {:?} for in-flight requests",
+        config.timeouts.grace
+    );
     let _ = stop_tx.send(true);
     let _ = accepting.await;
     for task in background {
@@ -130,9 +142,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     drop(balancer);
     if let Some(writer) = writer {
-        let dropped = tokio::task::spawn_blocking(move || writer.finish()).await.map_err(std::io::Error::other)??;
+        let dropped = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(std::io::Error::other)??;
         if dropped > 0 {
-            eprintln!("lb: {dropped} access-log lines were dropped because the log could not keep up");
+            eprintln!(
+                "lb: {dropped} access-log lines were dropped because the log could not keep up"
+            );
         }
     }
     Ok(())

@@ -23,7 +23,9 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let probes = backends.iter().map(|b| probe(b, &check.path, check.timeout));
+        let probes = backends
+            .iter()
+            .map(|b| probe(b, &check.path, check.timeout));
         let results = futures_util::future::join_all(probes).await;
         for ((backend, streak), result) in backends.iter().zip(streaks.iter_mut()).zip(results) {
             let down = backend.health.is_probe_down();
@@ -43,7 +45,11 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
                 }
                 Verdict::CameBack => {
                     backend.health.set_probe_down(false);
-                    tracing::info!("health: backend {} is UP again after {} passing probes", backend.name, check.rise);
+                    tracing::info!(
+                        "health: backend {} is UP again after {} passing probes",
+                        backend.name,
+                        check.rise
+                    );
                 }
                 Verdict::Unchanged => {}
             }
@@ -60,8 +66,14 @@ async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<(), S
         if let Ok(host) = HeaderValue::from_str(&backend.name) {
             request.headers_mut().insert(header::HOST, host);
         }
-        request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let response = upstream.sender.send_request(request).await.map_err(|e| e.to_string())?;
+        request
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let response = upstream
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
             Ok(())

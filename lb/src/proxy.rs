@@ -24,8 +24,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::access_log::{unix_now, Record};
 use crate::accept::ConnInfo;
+use crate::access_log::{unix_now, Record};
 use crate::body::{Completion, RequestBody, ResponseBody};
 use crate::error::{ConnectError, ProxyError};
 use crate::pick::{failover_order, Selection};
@@ -50,7 +50,11 @@ pub async fn handle(
             request.method(),
             request.uri(),
             request.version(),
-            request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("-")
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("-")
         ),
     );
     let mut record = Record {
@@ -59,7 +63,10 @@ pub async fn handle(
         unix_time: unix_now(),
         client: conn.peer,
         method: request.method().clone(),
-        target: request.uri().path_and_query().map_or_else(|| request.uri().to_string(), |p| p.to_string()),
+        target: request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| request.uri().to_string(), |p| p.to_string()),
         version: request.version(),
         backend: None,
         status: 0,
@@ -69,7 +76,13 @@ pub async fn handle(
         user_agent: request.headers().get(header::USER_AGENT).cloned(),
     };
 
-    let mut exchange = Exchange { balancer: &balancer, conn: &conn, number, served_by: None, upstream: None };
+    let mut exchange = Exchange {
+        balancer: &balancer,
+        conn: &conn,
+        number,
+        served_by: None,
+        upstream: None,
+    };
     let mut response = match exchange.proxy(request).await {
         Ok(response) => response,
         Err(error) => {
@@ -104,15 +117,26 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    async fn proxy(&mut self, request: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+    async fn proxy(
+        &mut self,
+        request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         check_request(&request)?;
         let trace = &self.conn.trace;
 
         // Step 2: route. An absolute-form target (`GET http://host/x`) carries the host itself.
-        let host = request.uri().host().or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let host = request.uri().host().or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let path = request.uri().path();
         let Some(group) = self.balancer.router.route(host, path) else {
-            return Err(ProxyError::NoRoute { host: host.unwrap_or("").to_string(), path: path.to_string() });
+            return Err(ProxyError::NoRoute {
+                host: host.unwrap_or("").to_string(),
+                path: path.to_string(),
+            });
         };
         trace.event(
             self.number,
@@ -148,24 +172,39 @@ impl Exchange<'_> {
             std::mem::swap(probe.extensions_mut(), &mut parts.extensions);
             hyper::upgrade::on(probe)
         });
-        let target: Uri = target.parse().map_err(|_| ProxyError::BadRequest("request target cannot be rewritten"))?;
+        let target: Uri = target
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be rewritten"))?;
         crate::forward::request(&mut parts, target, self.conn.peer, &backend.name);
         let (body, sent) = RequestBody::new(body, self.balancer.timeouts.body_idle);
 
         // Step 6: send and wait for the response head.
-        let (mut response, upstream) = self.send(&backend, upstream, Request::from_parts(parts, body), sent).await?;
-        trace.event(self.number, format_args!("response head received: {}", response.status()));
+        let (mut response, upstream) = self
+            .send(&backend, upstream, Request::from_parts(parts, body), sent)
+            .await?;
+        trace.event(
+            self.number,
+            format_args!("response head received: {}", response.status()),
+        );
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
-                tunnel(client, hyper::upgrade::on(&mut response), self.conn.trace.clone(), self.number);
+                tunnel(
+                    client,
+                    hyper::upgrade::on(&mut response),
+                    self.conn.trace.clone(),
+                    self.number,
+                );
             }
         } else {
             self.upstream = Some((backend.clone(), upstream.sender, upstream.id));
         }
         let (mut parts, incoming) = response.into_parts();
         crate::forward::response(&mut parts);
-        Ok(Response::from_parts(parts, ResponseBody::streamed(incoming, self.balancer.timeouts.body_idle)))
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::streamed(incoming, self.balancer.timeouts.body_idle),
+        ))
     }
 
     /// Try the group's members in round-robin order, skipping those that are down, until one
@@ -179,19 +218,34 @@ impl Exchange<'_> {
         let first = group.selection.pick(group.members.len());
         trace.event(
             self.number,
-            format_args!("pick: round robin slot {first} of {} (counter {})", group.members.len(), group.selection.count()),
+            format_args!(
+                "pick: round robin slot {first} of {} (counter {})",
+                group.members.len(),
+                group.selection.count()
+            ),
         );
         // If every member is marked down we try them all anyway ("panic mode", as Envoy calls it):
         // a refused connection costs microseconds, and a backend that just came back gets traffic
         // again at once instead of after its cool-down.
-        let usable = |m: &Member| backends.get(m.backend).is_some_and(|b| b.health.is_available());
+        let usable = |m: &Member| {
+            backends
+                .get(m.backend)
+                .is_some_and(|b| b.health.is_available())
+        };
         let any_up = group.members.iter().any(usable);
         let mut last_error: Option<ConnectError> = None;
         for slot in failover_order(first, group.members.len()) {
-            let Some(member) = group.members.get(slot) else { continue };
-            let Some(backend) = backends.get(member.backend) else { continue };
+            let Some(member) = group.members.get(slot) else {
+                continue;
+            };
+            let Some(backend) = backends.get(member.backend) else {
+                continue;
+            };
             if any_up && !usable(member) {
-                trace.event(self.number, format_args!("skip {}: marked down", backend.name));
+                trace.event(
+                    self.number,
+                    format_args!("skip {}: marked down", backend.name),
+                );
                 continue;
             }
             if member.redirect {
@@ -212,13 +266,19 @@ impl Exchange<'_> {
                         ),
                         None => trace.event(
                             self.number,
-                            format_args!("upstream: reusing pooled conn #{} to {}", upstream.id, backend.name),
+                            format_args!(
+                                "upstream: reusing pooled conn #{} to {}",
+                                upstream.id, backend.name
+                            ),
                         ),
                     }
                     return Ok((member, backend.clone(), Some(upstream)));
                 }
                 Err(error) => {
-                    trace.event(self.number, format_args!("upstream: {error}; trying the next backend"));
+                    trace.event(
+                        self.number,
+                        format_args!("upstream: {error}; trying the next backend"),
+                    );
                     if backend.health.connect_failed(self.balancer.fail_timeout) {
                         tracing::warn!(
                             "backend {} is down ({error}); skipping it for {:?}",
@@ -268,7 +328,12 @@ impl Exchange<'_> {
             match tokio::time::timeout(timeout, &mut response).await {
                 Ok(Ok(r)) => return Ok((r, upstream)),
                 Ok(Err(e)) => request = self.retry_or_fail(backend, &mut upstream, e).await?,
-                Err(_) => return Err(ProxyError::ResponseTimeout { backend: backend.name.clone(), timeout }),
+                Err(_) => {
+                    return Err(ProxyError::ResponseTimeout {
+                        backend: backend.name.clone(),
+                        timeout,
+                    })
+                }
             }
         }
     }
@@ -284,15 +349,24 @@ impl Exchange<'_> {
             Some(request) if upstream.connect_time.is_none() => {
                 self.conn.trace.event(
                     self.number,
-                    format_args!("upstream: pooled conn #{} was closed by the backend; reconnecting", upstream.id),
+                    format_args!(
+                        "upstream: pooled conn #{} was closed by the backend; reconnecting",
+                        upstream.id
+                    ),
                 );
-                *upstream = backend.connect().await.map_err(|e| ProxyError::AllBackendsDown {
-                    prefix: "(retry)".to_string(),
-                    last: e.to_string(),
-                })?;
+                *upstream = backend
+                    .connect()
+                    .await
+                    .map_err(|e| ProxyError::AllBackendsDown {
+                        prefix: "(retry)".to_string(),
+                        last: e.to_string(),
+                    })?;
                 Ok(request)
             }
-            _ => Err(ProxyError::Upstream { backend: backend.name.clone(), source: error.into_error() }),
+            _ => Err(ProxyError::Upstream {
+                backend: backend.name.clone(),
+                source: error.into_error(),
+            }),
         }
     }
 }
@@ -304,14 +378,21 @@ fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     if hosts == 0 && request.version() == Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("HTTP/1.1 request without a Host header"));
+        return Err(ProxyError::BadRequest(
+            "HTTP/1.1 request without a Host header",
+        ));
     }
     Ok(())
 }
 
 /// After `101 Switching Protocols`, copy bytes both ways between client and backend until either
 /// side closes (WebSocket and friends).
-fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, trace: crate::trace::Trace, n: u64) {
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    trace: crate::trace::Trace,
+    n: u64,
+) {
     tokio::spawn(async move {
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
@@ -322,7 +403,10 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade,
         };
         let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
         match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-            Ok((up, down)) => trace.event(n, format_args!("tunnel closed: {up} bytes up, {down} bytes down")),
+            Ok((up, down)) => trace.event(
+                n,
+                format_args!("tunnel closed: {up} bytes up, {down} bytes down"),
+            ),
             Err(e) => trace.event(n, format_args!("tunnel closed: {e}")),
         }
     });

@@ -27,7 +27,9 @@ pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     let mut response = text(status, format!("{error}\n"));
     if matches!(error, ProxyError::BadRequest(_)) {
         // After a malformed request we cannot trust where the next one starts: close (RFC 9112 §9.6).
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
@@ -44,6 +46,9 @@ pub fn redirect(location: &str) -> Response<ResponseBody> {
 fn text(status: StatusCode, body: String) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -46,7 +46,10 @@ impl Router {
                 replacement: rule.replacement.clone(),
                 redirect: rule.redirect,
             };
-            match groups.iter_mut().find(|g| g.vhost == vhost && g.prefix == rule.prefix) {
+            match groups
+                .iter_mut()
+                .find(|g| g.vhost == vhost && g.prefix == rule.prefix)
+            {
                 Some(group) => group.members.push(member),
                 None => groups.push(Group {
                     vhost,
@@ -93,7 +96,9 @@ fn strip_port(host: &str) -> &str {
 ///
 /// `/api/x?q=1` with `/api/=/v1/` becomes `/v1/x?q=1`. The result always starts with `/`.
 pub fn rewrite(prefix: &str, replacement: &str, path_and_query: &str) -> String {
-    let rest = path_and_query.strip_prefix(prefix).unwrap_or(path_and_query);
+    let rest = path_and_query
+        .strip_prefix(prefix)
+        .unwrap_or(path_and_query);
     let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
     out.push_str(replacement);
     out.push_str(rest);
@@ -130,7 +135,11 @@ mod tests {
 
     #[test]
     fn same_prefix_forms_one_group() {
-        let r = router(&[rule(None, "/", "a:1"), rule(None, "/", "b:1"), rule(None, "/api/", "c:1")]);
+        let r = router(&[
+            rule(None, "/", "a:1"),
+            rule(None, "/", "b:1"),
+            rule(None, "/api/", "c:1"),
+        ]);
         assert_eq!(r.groups().len(), 2);
         assert_eq!(r.groups()[0].members.len(), 2);
     }
@@ -143,7 +152,10 @@ mod tests {
             rule(Some("Example.COM"), "/", "c:1"),
         ]);
         assert_eq!(r.route(None, "/api/x").unwrap().prefix, "/api/");
-        assert_eq!(r.route(Some("other"), "/index.html").unwrap().members[0].backend, 0);
+        assert_eq!(
+            r.route(Some("other"), "/index.html").unwrap().members[0].backend,
+            0
+        );
         // The vhost matches case-insensitively, with or without a port, and beats a longer default prefix.
         let g = r.route(Some("example.com:8000"), "/api/x").unwrap();
         assert_eq!(g.vhost.as_deref(), Some("example.com"));
@@ -158,7 +170,10 @@ mod tests {
     #[test]
     fn rewrite_keeps_the_query() {
         assert_eq!(rewrite("/api/", "/v1/", "/api/x?q=1"), "/v1/x?q=1");
-        assert_eq!(rewrite("/stuff/", "/", "/stuff/index.html?q=1"), "/index.html?q=1");
+        assert_eq!(
+            rewrite("/stuff/", "/", "/stuff/index.html?q=1"),
+            "/index.html?q=1"
+        );
         assert_eq!(rewrite("/", "/", "/"), "/");
         assert_eq!(rewrite("/a", "", "/a?x"), "/?x");
     }

@@ -28,7 +28,14 @@ struct Conn {
 impl Trace {
     /// A tracer for connection `id`, accepted now; disabled unless `enabled`.
     pub fn new(enabled: bool, id: u64) -> Self {
-        Trace { inner: enabled.then(|| Arc::new(Conn { id, accepted: Instant::now() })) }
+        Trace {
+            inner: enabled.then(|| {
+                Arc::new(Conn {
+                    id,
+                    accepted: Instant::now(),
+                })
+            }),
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -39,7 +46,10 @@ impl Trace {
     pub fn event(&self, request: u64, what: fmt::Arguments<'_>) {
         if let Some(conn) = &self.inner {
             let ms = conn.accepted.elapsed().as_secs_f64() * 1e3;
-            line(format_args!("trace conn={} req={} +{ms:.3}ms {what}", conn.id, request));
+            line(format_args!(
+                "trace conn={} req={} +{ms:.3}ms {what}",
+                conn.id, request
+            ));
         }
     }
 

@@ -83,9 +83,15 @@ impl Backend {
             }
             // The previous exchange is complete, but the connection task may not have noticed yet.
             if idle.sender.is_ready()
-                || tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await.is_ok_and(|r| r.is_ok())
+                || tokio::time::timeout(Duration::from_millis(50), idle.sender.ready())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
             {
-                return Ok(Upstream { sender: idle.sender, id: idle.id, connect_time: None });
+                return Ok(Upstream {
+                    sender: idle.sender,
+                    id: idle.id,
+                    connect_time: None,
+                });
             }
         }
         self.connect().await
@@ -97,22 +103,39 @@ impl Backend {
         let timeout = self.settings.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(ConnectError::Io { backend: self.name.clone(), source }),
-            Err(_) => return Err(ConnectError::Timeout { backend: self.name.clone(), timeout }),
+            Ok(Err(source)) => {
+                return Err(ConnectError::Io {
+                    backend: self.name.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    backend: self.name.clone(),
+                    timeout,
+                })
+            }
         };
         // Proxies write small heads and forward small chunks: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| ConnectError::Handshake { backend: self.name.clone(), source })?;
+            .map_err(|source| ConnectError::Handshake {
+                backend: self.name.clone(),
+                source,
+            })?;
         // The connection object drives the socket; it ends when the backend closes or every
         // `Sender` is dropped. `with_upgrades` lets a 101 response hand the socket to a tunnel.
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Upstream { sender, id, connect_time: Some(started.elapsed()) })
+        Ok(Upstream {
+            sender,
+            id,
+            connect_time: Some(started.elapsed()),
+        })
     }
 
     /// Return a connection whose exchange completed cleanly, so the next request can reuse it.
@@ -122,14 +145,19 @@ impl Backend {
         }
         let mut idle = self.lock();
         if idle.len() < self.settings.max_idle {
-            idle.push(IdleConn { sender, id, since: Instant::now() });
+            idle.push(IdleConn {
+                sender,
+                id,
+                since: Instant::now(),
+            });
         }
     }
 
     /// Close idle connections older than the pool idle timeout (called periodically).
     pub fn evict_expired(&self) {
         let limit = self.settings.idle_timeout;
-        self.lock().retain(|c| c.since.elapsed() <= limit && !c.sender.is_closed());
+        self.lock()
+            .retain(|c| c.since.elapsed() <= limit && !c.sender.is_closed());
     }
 
     pub fn idle_count(&self) -> usize {
@@ -142,6 +170,8 @@ impl Backend {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
         // A panic while holding this lock cannot leave the Vec half-updated, so poisoning is ignored.
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
