@@ -28,13 +28,11 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|err| anyhow::anyhow!(cli::cannot_listen(args.listen, &err)))?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listening address")?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // Signal handlers go in before the line: whoever reads it may send SIGTERM at once.
+    let stop = shutdown::signal();
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", cli::starting_line(addr, &config)).context("writing to stdout")?;
     stdout.flush().context("writing to stdout")?;
-    serve(listener, config, shutdown::signal())
-        .await
-        .context("serving")
+    serve(listener, config, stop).await.context("serving")
 }
