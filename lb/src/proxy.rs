@@ -322,7 +322,13 @@ impl Exchange<'_> {
                         Ok(r) => return Ok((r, upstream)),
                         Err(e) => { request = self.retry_or_fail(backend, &mut upstream, e).await?; continue; }
                     },
-                    _ = &mut sent => sent_done = true,
+                    _ = &mut sent => {
+                        sent_done = true;
+                        self.conn.trace.event(
+                            self.number,
+                            format_args!("request sent upstream (body complete); response timeout {timeout:?} starts"),
+                        );
+                    }
                 }
             }
             match tokio::time::timeout(timeout, &mut response).await {
