@@ -112,6 +112,9 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Runtime worker threads [default: one per core].
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
     /// Keep the first N requests individually in the JSON report (for per-request tables).
     #[arg(long, default_value_t = 0)]
     pub samples: usize,
@@ -164,6 +167,16 @@ impl LoadArgs {
         plan.keep_samples = self.samples;
         plan.progress = !self.quiet && std::io::stderr().is_terminal();
         Ok(plan)
+    }
+}
+
+impl Cli {
+    /// Worker threads for the tokio runtime: `--threads`, else one per core.
+    pub fn threads(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.load
+            .threads
+            .map_or(cores, |t| usize::try_from(t).unwrap_or(cores))
     }
 }
 

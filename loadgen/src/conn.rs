@@ -11,6 +11,7 @@
 use std::error::Error as _;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,6 +19,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::report::ErrorClass;
 
@@ -74,8 +76,13 @@ impl Conn {
     }
 
     /// Sends one request and reads the whole response body, counting its bytes without keeping
-    /// them. Drives the connection future in the same task while waiting (see the module doc).
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Answer, ErrorClass> {
+    /// them; gives up with [`ErrorClass::Timeout`] when `deadline` fires. Drives the connection
+    /// future in the same task while waiting (see the module doc).
+    pub async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+        mut deadline: Pin<&mut Sleep>,
+    ) -> Result<Answer, ErrorClass> {
         let Conn { sender, conn, done } = self;
         let exchange = async {
             // `ready` waits until the connection finished the previous exchange; sending before
@@ -96,6 +103,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 result = &mut exchange => return result.map_err(|e| classify_hyper(&e)),
+                () = deadline.as_mut() => return Err(ErrorClass::Timeout),
                 ended = &mut *conn, if !*done => {
                     *done = true;
                     // A clean end (the server closed after answering) still lets the exchange

@@ -1,5 +1,5 @@
 //! The `loadgen` command: parse the arguments, start a multi-threaded runtime with one worker
-//! thread per core, and hand over to the library (`loadgen::cli::execute`), which prints the
+//! thread per core (or `--threads`), and hand over to the library (`loadgen::cli::execute`), which prints the
 //! report and picks the exit code (0 pass, 1 fail, 2 usage error from clap).
 
 use std::process::ExitCode;
@@ -8,9 +8,8 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = loadgen::cli::Cli::parse();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(cli.threads())
         .enable_all()
         .build();
     let result = match runtime {

@@ -460,28 +460,25 @@ impl Report {
         if let LoadModel::Open { .. } = self.model {
             let _ = writeln!(
                 s,
-                "  Late sends:   {} (went out more than 1ms after their scheduled time)",
-                self.late_sends
+                "  Late sends:   {} (went out more than {} after their scheduled time)",
+                self.late_sends,
+                fmt_duration(crate::run::LATE_AFTER)
             );
         }
         if !self.backends.is_empty() {
+            let title = format!("Backend ({})", self.backend_header);
             let width = self
                 .backends
                 .iter()
                 .map(|b| b.name.len())
+                .chain([title.len()])
                 .max()
                 .unwrap_or(0)
-                .max(16);
+                + 2;
             let _ = writeln!(
                 s,
                 "\n  {:<width$}{:>10}{:>8}{:>9}{:>9}{:>9}{:>9}",
-                format!("Backend ({})", self.backend_header),
-                "responses",
-                "share",
-                "p50",
-                "p90",
-                "p99",
-                "max",
+                title, "responses", "share", "p50", "p90", "p99", "max",
             );
             for b in &self.backends {
                 let l = &b.latency;

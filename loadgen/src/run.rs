@@ -15,6 +15,7 @@
 //! reported, with the number of late sends.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, USER_AGENT};
 use http::Request;
 use http_body_util::Full;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::check::{check_counts, periodic_verdict, Expectation, PeriodicChecker, NO_BACKEND};
 use crate::conn::{Answer, Conn};
@@ -183,24 +184,32 @@ impl Ctx {
         Request::from_parts(self.head.clone(), Full::new(self.body.clone()))
     }
 
-    /// One request on the worker's connection, opening one first if needed; the timeout covers
-    /// connect, send and the whole body. After any failure the connection is dropped and the
-    /// next request opens a fresh one.
-    async fn exchange(&self, conn: &mut Option<Conn>) -> Result<Answer, ErrorClass> {
+    /// One request on the worker's connection, opening one first if needed. `deadline` is the
+    /// worker's timer, re-armed here for `timeout` so that it covers connect, send and the whole
+    /// body. After any failure the connection is dropped and the next request opens a fresh one.
+    async fn exchange(
+        &self,
+        conn: &mut Option<Conn>,
+        mut deadline: Pin<&mut Sleep>,
+    ) -> Result<Answer, ErrorClass> {
+        deadline.as_mut().reset(Instant::now() + self.timeout);
         if conn.as_ref().is_some_and(|c| !c.is_open()) {
             *conn = None;
         }
-        let attempt = async {
-            let c = match conn {
-                Some(c) => c,
-                None => conn.insert(Conn::open(self.addr).await?),
-            };
-            c.send(self.request()).await
+        let c = match conn {
+            Some(c) => c,
+            None => {
+                // Boxed: connecting is the rare path, and keeping its state out of this future
+                // keeps the future that every request builds small.
+                let opened = tokio::select! {
+                    biased;
+                    opened = Box::pin(Conn::open(self.addr)) => opened,
+                    () = deadline.as_mut() => Err(ErrorClass::Timeout),
+                };
+                conn.insert(opened?)
+            }
         };
-        let result = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(ErrorClass::Timeout),
-        };
+        let result = c.send(self.request(), deadline).await;
         match &result {
             Ok(answer) if self.keepalive && !answer.closes_connection() => {}
             _ => *conn = None,
@@ -214,6 +223,9 @@ async fn worker(ctx: Arc<Ctx>, k: usize, strict_order: bool) -> Option<PeriodicC
     let shard = &ctx.shards[k % ctx.shards.len()];
     let mut checker = strict_order.then(PeriodicChecker::default);
     let mut conn = None;
+    // One timer per worker, re-armed for every request (cheaper than a fresh timeout each time).
+    let deadline = tokio::time::sleep(ctx.timeout);
+    tokio::pin!(deadline);
     match ctx.rate {
         None => loop {
             // Closed loop: next ticket, send, wait for the answer, repeat.
@@ -225,7 +237,7 @@ async fn worker(ctx: Arc<Ctx>, k: usize, strict_order: bool) -> Option<PeriodicC
                 break;
             }
             let sent = Instant::now();
-            let result = ctx.exchange(&mut conn).await;
+            let result = ctx.exchange(&mut conn, deadline.as_mut()).await;
             let latency = sent.elapsed();
             let served = shard.record(&ctx, ticket + 1, k, &result, latency, None);
             if let (Some(c), Some(served)) = (&mut checker, served) {
@@ -246,9 +258,13 @@ async fn worker(ctx: Arc<Ctx>, k: usize, strict_order: bool) -> Option<PeriodicC
                 // If the previous request on this connection took longer than the interval,
                 // `due` has already passed and we send at once, late. The time it waited is
                 // part of its latency below: that is the coordinated-omission correction.
+                // tokio's timer ticks in whole milliseconds and rounds a deadline up, so a send
+                // can leave up to ~1 ms after `due` even on an idle machine (wrk2's timers have
+                // the same resolution). That slack is in the corrected latency, which therefore
+                // never under-reports; it matters only when answers take well under 1 ms.
                 tokio::time::sleep_until(due).await;
                 let sent = Instant::now();
-                let result = ctx.exchange(&mut conn).await;
+                let result = ctx.exchange(&mut conn, deadline.as_mut()).await;
                 let done = Instant::now();
                 let late = sent.saturating_duration_since(due) > LATE_AFTER;
                 let timing = (done - sent, late);
