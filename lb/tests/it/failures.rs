@@ -1,0 +1,275 @@
+//! What a client sees when something breaks: a stopped backend (failover, then 502 when all are
+//! down), a backend too slow to answer (504, but never for a slow upload), a backend that dies
+//! in the middle of a body, and clients that hang up in the middle of a reply (the original
+//! balancer crashed on that one).
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::support::{assert_log_line, get, rule, within, Backend, Lb, RawConn, PATIENCE};
+
+/// Two backends, both with pooled connections; one stops. Every request is still answered 200 by
+/// the other, and the log names the backend that really served each one. Then the other stops
+/// too: 502, quickly, with a body naming the cause.
+#[tokio::test]
+async fn failover_when_a_backend_stops_then_502_when_all_are_down() {
+    let (mut a, mut b) = (Backend::start("a").await, Backend::start("b").await);
+    let lb = Lb::start(vec![rule("/", a.addr), rule("/", b.addr)]).await;
+
+    // Warm up: both backends served, so both have an idle connection in lb's pool.
+    for expected in ["a", "b"] {
+        assert_eq!(get(lb.addr, "/").await.served_by(), expected);
+    }
+    b.stop().await;
+    for n in 0..6 {
+        let reply = get(lb.addr, "/").await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.served_by()),
+            (200, "a"),
+            "request {n} after b stopped: {}",
+            reply.text()
+        );
+    }
+    let lines = lb.exact_log_lines(8).await;
+    assert_log_line(&lines[0], "GET", "/", &a.addr.to_string());
+    assert_log_line(&lines[1], "GET", "/", &b.addr.to_string());
+    for line in &lines[2..] {
+        assert_log_line(line, "GET", "/", &a.addr.to_string());
+    }
+
+    a.stop().await;
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = get(lb.addr, "/").await;
+        let took = started.elapsed();
+        fastest = fastest.min(took);
+        assert_eq!(reply.status.as_u16(), 502, "{}", reply.text());
+        assert!(
+            reply.text().contains("down") && reply.text().contains("refused"),
+            "the body should name the cause: {:?}",
+            reply.text()
+        );
+        assert!(took < Duration::from_secs(1), "502 took {took:?}");
+    }
+    // Best of three, so that one scheduling hiccup on a busy machine does not fail the test.
+    assert!(
+        fastest < Duration::from_millis(100),
+        "502 took {fastest:?} at best"
+    );
+}
+
+/// `--response-timeout 300ms` and a backend that takes 2 s: 504 well before the backend answers.
+#[tokio::test]
+async fn a_slow_backend_gets_504_after_the_response_timeout() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
+        c.timeouts.response = Duration::from_millis(300);
+    })
+    .await;
+
+    let started = Instant::now();
+    let reply = get(lb.addr, "/api/v1/delay?ms=2000").await;
+    let took = started.elapsed();
+    assert_eq!(reply.status.as_u16(), 504, "{}", reply.text());
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "504 after {took:?}"
+    );
+    assert!(
+        reply.text().contains(&a.addr.to_string()),
+        "the body should name the backend: {:?}",
+        reply.text()
+    );
+    let lines = lb.exact_log_lines(1).await;
+    assert_log_line(&lines[0], "GET", "/api/v1/delay", &a.addr.to_string());
+}
+
+/// The response timer starts once the request is fully sent: an upload that takes 600 ms in
+/// three pieces is not a slow backend, even with `--response-timeout 300ms`.
+#[tokio::test]
+async fn a_slow_upload_does_not_count_against_the_response_timeout() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
+        c.timeouts.response = Duration::from_millis(300);
+    })
+    .await;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(
+        format!(
+            "POST /api/v1/echo HTTP/1.1\r\nHost: {}\r\nContent-Length: 30\r\n\r\n",
+            lb.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    for piece in [b"0123456789", b"abcdefghij", b"ABCDEFGHIJ"] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        conn.write(piece).await;
+    }
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = response.json();
+    assert_eq!(echo["body_len"], 30);
+    assert_eq!(
+        echo["body_crc32"],
+        crc32fast::hash(b"0123456789abcdefghijABCDEFGHIJ")
+    );
+}
+
+/// A backend that promises `Content-Length: 1000000`, sends 1000 bytes and closes. The client
+/// must see its connection end early (fewer bytes than announced, or a chunked body without its
+/// last chunk), never a response that looks complete.
+#[tokio::test]
+async fn a_backend_dying_mid_body_truncates_the_client_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                    .await;
+                let _ = stream.write_all(&[b'x'; 1000]).await;
+                // Dropping the stream closes the connection 999 000 bytes early.
+            });
+        }
+    });
+    let lb = Lb::start(vec![rule("/", backend)]).await;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(format!("GET /big HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes())
+        .await;
+    let (status, headers) = conn.read_head().await.expect("no response head");
+    assert_eq!(status, 200);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let (body, _reset) = conn.read_until_closed(PATIENCE).await;
+    match (header("content-length"), header("transfer-encoding")) {
+        (Some(length), None) => {
+            assert_eq!(length, "1000000");
+            assert!(
+                body.len() < 1_000_000,
+                "{} bytes: a complete-looking body",
+                body.len()
+            );
+        }
+        (None, Some(te)) if te.eq_ignore_ascii_case("chunked") => {
+            assert!(
+                !body.ends_with(b"0\r\n\r\n"),
+                "the chunked body was terminated as if complete"
+            );
+        }
+        other => panic!("unexpected framing {other:?} in {headers:?}"),
+    }
+    assert!(
+        body.len() <= 1000 + 64,
+        "more bytes than the backend sent: {}",
+        body.len()
+    );
+}
+
+/// Twenty clients start a large download and hang up after the first bytes (this crashed the
+/// original with a SEGFAULT). lb logs each aborted exchange and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_mid_response_leave_lb_serving() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+
+    let request = format!(
+        "GET /api/v1/bytes?n=100000000 HTTP/1.1\r\nHost: {}\r\n\r\n",
+        lb.addr
+    );
+    let clients = (0..20).map(|_| {
+        let request = request.clone();
+        let addr = lb.addr;
+        tokio::spawn(async move {
+            let mut conn = RawConn::connect(addr).await;
+            conn.write(request.as_bytes()).await;
+            let (status, _) = conn.read_head().await.expect("no response head");
+            assert_eq!(status, 200);
+            // Drop the connection with unread bytes pending: the kernel resets it.
+        })
+    });
+    for client in clients {
+        within(PATIENCE, "a hanging-up client", client)
+            .await
+            .unwrap();
+    }
+
+    let reply = get(lb.addr, "/").await;
+    assert_eq!(reply.status.as_u16(), 200);
+    assert!(reply.text().contains("RESTful API demo"));
+    let lines = lb.exact_log_lines(21).await;
+    for line in &lines[..20] {
+        assert_log_line(line, "GET", "/api/v1/bytes", &a.addr.to_string());
+    }
+    assert_log_line(&lines[20], "GET", "/", &a.addr.to_string());
+}
+
+/// When the client hangs up, lb drops its side of the upstream exchange too, so a backend that
+/// is still writing a huge reply finds out promptly instead of writing into the void.
+#[tokio::test]
+async fn a_client_hanging_up_closes_the_upstream_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = oneshot::channel::<u64>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+            .await;
+        // Write until lb's side of the connection goes away.
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0u64;
+        while stream.write_all(&chunk).await.is_ok() {
+            sent += chunk.len() as u64;
+        }
+        let _ = closed_tx.send(sent);
+    });
+    let lb = Lb::start(vec![rule("/", backend)]).await;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes())
+        .await;
+    assert_eq!(conn.read_head().await.expect("no response head").0, 200);
+    drop(conn);
+
+    let sent = within(
+        Duration::from_secs(5),
+        "the backend noticing that lb closed the upstream connection",
+        closed_rx,
+    )
+    .await
+    .unwrap();
+    assert!(
+        sent < 1_000_000_000,
+        "the backend wrote {sent} bytes before noticing"
+    );
+    let lines = lb.exact_log_lines(1).await;
+    assert_log_line(&lines[0], "GET", "/", &backend.to_string());
+}

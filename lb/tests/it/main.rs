@@ -1,0 +1,29 @@
+//! Integration tests of `lb`: real sockets on loopback, real `restful-server` backends running in
+//! this process, and the real `lb` binary where the command line or signals are what is tested.
+//! Logic that needs no socket (routing tables, rewriting, header lists, log formats) is
+//! unit-tested next to the code in `src/`.
+//!
+//! One test binary for the crate, with a module per concern:
+
+/// Backends, an in-process balancer with its access log, the binary behind a kill-on-drop guard,
+/// a hyper client and a raw byte-level client, all bounded in time.
+mod support;
+
+/// The binary's command line: usage errors exit 2 naming the flag, a taken port exits 1,
+/// `-p 0` and `-l -` output, `--trace`.
+mod cli;
+
+/// Which backend serves what: round robin on new and keep-alive connections, log lines, prefix
+/// replacement, longest prefix, vhosts, redirects, no route.
+mod routing;
+
+/// What crosses the balancer: hop-by-hop headers and X-Forwarded-For as the backend sees them,
+/// pipelining, streaming a slow reply, 50 MB each way.
+mod proxying;
+
+/// Broken backends and impatient clients: failover, all down (502), 504, slow uploads, a backend
+/// dying mid-body, clients hanging up mid-reply.
+mod failures;
+
+/// Stopping: SIGTERM drains in-flight requests and exits 0; `run`'s shutdown future does the same.
+mod lifecycle;

@@ -1,0 +1,221 @@
+//! What crosses the balancer: the request head as the backend sees it (hop-by-hop headers gone,
+//! `X-Forwarded-For`, `Via`), pipelined requests in order, and bodies streamed rather than
+//! buffered: the first bytes of a slow reply arrive early, and 50 MB pass intact both ways.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::support::{echoed_headers, open, rule, send, within, Backend, Lb, RawConn, PATIENCE};
+
+/// RFC 9110 §7.6.1: `Connection` and what it names, `Keep-Alive`, `Proxy-Authorization` and `TE`
+/// stay on the client's hop. lb appends the client to `X-Forwarded-For`, adds `Via` and
+/// `X-Forwarded-Proto`, and keeps `Host`.
+#[tokio::test]
+async fn backend_sees_no_hop_by_hop_headers_and_a_forwarded_for_chain() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(
+        b"GET /api/v1/echo HTTP/1.1\r\n\
+          Host: app.example:8000\r\n\
+          Connection: close, X-Secret\r\n\
+          X-Secret: 1\r\n\
+          Keep-Alive: 5\r\n\
+          Proxy-Authorization: x\r\n\
+          TE: gzip\r\n\
+          X-Forwarded-For: 1.2.3.4\r\n\
+          X-Kept: yes\r\n\
+          \r\n",
+    )
+    .await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = response.json();
+    let headers = echoed_headers(&echo);
+    let value = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "transfer-encoding",
+    ] {
+        assert!(value(gone).is_empty(), "{gone} reached the backend: {echo}");
+    }
+    // Whatever lb tells the backend about its own connection, it is not the client's value.
+    assert!(
+        value("connection").iter().all(|v| !v.contains("X-Secret")),
+        "{echo}"
+    );
+    assert_eq!(value("x-forwarded-for"), ["1.2.3.4, 127.0.0.1"], "{echo}");
+    assert_eq!(value("via"), ["1.1 lb"], "{echo}");
+    assert_eq!(value("x-forwarded-proto"), ["http"], "{echo}");
+    assert_eq!(value("host"), ["app.example:8000"], "{echo}");
+    assert_eq!(value("x-kept"), ["yes"], "{echo}");
+
+    // The client asked to close, so lb closes after answering.
+    assert!(conn.closes_within(PATIENCE).await);
+}
+
+/// Three requests written in one go are answered in order, each by the next backend in turn.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let lb = Lb::start(vec![rule("/", a.addr), rule("/", b.addr)]).await;
+
+    let mut all = Vec::new();
+    for n in 1..=3 {
+        all.extend_from_slice(
+            format!(
+                "GET /api/v1/echo?n={n} HTTP/1.1\r\nHost: {}\r\n\r\n",
+                lb.addr
+            )
+            .as_bytes(),
+        );
+    }
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(&all).await;
+    for (n, served_by) in [(1, "a"), (2, "b"), (3, "a")] {
+        let response = conn.read_response().await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.json()["uri"], format!("/api/v1/echo?n={n}"));
+        assert_eq!(response.header("x-served-by"), Some(served_by));
+    }
+}
+
+/// A backend that sends 64 KiB every 200 ms: the first bytes reach the client long before the
+/// backend is done, so lb forwards frames as they come instead of collecting the reply.
+#[tokio::test]
+async fn a_slow_response_streams_its_first_bytes_early() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+
+    // 4 chunks (64 KiB, 64 KiB, 64 KiB, the rest) with 200 ms before each of the last three.
+    let started = Instant::now();
+    let response = open(
+        lb.addr,
+        Request::get("/api/v1/bytes?n=200000&chunk_delay_ms=200")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut first_byte = None;
+    let mut total = 0;
+    while let Some(frame) = within(PATIENCE, "the next body frame", body.frame()).await {
+        let frame = frame.unwrap();
+        if let Some(data) = frame.data_ref() {
+            if !data.is_empty() && first_byte.is_none() {
+                first_byte = Some(started.elapsed());
+            }
+            total += data.len();
+        }
+    }
+    let (first_byte, done) = (first_byte.unwrap(), started.elapsed());
+    assert_eq!(total, 200_000);
+    assert!(
+        done >= Duration::from_millis(550),
+        "the backend takes ~600 ms, yet the reply ended after {done:?}"
+    );
+    assert!(
+        first_byte < Duration::from_millis(300) && first_byte * 2 < done,
+        "first byte after {first_byte:?}, last after {done:?}: the reply was buffered"
+    );
+}
+
+/// Deterministic test data: `len` bytes from xorshift, different in every 1 MiB block.
+fn pattern(len: usize) -> Bytes {
+    let mut block = Vec::with_capacity(1 << 20);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while block.len() < 1 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        block.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut data = Vec::with_capacity(len);
+    let mut n: u64 = 0;
+    while data.len() < len {
+        // Stamp each block with its number, so a repeated or reordered block changes the CRC.
+        block[..8].copy_from_slice(&n.to_le_bytes());
+        let take = (len - data.len()).min(block.len());
+        data.extend_from_slice(&block[..take]);
+        n += 1;
+    }
+    Bytes::from(data)
+}
+
+const FIFTY_MB: usize = 50 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_megabytes_upload_intact() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+
+    let data = pattern(FIFTY_MB);
+    let crc = crc32fast::hash(&data);
+    let reply = send(
+        lb.addr,
+        Request::put("/api/v1/echo").body(Full::new(data)).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let echo = reply.json();
+    assert_eq!(echo["body_len"], FIFTY_MB as u64);
+    assert_eq!(echo["body_crc32"], crc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_megabytes_download_intact() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+
+    let response = open(
+        lb.addr,
+        Request::get(format!("/api/v1/bytes?n={FIFTY_MB}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-length"],
+        FIFTY_MB.to_string().as_str()
+    );
+    // Byte k of the reply is ALPHABET[k % 64]; compare each frame against that pattern.
+    const ALPHABET: &[u8; 64] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_";
+    let expected: Vec<u8> = ALPHABET
+        .iter()
+        .copied()
+        .cycle()
+        .take(64 * 1024 + 64)
+        .collect();
+    let mut body = response.into_body();
+    let mut offset = 0usize;
+    while let Some(frame) = within(PATIENCE, "the next body frame", body.frame()).await {
+        let frame = frame.unwrap();
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        for piece in data.chunks(64 * 1024) {
+            let start = offset % 64;
+            assert!(
+                piece == &expected[start..start + piece.len()],
+                "corrupted bytes at offset {offset}"
+            );
+            offset += piece.len();
+        }
+    }
+    assert_eq!(offset, FIFTY_MB);
+}
