@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// Every backend of the group refused the connection or is in its cool-down.
     #[error("all backends for prefix {prefix} are down (last error: {last})")]
     AllBackendsDown { prefix: String, last: String },
+    /// A pooled connection went stale and a fresh one to the same backend failed too.
+    #[error("{0}")]
+    Reconnect(#[source] ConnectError),
     /// The backend accepted the request but did not send a response head in time.
     #[error("backend {backend} sent no response within {timeout:?}")]
     ResponseTimeout { backend: String, timeout: Duration },

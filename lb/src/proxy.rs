@@ -149,20 +149,25 @@ impl Exchange<'_> {
         );
 
         // Step 3 and 4: pick a member, connect (with failover).
-        let (member, backend, upstream) = self.connect_with_failover(group).await?;
+        let picked = self.connect_with_failover(group).await?;
+        let (member, backend) = match &picked {
+            Picked::Redirect(member, backend) | Picked::Connected(member, backend, _) => {
+                (*member, backend.clone())
+            }
+        };
         self.served_by = Some(backend.clone());
         let target = rewrite(
             &group.prefix,
             &member.replacement,
             request.uri().path_and_query().map_or("/", |p| p.as_str()),
         );
-        if member.redirect {
-            let location = format!("http://{}{}", backend.name, target);
-            trace.event(self.number, format_args!("redirect: 302 to {location}"));
-            return Ok(respond::redirect(&location));
-        }
-        let Some(upstream) = upstream else {
-            return Err(ProxyError::BadRequest("internal: no upstream connection"));
+        let upstream = match picked {
+            Picked::Connected(_, _, upstream) => upstream,
+            Picked::Redirect(..) => {
+                let location = format!("http://{}{}", backend.name, target);
+                trace.event(self.number, format_args!("redirect: 302 to {location}"));
+                return Ok(respond::redirect(&location));
+            }
         };
 
         // Step 5: rewrite the head.
@@ -209,10 +214,7 @@ impl Exchange<'_> {
 
     /// Try the group's members in round-robin order, skipping those that are down, until one
     /// accepts a TCP connection. Nothing has been sent yet, so moving on is safe for any method.
-    async fn connect_with_failover<'g>(
-        &self,
-        group: &'g Group,
-    ) -> Result<(&'g Member, Arc<Backend>, Option<Upstream>), ProxyError> {
+    async fn connect_with_failover<'g>(&self, group: &'g Group) -> Result<Picked<'g>, ProxyError> {
         let trace = &self.conn.trace;
         let backends = &self.balancer.backends;
         let first = group.selection.pick(group.members.len());
@@ -249,7 +251,7 @@ impl Exchange<'_> {
                 continue;
             }
             if member.redirect {
-                return Ok((member, backend.clone(), None));
+                return Ok(Picked::Redirect(member, backend.clone()));
             }
             match backend.checkout().await {
                 Ok(upstream) => {
@@ -272,7 +274,7 @@ impl Exchange<'_> {
                             ),
                         ),
                     }
-                    return Ok((member, backend.clone(), Some(upstream)));
+                    return Ok(Picked::Connected(member, backend.clone(), upstream));
                 }
                 Err(error) => {
                     trace.event(
@@ -360,13 +362,7 @@ impl Exchange<'_> {
                         upstream.id
                     ),
                 );
-                *upstream = backend
-                    .connect()
-                    .await
-                    .map_err(|e| ProxyError::AllBackendsDown {
-                        prefix: "(retry)".to_string(),
-                        last: e.to_string(),
-                    })?;
+                *upstream = backend.connect().await.map_err(ProxyError::Reconnect)?;
                 Ok(request)
             }
             _ => Err(ProxyError::Upstream {
@@ -375,6 +371,12 @@ impl Exchange<'_> {
             }),
         }
     }
+}
+
+/// The outcome of picking a member: a `-r` rule answers with a redirect and needs no connection.
+enum Picked<'g> {
+    Redirect(&'g Member, Arc<Backend>),
+    Connected(&'g Member, Arc<Backend>, Upstream),
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.

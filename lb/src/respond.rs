@@ -15,7 +15,7 @@ pub fn status_for(error: &ProxyError) -> StatusCode {
     match error {
         ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-        ProxyError::AllBackendsDown { .. } => StatusCode::BAD_GATEWAY,
+        ProxyError::AllBackendsDown { .. } | ProxyError::Reconnect(_) => StatusCode::BAD_GATEWAY,
         ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
     }
