@@ -164,7 +164,7 @@ async fn serve_connection(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(None) // the watchdog below does it, see the module comment
-        .max_buf_size(balancer.limits.max_header_bytes.max(8192))
+        .max_header_size(balancer.limits.max_header_bytes)
         .serve_connection(
             TokioIo::new(WatchedIo {
                 inner: stream,
