@@ -9,7 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::support::{assert_log_line, get, rule, within, Backend, Lb, RawConn, PATIENCE};
+use crate::support::{
+    assert_log_line, get, raw_backend, rule, within, Backend, Lb, RawConn, PATIENCE,
+};
 
 /// Two backends, both with pooled connections; one stops. Every request is still answered 200 by
 /// the other, and the log names the backend that really served each one. Then the other stops
@@ -126,27 +128,15 @@ async fn a_slow_upload_does_not_count_against_the_response_timeout() {
 /// last chunk), never a response that looks complete.
 #[tokio::test]
 async fn a_backend_dying_mid_body_truncates_the_client_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-                    .await;
-                let _ = stream.write_all(&[b'x'; 1000]).await;
-                // Dropping the stream closes the connection 999 000 bytes early.
-            });
-        }
-    });
+    let backend = raw_backend(
+        [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"[..],
+            &[b'x'; 1000],
+        ]
+        .concat(),
+        true, // closes 999 000 bytes early
+    )
+    .await;
     let lb = Lb::start(vec![rule("/", backend)]).await;
 
     let mut conn = RawConn::connect(lb.addr).await;
@@ -272,4 +262,104 @@ async fn a_client_hanging_up_closes_the_upstream_connection() {
     );
     let lines = lb.exact_log_lines(1).await;
     assert_log_line(&lines[0], "GET", "/", &backend.to_string());
+}
+
+/// A backend that answers with something that is not HTTP: 502 naming the backend.
+#[tokio::test]
+async fn an_invalid_response_head_is_502() {
+    let backend = raw_backend(&b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..], true).await;
+    let lb = Lb::start(vec![rule("/", backend)]).await;
+
+    let reply = get(lb.addr, "/").await;
+    assert_eq!(reply.status.as_u16(), 502, "{}", reply.text());
+    assert!(
+        reply.text().contains(&backend.to_string()),
+        "the body should name the backend: {:?}",
+        reply.text()
+    );
+}
+
+/// Requests lb refuses (no Host, two Hosts, an oversized head, a malformed request line) are
+/// answered 400/431 by lb itself: none of them reaches the backend.
+#[tokio::test]
+async fn refused_requests_never_reach_a_backend() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+    let host = lb.addr;
+    let huge = "x".repeat(32 * 1024);
+
+    for (request, status) in [
+        ("GET / HTTP/1.1\r\n\r\n".to_string(), 400),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: other\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {huge}\r\n\r\n"),
+            431,
+        ),
+        ("GARBAGE\r\n\r\n".to_string(), 400),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3,2\r\n\r\nabc"),
+            400,
+        ),
+    ] {
+        let mut conn = RawConn::connect(lb.addr).await;
+        conn.write(request.as_bytes()).await;
+        let shown: String = request.chars().take(60).collect();
+        match conn.read_head().await {
+            Some((got, _)) => assert_eq!(got, status, "{shown:?}"),
+            None => panic!("{shown:?}: closed without an answer"),
+        }
+        assert!(
+            conn.closes_within(PATIENCE).await,
+            "{shown:?}: connection left open"
+        );
+    }
+    let whoami = get(lb.addr, "/api/v1/whoami").await.json();
+    assert_eq!(
+        whoami["requests_served"], 1,
+        "only the whoami request got through"
+    );
+}
+
+/// Two client timeouts that must not be confused: a client dripping a request head is dropped
+/// after `--header-timeout`, while a keep-alive connection quietly waiting between requests may
+/// stay for the longer `--idle-timeout`.
+#[tokio::test]
+async fn header_timeout_drops_slow_heads_but_idle_keep_alive_waits_longer() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
+        c.timeouts.header = Duration::from_millis(300);
+        c.timeouts.idle = Duration::from_millis(1200);
+    })
+    .await;
+
+    // Slowloris: half a head, then nothing.
+    let started = Instant::now();
+    let mut slow = RawConn::connect(lb.addr).await;
+    slow.write(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(slow.closes_within(PATIENCE).await);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1000),
+        "an incomplete head was dropped after {took:?} with --header-timeout 300ms"
+    );
+
+    // Keep-alive: idle for twice the header timeout, then a second request on the same connection.
+    let mut idle = RawConn::connect(lb.addr).await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr);
+    idle.write(request.as_bytes()).await;
+    assert_eq!(idle.read_response().await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    idle.write(request.as_bytes()).await;
+    assert_eq!(idle.read_response().await.status, 200);
+    // ...and then it is closed once idle for longer than --idle-timeout.
+    let started = Instant::now();
+    assert!(idle.closes_within(PATIENCE).await);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_millis(2500),
+        "an idle keep-alive connection was closed after {took:?} with --idle-timeout 1200ms"
+    );
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::support::{echoed_headers, open, rule, send, within, Backend, Lb, RawConn, PATIENCE};
+use crate::support::{
+    echoed_headers, open, raw_backend, rule, send, within, Backend, Lb, RawConn, PATIENCE,
+};
 
 /// RFC 9110 §7.6.1: `Connection` and what it names, `Keep-Alive`, `Proxy-Authorization` and `TE`
 /// stay on the client's hop. lb appends the client to `X-Forwarded-For`, adds `Via` and
@@ -218,4 +220,79 @@ async fn fifty_megabytes_download_intact() {
         }
     }
     assert_eq!(offset, FIFTY_MB);
+}
+
+/// A backend's `Connection: close` ends the backend connection only (RFC 9110 §7.6.1): the
+/// client's keep-alive connection carries on, and lb does not reuse the closed upstream one.
+#[tokio::test]
+async fn a_backend_closing_its_connection_leaves_the_client_connection_open() {
+    let backend = raw_backend(
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"[..],
+        true,
+    )
+    .await;
+    let lb = Lb::start(vec![rule("/", backend)]).await;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    for n in 0..3 {
+        conn.write(format!("GET /{n} HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes())
+            .await;
+        let response = conn.read_response().await;
+        assert_eq!((response.status, response.text().as_str()), (200, "ok"));
+        assert_eq!(response.header("connection"), None, "request {n}");
+    }
+}
+
+/// Replies without a body (HEAD, 204, 304) leave the connection usable: the next response on it
+/// is intact.
+#[tokio::test]
+async fn bodiless_replies_keep_the_connection_in_step() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+    let host = lb.addr;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(format!("HEAD /api/v1/bytes?n=5000 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await;
+    let (status, headers) = conn.read_head().await.expect("no reply to HEAD");
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&("content-length".to_string(), "5000".to_string())),
+        "{headers:?}"
+    );
+    for (path, status) in [("/api/v1/status/204", 204), ("/api/v1/status/304", 304)] {
+        conn.write(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await;
+        let response = conn.read_response().await;
+        assert_eq!(response.status, status);
+        assert!(response.body.is_empty());
+    }
+    conn.write(format!("GET /api/v1/echo?after=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["uri"], "/api/v1/echo?after=1");
+}
+
+/// A client that sends `Expect: 100-continue` gets its `100 Continue` and its answer.
+#[tokio::test]
+async fn expect_100_continue_does_not_stall_the_client() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(
+        format!(
+            "POST /api/v1/echo HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+            lb.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (status, _) = conn.read_head().await.expect("no interim response");
+    assert_eq!(status, 100);
+    conn.write(b"hello").await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["body_len"], 5);
 }

@@ -96,6 +96,32 @@ impl Drop for Backend {
     }
 }
 
+/// A hand-written backend for misbehaviour `restful-server` will not produce: for every request
+/// head it reads (bodies are not expected), it writes `reply` verbatim, then closes the
+/// connection if `close` is set. Returns its address; it runs until the test's runtime ends.
+pub async fn raw_backend(reply: impl Into<Bytes>, close: bool) -> SocketAddr {
+    let reply: Bytes = reply.into();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut conn = RawConn {
+                    stream,
+                    buf: Vec::new(),
+                };
+                while conn.skip_head().await {
+                    if conn.stream.write_all(&reply).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A rule `-b PREFIX BACKEND` (no replacement, no vhost, no redirect).
 pub fn rule(prefix: &str, backend: SocketAddr) -> Rule {
     Rule {
@@ -404,6 +430,19 @@ impl RawConn {
             );
         }
         self.buf.drain(..n).collect()
+    }
+
+    /// Read a request head and forget it; false if the connection closed first.
+    async fn skip_head(&mut self) -> bool {
+        loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                self.buf.drain(..at + 4);
+                return true;
+            }
+            if !matches!(self.fill().await, Ok(1..)) {
+                return false;
+            }
+        }
     }
 
     /// Read a status line and headers; `None` if the connection was closed before any byte.
