@@ -296,3 +296,25 @@ async fn expect_100_continue_does_not_stall_the_client() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["body_len"], 5);
 }
+
+/// An HTTP/1.0 client without Host is still served: the backend gets an HTTP/1.1 request with
+/// a Host (the backend's address), and the client's connection closes after the reply.
+#[tokio::test]
+async fn an_http_1_0_client_is_answered_and_closed() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(b"GET /api/v1/echo HTTP/1.0\r\n\r\n").await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let echo = response.json();
+    assert_eq!(echo["version"], "HTTP/1.1");
+    let hosts: Vec<_> = echoed_headers(&echo)
+        .into_iter()
+        .filter(|(name, _)| name == "host")
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(hosts, [a.addr.to_string()]);
+    assert!(conn.closes_within(PATIENCE).await);
+}

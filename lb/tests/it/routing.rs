@@ -35,8 +35,8 @@ async fn requests_on_new_connections_alternate_and_are_logged() {
     }
 }
 
-/// One client connection, six requests of different shapes (a POST without Content-Length, a
-/// POST with a body, GETs): each is answered on the same connection, and each picks the next
+/// One client connection, seven requests of different shapes (a POST without Content-Length, a
+/// POST with a body, a chunked PUT, GETs): each is answered on the same connection, and each picks the next
 /// backend in turn (the choice is per request, not per connection).
 #[tokio::test]
 async fn requests_on_one_keep_alive_connection_alternate() {
@@ -51,6 +51,9 @@ async fn requests_on_one_keep_alive_connection_alternate() {
         format!("POST /api/v1/sum HTTP/1.1\r\n{host}Content-Length: 9\r\n\r\nn1=1&n2=2"),
         format!("GET /api/v1/whoami?x=1 HTTP/1.1\r\n{host}\r\n"),
         format!("GET / HTTP/1.1\r\n{host}\r\n"),
+        format!(
+            "PUT /api/v1/echo HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ),
     ];
     let mut conn = RawConn::connect(lb.addr).await;
     let mut served = Vec::new();
@@ -64,10 +67,13 @@ async fn requests_on_one_keep_alive_connection_alternate() {
             "{request:?} must not end the connection"
         );
         served.push(response.header("x-served-by").unwrap_or("").to_string());
+        if request.starts_with("PUT") {
+            assert_eq!(response.json()["body_len"], 5, "the chunked body arrived");
+        }
     }
-    assert_eq!(served, ["a", "b", "a", "b", "a", "b"]);
+    assert_eq!(served, ["a", "b", "a", "b", "a", "b", "a"]);
 
-    let lines = lb.exact_log_lines(6).await;
+    let lines = lb.exact_log_lines(7).await;
     let expected = [
         ("GET", "/"),
         ("GET", "/"),
@@ -75,6 +81,7 @@ async fn requests_on_one_keep_alive_connection_alternate() {
         ("POST", "/api/v1/sum"),
         ("GET", "/api/v1/whoami"), // the log shows the path without its query
         ("GET", "/"),
+        ("PUT", "/api/v1/echo"),
     ];
     for (n, (line, (method, path))) in lines.iter().zip(expected).enumerate() {
         let backend = if n % 2 == 0 { a.addr } else { b.addr };

@@ -454,9 +454,10 @@ impl RawConn {
             let status_line = self.line().await;
             let status = status_line
                 .strip_prefix("HTTP/1.1 ")
+                .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
                 .and_then(|s| s.get(..3))
                 .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("not an HTTP/1.1 status line: {status_line:?}"));
+                .unwrap_or_else(|| panic!("not an HTTP/1.x status line: {status_line:?}"));
             let mut headers = Vec::new();
             loop {
                 let line = self.line().await;
