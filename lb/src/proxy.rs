@@ -362,7 +362,12 @@ impl Exchange<'_> {
                         upstream.id
                     ),
                 );
-                *upstream = backend.connect().await.map_err(ProxyError::Reconnect)?;
+                // If the backend died in that instant, mark it down so the next requests skip it.
+                // (This one gets a 502: its failover window has passed. The race is microseconds wide.)
+                *upstream = backend.connect().await.map_err(|e| {
+                    backend.health.connect_failed(self.balancer.fail_timeout);
+                    ProxyError::Reconnect(e)
+                })?;
                 Ok(request)
             }
             _ => Err(ProxyError::Upstream {
