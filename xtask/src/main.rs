@@ -6,6 +6,7 @@
 //! The `xtask` alias lives in `.cargo/config.toml`; processes are started through the `tests`
 //! crate's harness, which kills every child when it is dropped.
 
+mod bench;
 mod demo;
 
 use std::process::ExitCode;
@@ -23,12 +24,15 @@ struct Cli {
 enum Task {
     /// Start two restful-servers and lb on the walkthrough's ports, send traffic, check the round robin.
     Demo(demo::Args),
+    /// Measure lb beside nginx and HAProxy, and loadgen beside wrk; writes target/bench/report.md.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Demo(args) => demo::run(args),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,476 @@
+//! `cargo xtask bench`: lb beside nginx and HAProxy in front of the same two backends, and loadgen
+//! beside wrk, measured side by side in one run on loopback.
+//!
+//! The shape of a run:
+//!
+//! 1. build the release binaries, start two `restful-server`s, `lb`, and (if installed) nginx and
+//!    HAProxy configured as in [`peers`];
+//! 2. *closed loop* at 1, 50 and 256 connections: for each round, for each load point, each
+//!    scenario (`direct`, `lb`, `nginx`, `haproxy`) in turn, the first one rotating every round so
+//!    that no scenario always runs first (or always right after the heaviest one);
+//! 3. *open loop* at 70% of lb's measured peak, the same for all scenarios: latency under a load
+//!    the proxies can sustain, coordinated omission corrected ([`client::Load::Open`]);
+//! 4. loadgen against wrk on the same targets ([`client`] explains how their CPU is measured);
+//! 5. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`.
+//!
+//! The proxy's CPU time and peak memory come from `/proc` ([`procfs`]). Everything runs on the
+//! same cores, so only medians and ratios are reported, never one lone absolute number.
+//!
+//! `--quick` (CI) runs each scenario for a second, once, and only checks that everything ran:
+//! every run got responses and lb answered without errors. It makes no timing assertion.
+
+mod client;
+mod peers;
+mod procfs;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tests::{build_binaries, start_backend, start_lb, Proc};
+
+use client::Load;
+use report::{ClientRun, Machine, ProxyRun, Report};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// About a second per scenario, one round; checks only that everything ran (for CI).
+    #[arg(long)]
+    quick: bool,
+    /// How long each measurement sends traffic (e.g. 10s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Rounds over all scenarios; the report shows medians over rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// First install nginx, HAProxy and wrk from Debian's packages (apt-get, needs root).
+    #[arg(long)]
+    install_peers: bool,
+}
+
+/// The closed-loop load points: one connection for latency, 50 and 256 for throughput.
+const CONNECTIONS: [u32; 3] = [1, 50, 256];
+
+/// Connections of the open loop and of the loadgen/wrk comparison.
+const OPEN_CONNECTIONS: u32 = 50;
+
+/// The open loop runs at this fraction of lb's peak requests per second.
+const OPEN_FRACTION: f64 = 0.7;
+
+/// One way of reaching the backends.
+struct Scenario {
+    name: &'static str,
+    /// `None` when it cannot run here (the reason is in `missing`).
+    url: Option<String>,
+    /// The proxy process to charge for CPU and memory (`None` for `direct`).
+    pid: Option<u32>,
+    missing: Option<String>,
+}
+
+/// What every measurement needs.
+struct Bench {
+    loadgen: PathBuf,
+    duration: Duration,
+    hz: u64,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let started = Instant::now();
+    if args.install_peers {
+        step("Install nginx, HAProxy and wrk from Debian's packages.");
+        peers::install()?;
+    }
+    let (duration, rounds) = if args.quick {
+        (Duration::from_secs(1), 1)
+    } else {
+        (args.duration, args.rounds)
+    };
+    if duration < Duration::from_millis(100) {
+        bail!("--duration {duration:?} is too short to measure anything; use at least 1s");
+    }
+    let mut machine = Machine::probe();
+    let cores = machine.cores;
+
+    step("Build lb, restful-server and loadgen in release mode.");
+    let bins = build_binaries(true)?;
+    let bench = Bench {
+        loadgen: bins.join("loadgen"),
+        duration,
+        hz: procfs::clock_ticks(),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("xtask-bench-")
+        .tempdir()
+        .context("creating a temporary directory for the peers' configurations")?;
+
+    step("Start two backends, lb, and the peers that are installed.");
+    let mut backends: Vec<Proc> = Vec::new();
+    let mut backend_addrs: Vec<SocketAddr> = Vec::new();
+    for _ in 0..2 {
+        let (proc, addr) = start_backend(&bins.join("restful-server"), &["-p", "0"])?;
+        println!("    backend  {addr}  ({})", proc.command());
+        backends.push(proc);
+        backend_addrs.push(addr);
+    }
+    let mut lb_args = vec!["-p".to_string(), "0".into()];
+    for addr in &backend_addrs {
+        lb_args.extend(["-b".into(), "/".into(), addr.to_string()]);
+    }
+    let lb_args: Vec<&str> = lb_args.iter().map(String::as_str).collect();
+    let (lb, lb_addr) = start_lb(&bins.join("lb"), &lb_args)?;
+    println!("    lb       {lb_addr}  ({})", lb.command());
+
+    let nginx_bin = peers::find("nginx");
+    let haproxy_bin = peers::find("haproxy");
+    let wrk_bin = peers::find("wrk");
+    for (name, bin) in [
+        ("nginx", &nginx_bin),
+        ("haproxy", &haproxy_bin),
+        ("wrk", &wrk_bin),
+    ] {
+        let version = bin
+            .as_deref()
+            .map_or_else(|| "not installed".into(), peers::version);
+        machine.versions.push((name.into(), version));
+    }
+    let nginx = nginx_bin
+        .map(|bin| peers::start_nginx(&bin, tmp.path(), &backend_addrs, cores))
+        .transpose()
+        .context("starting nginx (remove it or fix its installation to bench without it)")?;
+    let haproxy = haproxy_bin
+        .map(|bin| peers::start_haproxy(&bin, tmp.path(), &backend_addrs, cores))
+        .transpose()
+        .context("starting HAProxy (remove it or fix its installation to bench without it)")?;
+    for peer in nginx.iter().chain(&haproxy) {
+        println!("    {:<8} {}  (pid {})", peer.name, peer.addr, peer.pid());
+    }
+
+    let url = |addr: SocketAddr| format!("http://{addr}/");
+    let peer_scenario = |name, peer: &Option<peers::Peer>| match peer {
+        Some(p) => Scenario {
+            name,
+            url: Some(url(p.addr)),
+            pid: Some(p.pid()),
+            missing: None,
+        },
+        None => Scenario {
+            name,
+            url: None,
+            pid: None,
+            missing: Some("not installed".into()),
+        },
+    };
+    let scenarios = [
+        Scenario {
+            name: "direct",
+            url: Some(url(backend_addrs[0])),
+            pid: None,
+            missing: None,
+        },
+        Scenario {
+            name: "lb",
+            url: Some(url(lb_addr)),
+            pid: Some(lb.pid()),
+            missing: None,
+        },
+        peer_scenario("nginx", &nginx),
+        peer_scenario("haproxy", &haproxy),
+    ];
+    let runnable: Vec<&Scenario> = scenarios.iter().filter(|s| s.url.is_some()).collect();
+
+    // Warm up: fill the proxies' connection pools and fault in their memory before measuring.
+    let warmup = if args.quick {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(1)
+    };
+    step(&format!("Warm up every scenario for {warmup:?}."));
+    for s in &runnable {
+        let target = s.url.as_deref().unwrap_or_default();
+        client::loadgen(
+            &bench.loadgen,
+            target,
+            Load::Closed {
+                connections: OPEN_CONNECTIONS,
+            },
+            warmup,
+        )
+        .with_context(|| format!("warming up {}", s.name))?;
+    }
+
+    let mut proxy_runs: Vec<ProxyRun> = Vec::new();
+    let mut loads: Vec<Load> = CONNECTIONS
+        .iter()
+        .map(|&connections| Load::Closed { connections })
+        .collect();
+    step(&format!(
+        "Closed loop at {} connections: {rounds} round(s) of {duration:?} per scenario.",
+        CONNECTIONS.map(|c| c.to_string()).join(", ")
+    ));
+    for round in 0..rounds {
+        for load in &loads {
+            proxy_runs.extend(measure_round(&bench, &runnable, *load, round, rounds)?);
+        }
+    }
+
+    let lb_peak = CONNECTIONS
+        .iter()
+        .filter(|&&c| c > 1)
+        .filter_map(|&connections| {
+            let runs: Vec<f64> = proxy_runs
+                .iter()
+                .filter(|r| r.scenario == "lb" && r.load == Load::Closed { connections })
+                .map(|r| r.measured.requests_per_sec)
+                .collect();
+            report::median(&runs)
+        })
+        .fold(0.0, f64::max);
+    if lb_peak > 0.0 {
+        let open = Load::Open {
+            connections: OPEN_CONNECTIONS,
+            rate: (lb_peak * OPEN_FRACTION).round().max(1.0),
+        };
+        step(&format!(
+            "Open loop at {:.0}% of lb's peak ({lb_peak:.0} req/s): {}, {OPEN_CONNECTIONS} connections.",
+            OPEN_FRACTION * 100.0,
+            open.label()
+        ));
+        for round in 0..rounds {
+            proxy_runs.extend(measure_round(&bench, &runnable, open, round, rounds)?);
+        }
+        loads.push(open);
+    } else {
+        println!(
+            "    skipped: lb served nothing in the closed loop, so there is no peak to take 70% of"
+        );
+    }
+
+    step(&format!(
+        "loadgen against wrk: {OPEN_CONNECTIONS} connections, {duration:?}, on the same targets."
+    ));
+    let mut client_targets: Vec<(&'static str, Option<String>)> = vec![("direct backend", None)];
+    let mut client_urls = vec![url(backend_addrs[0])];
+    match nginx.as_ref().and_then(|n| n.static_addr) {
+        Some(addr) => {
+            client_targets.push(("nginx static file", None));
+            client_urls.push(url(addr));
+        }
+        None => client_targets.push(("nginx static file", Some("nginx not installed".into()))),
+    }
+    let wrk_missing = wrk_bin.is_none().then(|| "not installed".to_string());
+    let mut client_runs: Vec<ClientRun> = Vec::new();
+    for round in 0..rounds {
+        for (i, target_url) in client_urls.iter().enumerate() {
+            let target = client_targets[i].0;
+            // Alternate which tool goes first, so neither always follows the other.
+            let mut tools = vec!["loadgen", "wrk"];
+            if round % 2 == 1 {
+                tools.reverse();
+            }
+            for tool in tools {
+                let measured = match (tool, &wrk_bin) {
+                    ("loadgen", _) => client::loadgen(
+                        &bench.loadgen,
+                        target_url,
+                        Load::Closed {
+                            connections: OPEN_CONNECTIONS,
+                        },
+                        duration,
+                    )?,
+                    (_, Some(wrk)) => client::wrk(wrk, target_url, OPEN_CONNECTIONS, duration)?,
+                    (_, None) => continue,
+                };
+                println!(
+                    "    round {}/{rounds}  {target:<18} {tool:<8} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  client CPU {:>5.1} µs/req",
+                    round + 1,
+                    measured.requests_per_sec,
+                    measured.p50_us,
+                    measured.p99_us,
+                    measured.client_cpu.as_secs_f64() * 1e6 / measured.responses.max(1) as f64,
+                );
+                client_runs.push(ClientRun {
+                    round,
+                    target,
+                    tool,
+                    connections: OPEN_CONNECTIONS,
+                    measured,
+                });
+            }
+        }
+    }
+
+    // Stop everything before writing: the peers' Drop sends SIGTERM and waits.
+    drop(nginx);
+    drop(haproxy);
+    drop(lb);
+    drop(backends);
+    machine.load_average_after = procfs::load_average();
+
+    let report = Report {
+        machine,
+        quick: args.quick,
+        rounds,
+        duration,
+        scenarios: scenarios
+            .iter()
+            .map(|s| (s.name, s.missing.clone()))
+            .collect(),
+        loads,
+        wrk_missing,
+        client_targets,
+        proxy_runs,
+        client_runs,
+    };
+    let markdown = report.markdown();
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md_path = dir.join("report.md");
+    let json_path = dir.join("report.json");
+    std::fs::write(&md_path, &markdown)
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    let json = serde_json::json!({ "report": &report, "targets": report.targets() });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!("\n{markdown}");
+    println!(
+        "Written to {} and {} in {:.0?}.",
+        md_path.display(),
+        json_path.display(),
+        started.elapsed()
+    );
+
+    let problems = everything_ran(&report);
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        println!("FAIL: {p}");
+    }
+    // Only --quick fails on them: a full bench is read by a person, who sees the errors column.
+    Ok(if args.quick {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One round of one load point: every runnable scenario in turn, starting at a different one
+/// each round.
+fn measure_round(
+    bench: &Bench,
+    scenarios: &[&Scenario],
+    load: Load,
+    round: u32,
+    rounds: u32,
+) -> Result<Vec<ProxyRun>> {
+    let mut runs = Vec::new();
+    let n = scenarios.len();
+    for order in 0..n {
+        let s = scenarios[(round as usize + order) % n];
+        let url = s.url.as_deref().unwrap_or_default();
+        let meter = s
+            .pid
+            .map(|pid| procfs::Meter::start(pid, bench.hz))
+            .transpose()
+            .with_context(|| format!("reading {}'s CPU time", s.name))?;
+        let measured = client::loadgen(&bench.loadgen, url, load, bench.duration)
+            .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
+        let proxy = meter
+            .map(procfs::Meter::finish)
+            .transpose()
+            .with_context(|| format!("reading {}'s CPU time", s.name))?;
+        let cpu = proxy.map_or_else(
+            || "      —".into(),
+            |u| {
+                format!(
+                    "{:>7.1}",
+                    u.cpu.as_secs_f64() * 1e6 / measured.responses.max(1) as f64
+                )
+            },
+        );
+        println!(
+            "    round {}/{rounds}  {:<12} {:<8} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {:>3}  proxy CPU {cpu} µs/req",
+            round + 1,
+            load.label(),
+            s.name,
+            measured.requests_per_sec,
+            measured.p50_us,
+            measured.p99_us,
+            measured.errors,
+        );
+        runs.push(ProxyRun {
+            round,
+            load,
+            scenario: s.name,
+            order,
+            measured,
+            proxy,
+        });
+    }
+    Ok(runs)
+}
+
+/// What `--quick` asserts: every scenario that could run did, got responses, and lb made no errors.
+fn everything_ran(report: &Report) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (scenario, missing) in &report.scenarios {
+        if missing.is_some() {
+            continue;
+        }
+        for load in &report.loads {
+            let runs: Vec<&ProxyRun> = report
+                .proxy_runs
+                .iter()
+                .filter(|r| r.scenario == *scenario && r.load == *load)
+                .collect();
+            if runs.is_empty() {
+                problems.push(format!("{scenario} did not run at {}", load.label()));
+            }
+            for r in runs {
+                if r.measured.responses == 0 {
+                    problems.push(format!("{scenario} got no responses at {}", load.label()));
+                }
+                if *scenario == "lb" && r.measured.errors > 0 {
+                    problems.push(format!(
+                        "lb had {} errors at {} (round {})",
+                        r.measured.errors,
+                        load.label(),
+                        r.round + 1
+                    ));
+                }
+            }
+        }
+    }
+    if !report.loads.iter().any(|l| matches!(l, Load::Open { .. })) {
+        problems.push("the open loop did not run".into());
+    }
+    for r in &report.client_runs {
+        if r.measured.responses == 0 {
+            problems.push(format!("{} got no responses from {}", r.tool, r.target));
+        }
+    }
+    problems
+}
+
+/// `$CARGO_TARGET_DIR`, or `target/` at the workspace root.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || tests::project_root().join("target"),
+        |dir| {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                tests::project_root().join(dir)
+            }
+        },
+    )
+}
+
+/// Print one step of the run.
+fn step(text: &str) {
+    println!("\n==> {text}");
+}

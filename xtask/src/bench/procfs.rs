@@ -1,0 +1,241 @@
+//! What the kernel knows about a running process: the CPU time it has used and its peak memory,
+//! read from `/proc`. The bench charges each proxy (and each load generator) with these numbers.
+//!
+//! - CPU: `utime + stime`, fields 14 and 15 of `/proc/PID/stat`, counted in clock ticks
+//!   (`getconf CLK_TCK`, 100 per second on Linux). The process-level file covers every thread,
+//!   live or already exited, so a multi-threaded proxy is charged in full.
+//! - Peak memory: `VmHWM` ("high water mark" of the resident set) in `/proc/PID/status`. Writing
+//!   `5` to `/proc/PID/clear_refs` resets it to the current RSS (Linux >= 4.0), which lets one
+//!   long-lived proxy report a peak *per load point* instead of one peak since it started.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Clock ticks per second of the CPU fields in `/proc/PID/stat`: `getconf CLK_TCK`, asked once,
+/// or 100 (the value Linux has used for `USER_HZ` on every architecture we know) if that fails.
+pub fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100)
+}
+
+/// The few fields of `/proc/PID/stat` the bench needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    /// `R`, `S`, ..., `Z` for a zombie: exited, not yet reaped by its parent.
+    pub state: char,
+    pub ppid: u32,
+    /// `utime + stime`, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+/// Read `/proc/PID/stat`.
+pub fn stat(pid: u32) -> Result<Stat> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat(&text).with_context(|| format!("parsing {path}: {text:?}"))
+}
+
+/// Field 2 is the command name in parentheses and may itself contain spaces and `)`, so the
+/// numbered fields are counted from the *last* `)`: field 3 (state) is the first word after it.
+fn parse_stat(text: &str) -> Result<Stat> {
+    let (_, rest) = text
+        .rsplit_once(')')
+        .context("no `)` after the command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3; field N is fields[N - 3].
+    let field = |n: usize| -> Result<&str> {
+        fields
+            .get(n - 3)
+            .copied()
+            .with_context(|| format!("field {n} missing"))
+    };
+    let state = field(3)?.chars().next().context("empty state")?;
+    let ppid = field(4)?.parse().context("field 4 (ppid)")?;
+    let utime: u64 = field(14)?.parse().context("field 14 (utime)")?;
+    let stime: u64 = field(15)?.parse().context("field 15 (stime)")?;
+    Ok(Stat {
+        state,
+        ppid,
+        cpu_ticks: utime + stime,
+    })
+}
+
+/// The direct children of `pid` (e.g. nginx's workers under its master), found by scanning the
+/// parent pid of every process in `/proc`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut kids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| stat(p).is_ok_and(|s| s.ppid == pid))
+        .collect();
+    kids.sort_unstable();
+    kids
+}
+
+/// `pid` and its direct children: the processes one proxy is made of.
+pub fn process_group(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    pids.extend(children(pid));
+    pids
+}
+
+/// Converts clock ticks into time.
+pub fn ticks_to_duration(ticks: u64, hz: u64) -> Duration {
+    Duration::from_secs_f64(ticks as f64 / hz.max(1) as f64)
+}
+
+/// Reset the peak RSS of `pid` to its current RSS. Returns false where the kernel refuses.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The peak resident set (`VmHWM`) of `pid`, in bytes.
+pub fn peak_rss(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:")) else {
+        bail!("no VmHWM line in {path}");
+    };
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {line:?} in {path}"))?;
+    Ok(kib * 1024)
+}
+
+/// What one proxy used during one measurement.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Usage {
+    /// CPU time (user + system) of all its processes.
+    pub cpu: Duration,
+    /// The sum of its processes' peak RSS, in bytes.
+    pub peak_rss: u64,
+    /// False if the peak could not be reset first (then it is the peak since the proxy started).
+    pub peak_is_per_run: bool,
+}
+
+/// Measures one proxy across one run: [`Meter::start`] before, [`Meter::finish`] after.
+#[derive(Debug)]
+pub struct Meter {
+    pids: Vec<u32>,
+    ticks_before: u64,
+    hz: u64,
+    peak_is_per_run: bool,
+}
+
+impl Meter {
+    /// Reset the peaks and note the CPU used so far by `pid` and its children.
+    pub fn start(pid: u32, hz: u64) -> Result<Meter> {
+        let pids = process_group(pid);
+        let mut peak_is_per_run = true;
+        for &p in &pids {
+            peak_is_per_run &= reset_peak_rss(p);
+        }
+        let ticks_before = total_ticks(&pids)?;
+        Ok(Meter {
+            pids,
+            ticks_before,
+            hz,
+            peak_is_per_run,
+        })
+    }
+
+    pub fn finish(self) -> Result<Usage> {
+        let ticks = total_ticks(&self.pids)?.saturating_sub(self.ticks_before);
+        let mut peak_rss = 0;
+        for &p in &self.pids {
+            peak_rss += peak_rss_or_zero(p);
+        }
+        Ok(Usage {
+            cpu: ticks_to_duration(ticks, self.hz),
+            peak_rss,
+            peak_is_per_run: self.peak_is_per_run,
+        })
+    }
+}
+
+fn total_ticks(pids: &[u32]) -> Result<u64> {
+    let mut ticks = 0;
+    for &p in pids {
+        ticks += stat(p)
+            .with_context(|| format!("process {p} of a proxy is gone: did it crash?"))?
+            .cpu_ticks;
+    }
+    Ok(ticks)
+}
+
+fn peak_rss_or_zero(pid: u32) -> u64 {
+    peak_rss(pid).unwrap_or(0)
+}
+
+/// How busy all CPUs were over `window` (0.0 idle .. 1.0 saturated), from `/proc/stat`.
+pub fn machine_busy(window: Duration) -> Option<f64> {
+    let (busy0, total0) = cpu_line()?;
+    std::thread::sleep(window);
+    let (busy1, total1) = cpu_line()?;
+    let total = total1.checked_sub(total0)?;
+    (total > 0).then(|| busy1.saturating_sub(busy0) as f64 / total as f64)
+}
+
+/// (busy, total) jiffies of the first `cpu` line: idle and iowait are not busy.
+fn cpu_line() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().sum();
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` prints them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Does `/proc/PID` exist (a running or zombie process)?
+pub fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let line =
+            "4242 (nginx: a (b) c) S 17 4242 4242 0 -1 4194624 100 0 0 0 250 31 0 0 20 0 1 0 \
+                    123 4096 200 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 17);
+        assert_eq!(s.cpu_ticks, 281);
+    }
+
+    #[test]
+    fn our_own_process_can_be_read() {
+        let me = std::process::id();
+        assert!(stat(me).is_ok());
+        assert!(peak_rss(me).unwrap() > 0);
+    }
+}

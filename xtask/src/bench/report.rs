@@ -1,0 +1,535 @@
+//! Turning runs into conclusions: medians over rounds, ratios lb / peer, the issue's targets met or
+//! missed, written as a markdown table (`target/bench/report.md`) and raw JSON
+//! (`target/bench/report.json`).
+//!
+//! **Invariant:** every number shown is a median over rounds or a ratio of two medians measured
+//! side by side. On a shared 2-core machine an absolute number alone says little; the ratio of
+//! two proxies measured in the same minute says much more.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::client::{Load, Measured};
+use super::procfs::Usage;
+
+/// The machine and the software the numbers came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    /// How busy the CPUs were in the second before the bench started (0..1).
+    pub busy_before: Option<f64>,
+    pub load_average_before: String,
+    pub load_average_after: String,
+    /// `nginx -v`, `haproxy -v`, `wrk -v`, or "not installed".
+    pub versions: Vec<(String, String)>,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown".into(), |(_, m)| m.trim().to_string());
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "unknown".into(), |k| k.trim().to_string()),
+            cpu_model,
+            busy_before: super::procfs::machine_busy(Duration::from_secs(1)),
+            load_average_before: super::procfs::load_average(),
+            load_average_after: String::new(),
+            versions: Vec::new(),
+        }
+    }
+}
+
+/// One measurement of one proxy scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyRun {
+    pub round: u32,
+    pub load: Load,
+    pub scenario: &'static str,
+    /// Position in this round's rotation for this load (0 ran first).
+    pub order: usize,
+    pub measured: Measured,
+    /// The proxy's CPU and memory; `None` for `direct`, which has no proxy.
+    pub proxy: Option<Usage>,
+}
+
+/// One measurement of one load generator against one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRun {
+    pub round: u32,
+    pub target: &'static str,
+    pub tool: &'static str,
+    pub connections: u32,
+    pub measured: Measured,
+}
+
+/// Everything one `cargo xtask bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub quick: bool,
+    pub rounds: u32,
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    /// Scenario names in table order, with why one did not run (e.g. "not installed").
+    pub scenarios: Vec<(&'static str, Option<String>)>,
+    /// Load points in table order.
+    pub loads: Vec<Load>,
+    /// wrk's status: `None` if it ran, else why not.
+    pub wrk_missing: Option<String>,
+    pub client_targets: Vec<(&'static str, Option<String>)>,
+    pub proxy_runs: Vec<ProxyRun>,
+    pub client_runs: Vec<ClientRun>,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// Medians over rounds of one scenario at one load point.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub requests_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: Option<f64>,
+    /// Summed over rounds, not a median: one error is worth seeing.
+    pub errors: u64,
+    /// The proxy's (or for client runs, the client's) CPU microseconds per response.
+    pub cpu_us_per_request: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The median; the mean of the two middle values for an even count.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+fn per_request_us(cpu: Duration, responses: u64) -> Option<f64> {
+    (responses > 0).then(|| cpu.as_secs_f64() * 1e6 / responses as f64)
+}
+
+fn summarize<'a>(
+    runs: impl Iterator<Item = (&'a Measured, Option<Duration>, Option<u64>)>,
+) -> Option<Summary> {
+    let runs: Vec<_> = runs.collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let col = |f: &dyn Fn(&Measured) -> f64| runs.iter().map(|(m, _, _)| f(m)).collect::<Vec<_>>();
+    let cpu: Vec<f64> = runs
+        .iter()
+        .filter_map(|(m, cpu, _)| per_request_us((*cpu)?, m.responses))
+        .collect();
+    let rss: Vec<f64> = runs
+        .iter()
+        .filter_map(|(_, _, rss)| Some(rss.as_ref().copied()? as f64 / (1024.0 * 1024.0)))
+        .collect();
+    let p999: Vec<f64> = runs.iter().filter_map(|(m, _, _)| m.p999_us).collect();
+    Some(Summary {
+        requests_per_sec: median(&col(&|m| m.requests_per_sec)).unwrap_or(0.0),
+        p50_us: median(&col(&|m| m.p50_us)).unwrap_or(0.0),
+        p99_us: median(&col(&|m| m.p99_us)).unwrap_or(0.0),
+        p999_us: median(&p999),
+        errors: runs.iter().map(|(m, _, _)| m.errors).sum(),
+        cpu_us_per_request: median(&cpu),
+        peak_rss_mib: median(&rss),
+    })
+}
+
+impl Report {
+    /// Medians of `scenario` at `load`, if it ran.
+    pub fn proxy_summary(&self, load: &Load, scenario: &str) -> Option<Summary> {
+        summarize(
+            self.proxy_runs
+                .iter()
+                .filter(|r| &r.load == load && r.scenario == scenario)
+                .map(|r| {
+                    (
+                        &r.measured,
+                        r.proxy.map(|u| u.cpu),
+                        r.proxy.map(|u| u.peak_rss),
+                    )
+                }),
+        )
+    }
+
+    /// Medians of `tool` against `target`, with the client's own CPU per request.
+    pub fn client_summary(&self, target: &str, tool: &str) -> Option<Summary> {
+        summarize(
+            self.client_runs
+                .iter()
+                .filter(|r| r.target == target && r.tool == tool)
+                .map(|r| (&r.measured, Some(r.measured.client_cpu), None)),
+        )
+    }
+
+    fn skipped(&self, scenario: &str) -> Option<&str> {
+        self.scenarios
+            .iter()
+            .find(|(name, _)| *name == scenario)
+            .and_then(|(_, why)| why.as_deref())
+    }
+
+    /// The whole report as markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            s,
+            "# cargo xtask bench{}\n",
+            if self.quick { " --quick" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "Machine: {} cores, {}, Linux {}; load average {} before, {} after{}.  ",
+            m.cores,
+            m.cpu_model,
+            m.kernel,
+            m.load_average_before,
+            m.load_average_after,
+            m.busy_before
+                .map(|b| format!(
+                    "; CPUs {:.0}% busy in the second before the start",
+                    b * 100.0
+                ))
+                .unwrap_or_default()
+        );
+        let versions: Vec<String> = m
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(s, "Peers: {}.  ", versions.join("; "));
+        let _ = writeln!(
+            s,
+            "Method: loadgen (release, child process) for {:?} per run, {} round(s); in each round every \
+             load point runs the scenarios one after the other, starting with a different one each round. \
+             Figures are medians over rounds (errors are summed). Everything shares the same cores: \
+             read ratios, not absolute numbers.\n",
+            self.duration, self.rounds
+        );
+
+        let _ = writeln!(s, "## Proxies\n");
+        let _ = writeln!(
+            s,
+            "| load | scenario | req/s | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | proxy peak RSS MiB |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for load in &self.loads {
+            for (scenario, _) in &self.scenarios {
+                let label = load.label();
+                match (self.skipped(scenario), self.proxy_summary(load, scenario)) {
+                    (Some(why), _) => {
+                        let _ = writeln!(s, "| {label} | {scenario} | {why} | | | | | | |");
+                    }
+                    (None, None) => {
+                        let _ = writeln!(s, "| {label} | {scenario} | did not run | | | | | | |");
+                    }
+                    (None, Some(x)) => {
+                        let _ = writeln!(
+                            s,
+                            "| {label} | {scenario} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                            x.requests_per_sec,
+                            x.p50_us,
+                            x.p99_us,
+                            opt(x.p999_us, 0),
+                            x.errors,
+                            opt(x.cpu_us_per_request, 1),
+                            opt(x.peak_rss_mib, 1),
+                        );
+                    }
+                }
+            }
+        }
+
+        let _ = writeln!(
+            s,
+            "\n## Ratios of medians (req/s: above 1 means lb is faster; p99 and CPU: below 1 means lb is better)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| load | lb/direct req/s | lb/nginx req/s | lb/haproxy req/s | lb/nginx p99 | lb/haproxy p99 | lb/nginx CPU/req | lb/haproxy CPU/req |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for load in &self.loads {
+            let lb = self.proxy_summary(load, "lb");
+            let ratio = |peer: &str, f: fn(&Summary) -> Option<f64>| -> String {
+                let (Some(a), Some(b)) = (lb.as_ref(), self.proxy_summary(load, peer)) else {
+                    return "—".into();
+                };
+                match (f(a), f(&b)) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+                    _ => "—".into(),
+                }
+            };
+            let rps = |x: &Summary| Some(x.requests_per_sec);
+            let p99 = |x: &Summary| Some(x.p99_us);
+            let cpu = |x: &Summary| x.cpu_us_per_request;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                load.label(),
+                ratio("direct", rps),
+                ratio("nginx", rps),
+                ratio("haproxy", rps),
+                ratio("nginx", p99),
+                ratio("haproxy", p99),
+                ratio("nginx", cpu),
+                ratio("haproxy", cpu),
+            );
+        }
+
+        let _ = writeln!(s, "\n## loadgen vs wrk (same target, connections and duration; CPU is the client's own)\n");
+        let _ = writeln!(
+            s,
+            "| target | loadgen req/s | wrk req/s | loadgen/wrk req/s | loadgen CPU µs/req | wrk CPU µs/req | loadgen/wrk CPU |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+        for (target, why) in &self.client_targets {
+            if let Some(why) = why {
+                let _ = writeln!(s, "| {target} | {why} | | | | | |");
+                continue;
+            }
+            let lg = self.client_summary(target, "loadgen");
+            let wrk = self.client_summary(target, "wrk");
+            let cell = |x: Option<&Summary>, f: fn(&Summary) -> Option<f64>, digits| {
+                x.and_then(f)
+                    .map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
+            };
+            let wrk_rps = match (&self.wrk_missing, &wrk) {
+                (Some(why), _) => why.clone(),
+                (None, w) => cell(w.as_ref(), |x| Some(x.requests_per_sec), 0),
+            };
+            let ratio = |f: fn(&Summary) -> Option<f64>| match (
+                lg.as_ref().and_then(f),
+                wrk.as_ref().and_then(f),
+            ) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {target} | {} | {wrk_rps} | {} | {} | {} | {} |",
+                cell(lg.as_ref(), |x| Some(x.requests_per_sec), 0),
+                ratio(|x| Some(x.requests_per_sec)),
+                cell(lg.as_ref(), |x| x.cpu_us_per_request, 1),
+                cell(wrk.as_ref(), |x| x.cpu_us_per_request, 1),
+                ratio(|x| x.cpu_us_per_request),
+            );
+        }
+
+        let _ = writeln!(s, "\n## Targets\n");
+        let _ = writeln!(s, "| target | measured | verdict |");
+        let _ = writeln!(s, "|---|---|---|");
+        for t in self.targets() {
+            let _ = writeln!(s, "| {} | {} | {} |", t.name, t.measured, t.verdict);
+        }
+        s
+    }
+
+    /// The issue's targets, each with what was measured and whether it was met.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let find = |connections: u32| {
+            self.loads
+                .iter()
+                .find(|l| matches!(l, Load::Closed { connections: c } if *c == connections))
+                .copied()
+        };
+        let open = self
+            .loads
+            .iter()
+            .find(|l| matches!(l, Load::Open { .. }))
+            .copied();
+        let (c1, c50, c256) = (find(1), find(50), find(256));
+
+        for (load, peer) in [
+            (c50, "nginx"),
+            (c50, "haproxy"),
+            (c256, "nginx"),
+            (c256, "haproxy"),
+        ] {
+            out.push(self.compare(load, peer, "req/s", |x| Some(x.requests_per_sec), true));
+        }
+        for load in [c50, c256, open] {
+            out.push(self.compare(load, "nginx", "p99", |x| Some(x.p99_us), false));
+        }
+        for load in [c50, c256] {
+            out.push(self.compare(
+                load,
+                "nginx",
+                "CPU/request",
+                |x| x.cpu_us_per_request,
+                false,
+            ));
+        }
+
+        let name = "lb adds ≤ 100 µs to p50 over direct at 1 conn".to_string();
+        out.push(
+            match c1.and_then(|l| {
+                Some((
+                    self.proxy_summary(&l, "lb")?,
+                    self.proxy_summary(&l, "direct")?,
+                ))
+            }) {
+                Some((lb, direct)) => {
+                    let added = lb.p50_us - direct.p50_us;
+                    Target::judged(
+                        name,
+                        format!("+{added:.0} µs ({:.0} vs {:.0})", lb.p50_us, direct.p50_us),
+                        added <= 100.0,
+                    )
+                }
+                None => Target::not_measured(name),
+            },
+        );
+        let name = "lb peak RSS ≤ 30 MiB at 256 conns".to_string();
+        out.push(
+            match c256.and_then(|l| self.proxy_summary(&l, "lb")?.peak_rss_mib) {
+                Some(mib) => Target::judged(name, format!("{mib:.1} MiB"), mib <= 30.0),
+                None => Target::not_measured(name),
+            },
+        );
+
+        for (target, _) in &self.client_targets {
+            let pair = self
+                .client_summary(target, "loadgen")
+                .zip(self.client_summary(target, "wrk"));
+            let name = format!("loadgen req/s ≥ wrk ({target})");
+            out.push(match pair {
+                Some((lg, wrk)) => Target::judged(
+                    name,
+                    format!(
+                        "{:.2}× ({:.0} vs {:.0})",
+                        lg.requests_per_sec / wrk.requests_per_sec.max(1e-9),
+                        lg.requests_per_sec,
+                        wrk.requests_per_sec
+                    ),
+                    lg.requests_per_sec >= wrk.requests_per_sec,
+                ),
+                None => Target::not_measured(name),
+            });
+            let name = format!("loadgen CPU/request ≤ wrk ({target})");
+            out.push(
+                match pair
+                    .and_then(|(lg, wrk)| Some((lg.cpu_us_per_request?, wrk.cpu_us_per_request?)))
+                {
+                    Some((lg, wrk)) => Target::judged(
+                        name,
+                        format!("{:.2}× ({lg:.1} vs {wrk:.1} µs)", lg / wrk.max(1e-9)),
+                        lg <= wrk,
+                    ),
+                    None => Target::not_measured(name),
+                },
+            );
+        }
+        out
+    }
+
+    /// lb against `peer` on one figure; `higher_is_better` picks the direction.
+    fn compare(
+        &self,
+        load: Option<Load>,
+        peer: &str,
+        what: &str,
+        figure: fn(&Summary) -> Option<f64>,
+        higher_is_better: bool,
+    ) -> Target {
+        let relation = if higher_is_better { "≥" } else { "≤" };
+        let label = load.map_or_else(|| "?".into(), |l| l.label());
+        let name = format!("lb {what} {relation} {peer} at {label}");
+        let Some(load) = load else {
+            return Target::not_measured(name);
+        };
+        if let Some(why) = self.skipped(peer) {
+            return Target {
+                name,
+                measured: String::new(),
+                verdict: format!("n/a ({peer} {why})"),
+            };
+        }
+        let pair = self
+            .proxy_summary(&load, "lb")
+            .zip(self.proxy_summary(&load, peer));
+        match pair.and_then(|(a, b)| Some((figure(&a)?, figure(&b)?))) {
+            Some((lb, other)) if other > 0.0 => {
+                let ratio = lb / other;
+                let met = if higher_is_better {
+                    ratio >= 1.0
+                } else {
+                    ratio <= 1.0
+                };
+                Target::judged(name, format!("{ratio:.2}× ({lb:.1} vs {other:.1})"), met)
+            }
+            _ => Target::not_measured(name),
+        }
+    }
+}
+
+/// One of the issue's targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub measured: String,
+    pub verdict: String,
+}
+
+impl Target {
+    fn judged(name: String, measured: String, met: bool) -> Target {
+        let verdict = if met { "met" } else { "**missed**" };
+        Target {
+            name,
+            measured,
+            verdict: verdict.into(),
+        }
+    }
+
+    fn not_measured(name: String) -> Target {
+        Target {
+            name,
+            measured: String::new(),
+            verdict: "not measured".into(),
+        }
+    }
+}
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+}
