@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::health::now_ms;
 use crate::trace::Trace;
@@ -44,6 +44,9 @@ pub struct ConnInfo {
     idle_since_ms: AtomicU64,
     /// [`now_ms`] of the first byte read since the last request started or finished; 0 = none.
     head_started_ms: AtomicU64,
+    /// Wakes the watchdog whenever a request starts or ends or a head starts arriving, so that it
+    /// re-arms its timer for the deadline that now applies instead of sleeping on a stale one.
+    changed: Notify,
 }
 
 impl ConnInfo {
@@ -57,6 +60,7 @@ impl ConnInfo {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
+        self.changed.notify_one();
         InFlight {
             conn: self.clone(),
             number,
@@ -82,6 +86,7 @@ impl Drop for InFlight {
         self.conn.idle_since_ms.store(now_ms(), Ordering::Relaxed);
         self.conn.head_started_ms.store(0, Ordering::Relaxed);
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.changed.notify_one();
     }
 }
 
@@ -155,6 +160,7 @@ async fn serve_connection(
         in_flight: AtomicUsize::new(0),
         idle_since_ms: AtomicU64::new(now_ms()),
         head_started_ms: AtomicU64::new(0),
+        changed: Notify::new(),
     });
     let service = {
         let (balancer, info) = (balancer.clone(), info.clone());
@@ -192,6 +198,8 @@ async fn serve_connection(
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
+            // The connection's state changed: loop to compute the new deadline.
+            _ = info.changed.notified() => {}
             _ = tokio::time::sleep(check_in) => match deadline(&info, timeouts.header, timeouts.idle) {
                 // A request head started arriving but is still incomplete: drop the connection
                 // (nothing is in flight, so nothing is lost).
@@ -259,6 +267,7 @@ impl AsyncRead for WatchedIo {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before && self.conn.head_started_ms.load(Ordering::Relaxed) == 0 {
             self.conn.head_started_ms.store(now_ms(), Ordering::Relaxed);
+            self.conn.changed.notify_one();
         }
         polled
     }
