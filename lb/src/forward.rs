@@ -69,6 +69,11 @@ pub fn request(parts: &mut request::Parts, target: Uri, client: SocketAddr, back
 /// `Upgrade`/`Connection` headers, since the client needs them to finish the switch.
 pub fn response(parts: &mut response::Parts) {
     let via = via_value(parts.version);
+    // A backend that sends both Content-Length and Transfer-Encoding was framed by the latter,
+    // and the Content-Length is wrong: it must not reach the client (RFC 9112 §6.3 item 3).
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
         remove_hop_by_hop(&mut parts.headers);
     }
