@@ -395,6 +395,20 @@ fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
             "HTTP/1.1 request without a Host header",
         ));
     }
+    // hyper has checked that the final coding is chunked and removed it; any other coding
+    // (`gzip, chunked`) would reach the backend still applied but no longer declared, since
+    // Transfer-Encoding is hop-by-hop. RFC 9112 §6.1 lets us refuse what we do not implement.
+    let other_coding = request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if other_coding {
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding other than chunked is not supported",
+        ));
+    }
     Ok(())
 }
 
