@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::access_log::{AccessLog, Record};
-use crate::error::BoxError;
+use crate::error::{BoxError, ClientBodyError};
 use crate::trace::Trace;
 use crate::upstream::{Backend, Sender};
 
@@ -136,16 +136,14 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e).into()))),
             Poll::Ready(None) => {
                 this.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending if this.idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyTimeout {
-                side: "request",
-                timeout: this.idle.timeout,
-            }
-            .into()))),
+            Poll::Pending if this.idle.poll_expired(cx) => Poll::Ready(Some(Err(
+                ClientBodyError::Stalled(this.idle.timeout).into(),
+            ))),
             Poll::Pending => Poll::Pending,
         }
     }

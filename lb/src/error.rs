@@ -24,6 +24,10 @@ pub enum ProxyError {
     /// The backend accepted the request but did not send a response head in time.
     #[error("backend {backend} sent no response within {timeout:?}")]
     ResponseTimeout { backend: String, timeout: Duration },
+    /// The client's request body failed while it was being forwarded: the client's fault, even
+    /// though it surfaces as a failed send to the backend.
+    #[error("request body failed: {reason}")]
+    ClientBody { timed_out: bool, reason: String },
     /// The backend broke the connection or sent something that is not HTTP.
     #[error("backend {backend} failed: {source}")]
     Upstream {
@@ -47,6 +51,16 @@ pub enum ConnectError {
         backend: String,
         source: hyper::Error,
     },
+}
+
+/// How the client's request body failed; [`crate::body::RequestBody`] wraps its errors in this so
+/// the proxy can tell them from the backend's.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("no byte for {0:?} (--body-timeout)")]
+    Stalled(Duration),
+    #[error("malformed or cut off: {0}")]
+    Broken(#[source] hyper::Error),
 }
 
 /// The error type carried by the bodies we stream; hyper only needs it to be boxable.

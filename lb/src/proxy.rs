@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::accept::ConnInfo;
 use crate::access_log::{unix_now, Record};
 use crate::body::{Completion, RequestBody, ResponseBody};
-use crate::error::{ConnectError, ProxyError};
+use crate::error::{ClientBodyError, ConnectError, ProxyError};
 use crate::pick::{failover_order, Selection};
 use crate::respond;
 use crate::route::{rewrite, Group, Member};
@@ -370,12 +370,31 @@ impl Exchange<'_> {
                 })?;
                 Ok(request)
             }
-            _ => Err(ProxyError::Upstream {
-                backend: backend.name.clone(),
-                source: error.into_error(),
-            }),
+            _ => {
+                let source = error.into_error();
+                Err(client_body_error(&source).unwrap_or(ProxyError::Upstream {
+                    backend: backend.name.clone(),
+                    source,
+                }))
+            }
         }
     }
+}
+
+/// A send fails when the *client's* body fails too (a bad chunk, a stalled upload): hyper reports
+/// it as an error of the body it was sending, with ours as the cause. That is a client error.
+fn client_body_error(error: &hyper::Error) -> Option<ProxyError> {
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(body) = e.downcast_ref::<ClientBodyError>() {
+            return Some(ProxyError::ClientBody {
+                timed_out: matches!(body, ClientBodyError::Stalled(_)),
+                reason: body.to_string(),
+            });
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// The outcome of picking a member: a `-r` rule answers with a redirect and needs no connection.

@@ -14,6 +14,10 @@ use crate::error::ProxyError;
 pub fn status_for(error: &ProxyError) -> StatusCode {
     match error {
         ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ProxyError::ClientBody {
+            timed_out: true, ..
+        } => StatusCode::REQUEST_TIMEOUT,
+        ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
         ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
         ProxyError::AllBackendsDown { .. } | ProxyError::Reconnect(_) => StatusCode::BAD_GATEWAY,
         ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -25,8 +29,12 @@ pub fn status_for(error: &ProxyError) -> StatusCode {
 pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     let status = status_for(error);
     let mut response = text(status, format!("{error}\n"));
-    if matches!(error, ProxyError::BadRequest(_)) {
-        // After a malformed request we cannot trust where the next one starts: close (RFC 9112 §9.6).
+    if matches!(
+        error,
+        ProxyError::BadRequest(_) | ProxyError::ClientBody { .. }
+    ) {
+        // After a malformed or unfinished request we cannot trust where the next one starts:
+        // close (RFC 9112 §9.6).
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
