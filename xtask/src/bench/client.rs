@@ -53,7 +53,8 @@ pub struct Measured {
     pub p99_us: f64,
     /// `None` for wrk, which does not report p99.9.
     pub p999_us: Option<f64>,
-    /// CPU time (user + system) of the client process itself.
+    /// CPU time (user + system) of the client process itself (in JSON: seconds).
+    #[serde(serialize_with = "super::report::secs::serialize")]
     pub client_cpu: Duration,
 }
 

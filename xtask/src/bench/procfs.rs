@@ -120,7 +120,8 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
 /// What one proxy used during one measurement.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Usage {
-    /// CPU time (user + system) of all its processes.
+    /// CPU time (user + system) of all its processes (in JSON: seconds).
+    #[serde(serialize_with = "super::report::secs::serialize")]
     pub cpu: Duration,
     /// The sum of its processes' peak RSS, in bytes.
     pub peak_rss: u64,

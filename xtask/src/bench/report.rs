@@ -91,7 +91,8 @@ pub struct Report {
     pub client_runs: Vec<ClientRun>,
 }
 
-mod secs {
+/// Durations in the JSON are seconds (`0.25`), not serde's `{secs, nanos}`.
+pub mod secs {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
@@ -104,6 +105,8 @@ mod secs {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
     pub requests_per_sec: f64,
+    /// (max - min) / median of requests per second over rounds: how noisy the rounds were.
+    pub rps_range: Option<f64>,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: Option<f64>,
@@ -150,8 +153,14 @@ fn summarize<'a>(
         .filter_map(|(_, _, rss)| Some(rss.as_ref().copied()? as f64 / (1024.0 * 1024.0)))
         .collect();
     let p999: Vec<f64> = runs.iter().filter_map(|(m, _, _)| m.p999_us).collect();
+    let rps = col(&|m| m.requests_per_sec);
+    let requests_per_sec = median(&rps).unwrap_or(0.0);
+    let (lo, hi) = rps
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     Some(Summary {
-        requests_per_sec: median(&col(&|m| m.requests_per_sec)).unwrap_or(0.0),
+        requests_per_sec,
+        rps_range: (rps.len() > 1 && requests_per_sec > 0.0).then(|| (hi - lo) / requests_per_sec),
         p50_us: median(&col(&|m| m.p50_us)).unwrap_or(0.0),
         p99_us: median(&col(&|m| m.p99_us)).unwrap_or(0.0),
         p999_us: median(&p999),
@@ -230,31 +239,38 @@ impl Report {
             "Method: loadgen (release, child process) for {:?} per run, {} round(s); in each round every \
              load point runs the scenarios one after the other, starting with a different one each round. \
              Figures are medians over rounds (errors are summed). Everything shares the same cores: \
-             read ratios, not absolute numbers.\n",
+             read ratios, not absolute numbers. \
+             Proxy CPU is utime+stime of the proxy's processes (nginx: master and workers) from \
+             /proc/PID/stat before and after each run, divided by responses; peak RSS is VmHWM \
+             (summed over processes), reset before each run through /proc/PID/clear_refs. \
+             The open loop sends at 70% of lb's median peak for all scenarios alike; its latency \
+             is measured from the scheduled send time (coordinated omission corrected). \
+             `req/s range` is (max - min) / median over rounds: a large one means a noisy machine.\n",
             self.duration, self.rounds
         );
 
         let _ = writeln!(s, "## Proxies\n");
         let _ = writeln!(
             s,
-            "| load | scenario | req/s | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | proxy peak RSS MiB |"
+            "| load | scenario | req/s | req/s range | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | proxy peak RSS MiB |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for load in &self.loads {
             for (scenario, _) in &self.scenarios {
                 let label = load.label();
                 match (self.skipped(scenario), self.proxy_summary(load, scenario)) {
                     (Some(why), _) => {
-                        let _ = writeln!(s, "| {label} | {scenario} | {why} | | | | | | |");
+                        let _ = writeln!(s, "| {label} | {scenario} | {why} | | | | | | | |");
                     }
                     (None, None) => {
-                        let _ = writeln!(s, "| {label} | {scenario} | did not run | | | | | | |");
+                        let _ = writeln!(s, "| {label} | {scenario} | did not run | | | | | | | |");
                     }
                     (None, Some(x)) => {
                         let _ = writeln!(
                             s,
-                            "| {label} | {scenario} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                            "| {label} | {scenario} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {} |",
                             x.requests_per_sec,
+                            x.rps_range.map_or_else(|| "—".into(), |r| format!("{:.0}%", r * 100.0)),
                             x.p50_us,
                             x.p99_us,
                             opt(x.p999_us, 0),
