@@ -49,6 +49,17 @@ pub struct Args {
     /// First install nginx, HAProxy and wrk from Debian's packages (apt-get, needs root).
     #[arg(long)]
     install_peers: bool,
+    /// Leave these peers out even if installed, e.g. `--skip nginx,wrk` (their rows say "skipped").
+    #[arg(long, value_enum, value_delimiter = ',')]
+    skip: Vec<PeerName>,
+}
+
+/// The peers `--skip` can leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PeerName {
+    Nginx,
+    Haproxy,
+    Wrk,
 }
 
 /// The closed-loop load points: one connection for latency, 50 and 256 for throughput.
@@ -129,17 +140,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (lb, lb_addr) = start_lb(&bins.join("lb"), &lb_args)?;
     println!("    lb       {lb_addr}  ({})", lb.command());
 
-    let nginx_bin = peers::find("nginx");
-    let haproxy_bin = peers::find("haproxy");
-    let wrk_bin = peers::find("wrk");
-    for (name, bin) in [
-        ("nginx", &nginx_bin),
-        ("haproxy", &haproxy_bin),
-        ("wrk", &wrk_bin),
+    let find = |peer: PeerName, program: &str| -> (Option<PathBuf>, &'static str) {
+        match peers::find(program) {
+            _ if args.skip.contains(&peer) => (None, "skipped"),
+            Some(path) => (Some(path), ""),
+            None => (None, "not installed"),
+        }
+    };
+    let (nginx_bin, nginx_missing) = find(PeerName::Nginx, "nginx");
+    let (haproxy_bin, haproxy_missing) = find(PeerName::Haproxy, "haproxy");
+    let (wrk_bin, wrk_missing) = find(PeerName::Wrk, "wrk");
+    for (name, bin, missing) in [
+        ("nginx", &nginx_bin, nginx_missing),
+        ("haproxy", &haproxy_bin, haproxy_missing),
+        ("wrk", &wrk_bin, wrk_missing),
     ] {
         let version = bin
             .as_deref()
-            .map_or_else(|| "not installed".into(), peers::version);
+            .map_or_else(|| missing.to_string(), peers::version);
         machine.versions.push((name.into(), version));
     }
     let nginx = nginx_bin
@@ -155,7 +173,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let url = |addr: SocketAddr| format!("http://{addr}/");
-    let peer_scenario = |name, peer: &Option<peers::Peer>| match peer {
+    let peer_scenario = |name, peer: &Option<peers::Peer>, missing: &str| match peer {
         Some(p) => Scenario {
             name,
             url: Some(url(p.addr)),
@@ -166,7 +184,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             name,
             url: None,
             pid: None,
-            missing: Some("not installed".into()),
+            missing: Some(missing.into()),
         },
     };
     let scenarios = [
@@ -182,8 +200,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             pid: Some(lb.pid()),
             missing: None,
         },
-        peer_scenario("nginx", &nginx),
-        peer_scenario("haproxy", &haproxy),
+        peer_scenario("nginx", &nginx, nginx_missing),
+        peer_scenario("haproxy", &haproxy, haproxy_missing),
     ];
     let runnable: Vec<&Scenario> = scenarios.iter().filter(|s| s.url.is_some()).collect();
 
@@ -264,9 +282,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             client_targets.push(("nginx static file", None));
             client_urls.push(url(addr));
         }
-        None => client_targets.push(("nginx static file", Some("nginx not installed".into()))),
+        None => client_targets.push(("nginx static file", Some(format!("nginx {nginx_missing}")))),
     }
-    let wrk_missing = wrk_bin.is_none().then(|| "not installed".to_string());
+    let wrk_missing = wrk_bin.is_none().then(|| wrk_missing.to_string());
     let mut client_runs: Vec<ClientRun> = Vec::new();
     for round in 0..rounds {
         for (i, target_url) in client_urls.iter().enumerate() {

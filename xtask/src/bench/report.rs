@@ -432,7 +432,20 @@ impl Report {
             },
         );
 
-        for (target, _) in &self.client_targets {
+        for (target, why) in &self.client_targets {
+            let why = why
+                .clone()
+                .or_else(|| self.wrk_missing.as_ref().map(|w| format!("wrk {w}")));
+            if let Some(why) = why {
+                for what in ["req/s ≥ wrk", "CPU/request ≤ wrk"] {
+                    out.push(Target {
+                        name: format!("loadgen {what} ({target})"),
+                        measured: String::new(),
+                        verdict: format!("n/a ({why})"),
+                    });
+                }
+                continue;
+            }
             let pair = self
                 .client_summary(target, "loadgen")
                 .zip(self.client_summary(target, "wrk"));
