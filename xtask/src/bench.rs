@@ -86,6 +86,19 @@ struct Bench {
     loadgen: PathBuf,
     duration: Duration,
     hz: u64,
+    /// The backends' pids: their CPU is ours, not "other load".
+    backend_pids: Vec<u32>,
+}
+
+impl Bench {
+    /// Start counting what other processes on the machine use while `proxy` (if any) is measured.
+    fn other_load(&self, proxy: Option<u32>) -> Option<procfs::OtherLoad> {
+        let mut pids = self.backend_pids.clone();
+        if let Some(pid) = proxy {
+            pids.extend(procfs::process_group(pid));
+        }
+        procfs::OtherLoad::start(pids)
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -113,10 +126,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     step("Build lb, restful-server and loadgen in release mode.");
     let bins = build_binaries(true)?;
-    let bench = Bench {
+    let mut bench = Bench {
         loadgen: bins.join("loadgen"),
         duration,
         hz: procfs::clock_ticks(),
+        backend_pids: Vec::new(),
     };
     let tmp = tempfile::Builder::new()
         .prefix("xtask-bench-")
@@ -129,6 +143,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for _ in 0..2 {
         let (proc, addr) = start_backend(&bins.join("restful-server"), &["-p", "0"])?;
         println!("    backend  {addr}  ({})", proc.command());
+        bench.backend_pids.push(proc.pid());
         backends.push(proc);
         backend_addrs.push(addr);
     }
@@ -276,18 +291,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "loadgen against wrk: {OPEN_CONNECTIONS} connections, {duration:?}, on the same targets."
     ));
     let mut client_targets: Vec<(&'static str, Option<String>)> = vec![("direct backend", None)];
-    let mut client_urls = vec![url(backend_addrs[0])];
-    match nginx.as_ref().and_then(|n| n.static_addr) {
-        Some(addr) => {
+    // (URL, the server's pid beyond the backends) per target.
+    let mut client_urls = vec![(url(backend_addrs[0]), None)];
+    match nginx.as_ref().and_then(|n| Some((n.static_addr?, n.pid()))) {
+        Some((addr, pid)) => {
             client_targets.push(("nginx static file", None));
-            client_urls.push(url(addr));
+            client_urls.push((url(addr), Some(pid)));
         }
         None => client_targets.push(("nginx static file", Some(format!("nginx {nginx_missing}")))),
     }
     let wrk_missing = wrk_bin.is_none().then(|| wrk_missing.to_string());
     let mut client_runs: Vec<ClientRun> = Vec::new();
     for round in 0..rounds {
-        for (i, target_url) in client_urls.iter().enumerate() {
+        for (i, (target_url, server_pid)) in client_urls.iter().enumerate() {
             let target = client_targets[i].0;
             // Alternate which tool goes first, so neither always follows the other.
             let mut tools = vec!["loadgen", "wrk"];
@@ -295,6 +311,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 tools.reverse();
             }
             for tool in tools {
+                let other = bench.other_load(*server_pid);
                 let measured = match (tool, &wrk_bin) {
                     ("loadgen", _) => client::loadgen(
                         &bench.loadgen,
@@ -307,6 +324,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     (_, Some(wrk)) => client::wrk(wrk, target_url, OPEN_CONNECTIONS, duration)?,
                     (_, None) => continue,
                 };
+                let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
                 println!(
                     "    round {}/{rounds}  {target:<18} {tool:<8} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  client CPU {:>5.1} µs/req",
                     round + 1,
@@ -321,6 +339,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     tool,
                     connections: OPEN_CONNECTIONS,
                     measured,
+                    other_load,
                 });
             }
         }
@@ -400,8 +419,10 @@ fn measure_round(
             .map(|pid| procfs::Meter::start(pid, bench.hz))
             .transpose()
             .with_context(|| format!("reading {}'s CPU time", s.name))?;
+        let other = bench.other_load(s.pid);
         let measured = client::loadgen(&bench.loadgen, url, load, bench.duration)
             .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
+        let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
         let proxy = meter
             .map(procfs::Meter::finish)
             .transpose()
@@ -416,7 +437,7 @@ fn measure_round(
             },
         );
         println!(
-            "    round {}/{rounds}  {:<12} {:<8} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {:>3}  proxy CPU {cpu} µs/req",
+            "    round {}/{rounds}  {:<12} {:<8} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {:>3}  proxy CPU {cpu} µs/req  other load {:>3.0}%",
             round + 1,
             load.label(),
             s.name,
@@ -424,6 +445,7 @@ fn measure_round(
             measured.p50_us,
             measured.p99_us,
             measured.errors,
+            other_load.unwrap_or(0.0) * 100.0,
         );
         runs.push(ProxyRun {
             round,
@@ -432,6 +454,7 @@ fn measure_round(
             order,
             measured,
             proxy,
+            other_load,
         });
     }
     Ok(runs)

@@ -201,9 +201,56 @@ fn cpu_line() -> Option<(u64, u64)> {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    let total: u64 = values.iter().sum();
+    // user nice system idle iowait irq softirq steal; guest time that follows is already
+    // counted in user and nice.
+    let total: u64 = values.iter().take(8).sum();
     let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
     Some((total.saturating_sub(idle), total))
+}
+
+/// How much of the machine *other* processes used during a run: the CPU time all CPUs were busy
+/// (`/proc/stat`) minus what the bench's own processes used. On a shared machine this says how
+/// far a run can be trusted.
+#[derive(Debug)]
+pub struct OtherLoad {
+    busy: u64,
+    total: u64,
+    ours: u64,
+    pids: Vec<u32>,
+}
+
+impl OtherLoad {
+    /// Start counting; `pids` are the bench's long-lived processes (backends, the proxy and its
+    /// children). The client's CPU is added at [`OtherLoad::finish`].
+    pub fn start(pids: Vec<u32>) -> Option<OtherLoad> {
+        let (busy, total) = cpu_line()?;
+        let ours = pids
+            .iter()
+            .filter_map(|&p| stat(p).ok())
+            .map(|s| s.cpu_ticks)
+            .sum();
+        Some(OtherLoad {
+            busy,
+            total,
+            ours,
+            pids,
+        })
+    }
+
+    /// The fraction (0..1) of all CPUs' time that other processes used since [`OtherLoad::start`].
+    pub fn finish(self, client_cpu: Duration, hz: u64) -> Option<f64> {
+        let (busy, total) = cpu_line()?;
+        let ours: u64 = self
+            .pids
+            .iter()
+            .filter_map(|&p| stat(p).ok())
+            .map(|s| s.cpu_ticks)
+            .sum();
+        let ours = ours.saturating_sub(self.ours) as f64 + client_cpu.as_secs_f64() * hz as f64;
+        let busy = busy.saturating_sub(self.busy) as f64;
+        let total = total.checked_sub(self.total).filter(|&t| t > 0)? as f64;
+        Some(((busy - ours) / total).clamp(0.0, 1.0))
+    }
 }
 
 /// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` prints them.

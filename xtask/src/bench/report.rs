@@ -60,6 +60,8 @@ pub struct ProxyRun {
     pub measured: Measured,
     /// The proxy's CPU and memory; `None` for `direct`, which has no proxy.
     pub proxy: Option<Usage>,
+    /// Fraction of all CPUs that processes outside the bench used meanwhile.
+    pub other_load: Option<f64>,
 }
 
 /// One measurement of one load generator against one target.
@@ -70,6 +72,8 @@ pub struct ClientRun {
     pub tool: &'static str,
     pub connections: u32,
     pub measured: Measured,
+    /// Fraction of all CPUs that processes outside the bench used meanwhile.
+    pub other_load: Option<f64>,
 }
 
 /// Everything one `cargo xtask bench` measured.
@@ -228,6 +232,22 @@ impl Report {
                 ))
                 .unwrap_or_default()
         );
+        let other: Vec<f64> = self
+            .proxy_runs
+            .iter()
+            .filter_map(|r| r.other_load)
+            .chain(self.client_runs.iter().filter_map(|r| r.other_load))
+            .collect();
+        if let Some(med) = median(&other) {
+            let max = other.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "Other processes on the machine used {:.0}% of the CPUs during a run (median; worst run {:.0}%){}.  ",
+                med * 100.0,
+                max * 100.0,
+                if max > 0.15 { ": some runs shared the cores, trust ratios of the same round more than absolute numbers" } else { "" }
+            );
+        }
         let versions: Vec<String> = m
             .versions
             .iter()
