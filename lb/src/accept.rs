@@ -90,6 +90,24 @@ impl Drop for InFlight {
     }
 }
 
+/// How many finished handshakes the kernel may queue for us (capped by `net.core.somaxconn`).
+/// tokio's `TcpListener::bind` uses 128, like std: a burst of more new clients than that
+/// (or more than that waiting past `--max-conns`) would have their SYNs dropped and retried only
+/// after a second or more.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind the listening socket, with a backlog sized for thousands of clients.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // Restarting lb must not fail because of connections of the previous run in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accept connections until `stop` flips to true, then wait up to `grace` for them to finish.
 pub async fn accept_loop(
     listener: TcpListener,

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         lb::print_rules(&config);
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match lb::accept::bind(config.listen) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("lb: cannot listen on {}: {e} (is another server using it? pick another port with -p)", config.listen);
