@@ -5,6 +5,8 @@
 //! [`Proc`] that kills it when dropped, so a failing test or a Ctrl-C never leaves a server behind,
 //! and whose [`Proc::transcript`] shows the command, stdout and stderr when something goes wrong.
 
+pub mod bad_backend;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
