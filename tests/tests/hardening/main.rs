@@ -1,0 +1,23 @@
+//! The hardening suite: `lb` (the real binary) against clients and backends that break HTTP on
+//! purpose, slow ones, and many at once. Each module is one theme:
+//!
+//! - `support`: start lb, a raw HTTP/1.1 client, `/proc` readers;
+//! - `framing`: every parsing and framing row of `proxy-rules.md`, from raw sockets, with what the
+//!   backend received (nothing, or exactly one well-formed request; never a smuggled one);
+//! - `messages`: pipelining, `Expect: 100-continue`, hop-by-hop headers in both directions;
+//! - `bad_backend`: backends that hang, reset, cut a body short, send garbage, bodies on 204/HEAD,
+//!   drip, close, send trailers; what the client sees each time;
+//! - `timeouts`: header read (slowloris), keep-alive idle, upstream connect and response, body
+//!   idle both ways, `--max-conns`;
+//! - `resources`: thousands of idle connections, clients vanishing mid-response, 200 MB each way;
+//! - `health`: passive ejection, active health checks, every backend down.
+//!
+//! The misbehaving backend itself is `tests::bad_backend`.
+
+mod bad_backend;
+mod framing;
+mod health;
+mod messages;
+mod resources;
+mod support;
+mod timeouts;
