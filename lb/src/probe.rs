@@ -40,7 +40,7 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
                         check.path
                     );
                     if backends.iter().all(|b| b.health.is_probe_down()) {
-                        tracing::error!("health: every backend is down; requests will get 502 until one recovers");
+                        tracing::error!("health: every backend failed its checks; lb keeps trying them all (panic mode) until one recovers");
                     }
                 }
                 Verdict::CameBack => {

@@ -281,8 +281,11 @@ pub fn port_is_taken(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
 }
 
-/// Minimal blocking HTTP/1.1 GET over a fresh connection: returns (status, headers, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// A response as [`http_get`] returns it: status, lower-cased header names with values, raw body.
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Minimal blocking HTTP/1.1 GET over a fresh connection.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<Response> {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
