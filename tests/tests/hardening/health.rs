@@ -130,7 +130,7 @@ fn every_backend_down_is_a_quick_502_naming_the_cause() {
     a.stop();
     b.stop();
     let line = proc
-        .wait_stderr("every backend is down", Duration::from_secs(3))
+        .wait_stderr("every backend failed its checks", Duration::from_secs(3))
         .unwrap();
     eprintln!("{line}");
     let mut client = Client::connect(addr);
