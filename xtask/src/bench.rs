@@ -25,7 +25,7 @@ mod procfs;
 mod report;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -178,11 +178,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let nginx = nginx_bin
         .map(|bin| peers::start_nginx(&bin, tmp.path(), &backend_addrs, cores))
         .transpose()
-        .context("starting nginx (remove it or fix its installation to bench without it)")?;
+        .context("starting nginx (fix its installation, or leave it out with --skip nginx)")?;
     let haproxy = haproxy_bin
         .map(|bin| peers::start_haproxy(&bin, tmp.path(), &backend_addrs, cores))
         .transpose()
-        .context("starting HAProxy (remove it or fix its installation to bench without it)")?;
+        .context("starting HAProxy (fix its installation, or leave it out with --skip haproxy)")?;
     for peer in nginx.iter().chain(&haproxy) {
         println!("    {:<8} {}  (pid {})", peer.name, peer.addr, peer.pid());
     }
@@ -227,18 +227,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Duration::from_secs(1)
     };
     step(&format!("Warm up every scenario for {warmup:?}."));
-    for s in &runnable {
-        let target = s.url.as_deref().unwrap_or_default();
-        client::loadgen(
-            &bench.loadgen,
-            target,
-            Load::Closed {
-                connections: OPEN_CONNECTIONS,
-            },
-            warmup,
-        )
-        .with_context(|| format!("warming up {}", s.name))?;
-    }
+    warm_up(&bench, &runnable, warmup)?;
 
     let mut proxy_runs: Vec<ProxyRun> = Vec::new();
     let mut loads: Vec<Load> = CONNECTIONS
@@ -255,18 +244,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
 
-    let lb_peak = CONNECTIONS
-        .iter()
-        .filter(|&&c| c > 1)
-        .filter_map(|&connections| {
-            let runs: Vec<f64> = proxy_runs
-                .iter()
-                .filter(|r| r.scenario == "lb" && r.load == Load::Closed { connections })
-                .map(|r| r.measured.requests_per_sec)
-                .collect();
-            report::median(&runs)
-        })
-        .fold(0.0, f64::max);
+    let lb_peak = lb_peak(&proxy_runs);
     if lb_peak > 0.0 {
         let open = Load::Open {
             connections: OPEN_CONNECTIONS,
@@ -290,60 +268,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     step(&format!(
         "loadgen against wrk: {OPEN_CONNECTIONS} connections, {duration:?}, on the same targets."
     ));
-    let mut client_targets: Vec<(&'static str, Option<String>)> = vec![("direct backend", None)];
-    // (URL, the server's pid beyond the backends) per target.
-    let mut client_urls = vec![(url(backend_addrs[0]), None)];
+    let mut client_targets = vec![ClientTarget {
+        name: "direct backend",
+        url: url(backend_addrs[0]),
+        server_pid: None,
+    }];
+    let mut client_skipped: Vec<(&'static str, Option<String>)> = vec![("direct backend", None)];
     match nginx.as_ref().and_then(|n| Some((n.static_addr?, n.pid()))) {
         Some((addr, pid)) => {
-            client_targets.push(("nginx static file", None));
-            client_urls.push((url(addr), Some(pid)));
+            client_targets.push(ClientTarget {
+                name: "nginx static file",
+                url: url(addr),
+                server_pid: Some(pid),
+            });
+            client_skipped.push(("nginx static file", None));
         }
-        None => client_targets.push(("nginx static file", Some(format!("nginx {nginx_missing}")))),
+        None => client_skipped.push(("nginx static file", Some(format!("nginx {nginx_missing}")))),
     }
+    let client_runs = loadgen_vs_wrk(&bench, &client_targets, wrk_bin.as_deref(), rounds)?;
     let wrk_missing = wrk_bin.is_none().then(|| wrk_missing.to_string());
-    let mut client_runs: Vec<ClientRun> = Vec::new();
-    for round in 0..rounds {
-        for (i, (target_url, server_pid)) in client_urls.iter().enumerate() {
-            let target = client_targets[i].0;
-            // Alternate which tool goes first, so neither always follows the other.
-            let mut tools = vec!["loadgen", "wrk"];
-            if round % 2 == 1 {
-                tools.reverse();
-            }
-            for tool in tools {
-                let other = bench.other_load(*server_pid);
-                let measured = match (tool, &wrk_bin) {
-                    ("loadgen", _) => client::loadgen(
-                        &bench.loadgen,
-                        target_url,
-                        Load::Closed {
-                            connections: OPEN_CONNECTIONS,
-                        },
-                        duration,
-                    )?,
-                    (_, Some(wrk)) => client::wrk(wrk, target_url, OPEN_CONNECTIONS, duration)?,
-                    (_, None) => continue,
-                };
-                let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
-                println!(
-                    "    round {}/{rounds}  {target:<18} {tool:<8} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  client CPU {:>5.1} µs/req",
-                    round + 1,
-                    measured.requests_per_sec,
-                    measured.p50_us,
-                    measured.p99_us,
-                    measured.client_cpu.as_secs_f64() * 1e6 / measured.responses.max(1) as f64,
-                );
-                client_runs.push(ClientRun {
-                    round,
-                    target,
-                    tool,
-                    connections: OPEN_CONNECTIONS,
-                    measured,
-                    other_load,
-                });
-            }
-        }
-    }
 
     // Stop everything before writing: the peers' Drop sends SIGTERM and waits.
     drop(nginx);
@@ -363,27 +306,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .collect(),
         loads,
         wrk_missing,
-        client_targets,
+        client_targets: client_skipped,
         proxy_runs,
         client_runs,
     };
-    let markdown = report.markdown();
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let md_path = dir.join("report.md");
-    let json_path = dir.join("report.json");
-    std::fs::write(&md_path, &markdown)
-        .with_context(|| format!("writing {}", md_path.display()))?;
-    let json = serde_json::json!({ "report": &report, "targets": report.targets() });
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    println!("\n{markdown}");
-    println!(
-        "Written to {} and {} in {:.0?}.",
-        md_path.display(),
-        json_path.display(),
-        started.elapsed()
-    );
+    write_report(&report, started)?;
 
     let problems = everything_ran(&report);
     if problems.is_empty() {
@@ -398,6 +325,121 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A few requests to every scenario before measuring: fills the proxies' connection pools and
+/// faults in their memory, so that the first measured scenario is not the one paying for it.
+fn warm_up(bench: &Bench, scenarios: &[&Scenario], warmup: Duration) -> Result<()> {
+    for s in scenarios {
+        let target = s.url.as_deref().unwrap_or_default();
+        let load = Load::Closed {
+            connections: OPEN_CONNECTIONS,
+        };
+        client::loadgen(&bench.loadgen, target, load, warmup)
+            .with_context(|| format!("warming up {}", s.name))?;
+    }
+    Ok(())
+}
+
+/// lb's peak: the best of its medians over the closed-loop load points with more than one
+/// connection (0 if it served nothing).
+fn lb_peak(runs: &[ProxyRun]) -> f64 {
+    CONNECTIONS
+        .iter()
+        .filter(|&&c| c > 1)
+        .filter_map(|&connections| {
+            let rps: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.scenario == "lb" && r.load == Load::Closed { connections })
+                .map(|r| r.measured.requests_per_sec)
+                .collect();
+            report::median(&rps)
+        })
+        .fold(0.0, f64::max)
+}
+
+/// A server both load generators are pointed at.
+struct ClientTarget {
+    name: &'static str,
+    url: String,
+    /// The server's pid when it is not one of the backends (for the "other load" figure).
+    server_pid: Option<u32>,
+}
+
+/// loadgen and wrk in turn against each target, the same connections and duration; which tool
+/// goes first alternates every round, so neither always runs right after the other.
+fn loadgen_vs_wrk(
+    bench: &Bench,
+    targets: &[ClientTarget],
+    wrk: Option<&Path>,
+    rounds: u32,
+) -> Result<Vec<ClientRun>> {
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        for target in targets {
+            let mut tools = ["loadgen", "wrk"];
+            if round % 2 == 1 {
+                tools.reverse();
+            }
+            for tool in tools {
+                let other = bench.other_load(target.server_pid);
+                let measured = match (tool, wrk) {
+                    ("loadgen", _) => {
+                        let load = Load::Closed {
+                            connections: OPEN_CONNECTIONS,
+                        };
+                        client::loadgen(&bench.loadgen, &target.url, load, bench.duration)?
+                    }
+                    (_, Some(wrk)) => {
+                        client::wrk(wrk, &target.url, OPEN_CONNECTIONS, bench.duration)?
+                    }
+                    (_, None) => continue,
+                };
+                let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
+                println!(
+                    "    round {}/{rounds}  {:<18} {tool:<8} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  client CPU {:>5.1} µs/req  other load {:>3.0}%",
+                    round + 1,
+                    target.name,
+                    measured.requests_per_sec,
+                    measured.p50_us,
+                    measured.p99_us,
+                    measured.client_cpu.as_secs_f64() * 1e6 / measured.responses.max(1) as f64,
+                    other_load.unwrap_or(0.0) * 100.0,
+                );
+                runs.push(ClientRun {
+                    round,
+                    target: target.name,
+                    tool,
+                    connections: OPEN_CONNECTIONS,
+                    measured,
+                    other_load,
+                });
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Print the markdown report and write it with the raw JSON into `target/bench/`.
+fn write_report(report: &Report, started: Instant) -> Result<()> {
+    let markdown = report.markdown();
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md_path = dir.join("report.md");
+    let json_path = dir.join("report.json");
+    std::fs::write(&md_path, &markdown)
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    let json = serde_json::json!({ "report": report, "targets": report.targets() });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!("\n{markdown}");
+    println!(
+        "Written to {} and {} in {:.0?}.",
+        md_path.display(),
+        json_path.display(),
+        started.elapsed()
+    );
+    Ok(())
 }
 
 /// One round of one load point: every runnable scenario in turn, starting at a different one
