@@ -24,7 +24,7 @@ use tokio::time::Sleep;
 use crate::access_log::{AccessLog, Record};
 use crate::error::{BoxError, ClientBodyError};
 use crate::trace::Trace;
-use crate::upstream::{Backend, Sender};
+use crate::upstream::{Backend, Driver, Sender};
 
 /// Aborts a body that makes no progress for `timeout`. The timer is only allocated once the body
 /// first has to wait, so bodies that arrive at once cost nothing.
@@ -165,6 +165,8 @@ impl Body for RequestBody {
 pub struct Completion {
     /// The upstream connection, returned to its backend's pool if the exchange ended cleanly.
     pub upstream: Option<(Arc<Backend>, Sender, u64)>,
+    /// That connection's driver, handed over by the response body when it ends.
+    pub driver: Option<Driver>,
     pub record: Record,
     pub log: AccessLog,
     pub trace: Trace,
@@ -179,11 +181,19 @@ pub struct Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some((backend, sender, id)) = self.upstream.take() {
-            if self.clean {
-                backend.checkin(sender, id);
+            let pooled = match self.driver.take() {
+                Some(driver) if self.clean => backend.checkin(sender, driver, id),
+                _ => false,
+            };
+            if pooled {
                 self.trace.event(
                     self.record.request,
                     format_args!("upstream conn #{id} returned to the pool"),
+                );
+            } else if self.clean {
+                self.trace.event(
+                    self.record.request,
+                    format_args!("upstream conn #{id} closed (not reusable)"),
                 );
             } else {
                 self.trace.event(
@@ -219,12 +229,24 @@ pub struct ResponseBody {
     kind: Kind,
     idle: IdleTimer,
     completion: Option<Box<Completion>>,
+    /// A backend failure held back for one poll, so hyper first flushes what it already has.
+    failed: Option<BoxError>,
 }
 
-#[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    Streamed(Incoming),
+    /// The backend's body, and the driver of its connection, polled before each frame so the
+    /// bytes keep coming (see `upstream.rs`).
+    Streamed(Incoming, Option<Driver>),
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Full(_) => "Full",
+            Kind::Streamed(..) => "Streamed",
+        })
+    }
 }
 
 impl ResponseBody {
@@ -234,15 +256,17 @@ impl ResponseBody {
             kind: Kind::Full(Some(bytes)),
             idle: IdleTimer::new(Duration::MAX),
             completion: None,
+            failed: None,
         }
     }
 
-    /// A backend's body, streamed frame by frame.
-    pub fn streamed(inner: Incoming, idle_timeout: Duration) -> Self {
+    /// A backend's body, streamed frame by frame; `driver` is its connection's, if this task drives it.
+    pub fn streamed(inner: Incoming, driver: Option<Driver>, idle_timeout: Duration) -> Self {
         ResponseBody {
-            kind: Kind::Streamed(inner),
+            kind: Kind::Streamed(inner, driver),
             idle: IdleTimer::new(idle_timeout),
             completion: None,
+            failed: None,
         }
     }
 
@@ -258,6 +282,9 @@ impl ResponseBody {
     fn complete(&mut self, clean: bool) {
         if let Some(mut completion) = self.completion.take() {
             completion.clean = clean;
+            if let Kind::Streamed(_, driver) = &mut self.kind {
+                completion.driver = driver.take();
+            }
         }
     }
 
@@ -277,20 +304,32 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(error) = this.failed.take() {
+            this.complete(false);
+            return Poll::Ready(Some(Err(error)));
+        }
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Streamed(inner) => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
-                Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
-                Poll::Pending if this.idle.poll_expired(cx) => {
-                    Poll::Ready(Some(Err(BodyTimeout {
-                        side: "response",
-                        timeout: this.idle.timeout,
+            Kind::Streamed(inner, driver) => {
+                // Let the connection read from the socket; if it ended, the body reports how.
+                if let Some(d) = driver.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        *driver = None;
                     }
-                    .into())))
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                    Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
+                    Poll::Pending if this.idle.poll_expired(cx) => {
+                        Poll::Ready(Some(Err(BodyTimeout {
+                            side: "response",
+                            timeout: this.idle.timeout,
+                        }
+                        .into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -300,7 +339,18 @@ impl Body for ResponseBody {
                     this.complete(true);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.complete(false),
+            Poll::Ready(Some(Err(_))) => {
+                // The backend failed mid-body. hyper closes the client connection when we return
+                // the error, dropping whatever it has not written yet, which may be the response
+                // head itself when everything arrived at once. So yield once first: hyper flushes
+                // its buffer when a body is pending, and the client sees a head and a truncated
+                // body, never a silent close.
+                if let Poll::Ready(Some(Err(error))) = polled {
+                    this.failed = Some(error);
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             Poll::Ready(None) => this.complete(true),
             Poll::Pending => {}
         }
@@ -310,14 +360,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Streamed(inner) => inner.is_end_stream(),
+            Kind::Streamed(inner, _) => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streamed(inner) => inner.size_hint(),
+            Kind::Streamed(inner, _) => inner.size_hint(),
         }
     }
 }

@@ -60,7 +60,10 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
 /// One probe: `Ok` for a 2xx/3xx answer in time, `Err(why)` otherwise.
 async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<(), String> {
     let attempt = async {
-        let mut upstream = backend.connect().await.map_err(|e| e.to_string())?;
+        let mut upstream = backend
+            .connect_detached()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut request = Request::new(RequestBody::empty());
         *request.uri_mut() = path.parse().map_err(|_| format!("bad path {path}"))?;
         if let Ok(host) = HeaderValue::from_str(&backend.name) {

@@ -31,7 +31,7 @@ use crate::error::{ClientBodyError, ConnectError, ProxyError};
 use crate::pick::{failover_order, Selection};
 use crate::respond;
 use crate::route::{rewrite, Group, Member};
-use crate::upstream::{Backend, Upstream};
+use crate::upstream::{self, Backend, Upstream};
 use crate::Balancer;
 
 /// hyper's service: answer one request. Never fails; failures are answered with an error status.
@@ -95,6 +95,7 @@ pub async fn handle(
     let upstream = exchange.upstream.take();
     response.body_mut().on_complete(Completion {
         upstream,
+        driver: None,
         record,
         log: balancer.log.clone(),
         trace,
@@ -149,7 +150,9 @@ impl Exchange<'_> {
         );
 
         // Step 3 and 4: pick a member, connect (with failover).
-        let picked = self.connect_with_failover(group).await?;
+        // An upgrade (WebSocket) needs a connection of its own that can become a tunnel.
+        let upgrade = crate::forward::is_upgrade(request.headers());
+        let picked = self.connect_with_failover(group, upgrade).await?;
         let (member, backend) = match &picked {
             Picked::Redirect(member, backend) | Picked::Connected(member, backend, _) => {
                 (*member, backend.clone())
@@ -192,6 +195,7 @@ impl Exchange<'_> {
             format_args!("response head received: {}", response.status()),
         );
 
+        let driver = upstream.driver;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 tunnel(
@@ -208,13 +212,17 @@ impl Exchange<'_> {
         crate::forward::response(&mut parts);
         Ok(Response::from_parts(
             parts,
-            ResponseBody::streamed(incoming, self.balancer.timeouts.body_idle),
+            ResponseBody::streamed(incoming, driver, self.balancer.timeouts.body_idle),
         ))
     }
 
     /// Try the group's members in round-robin order, skipping those that are down, until one
     /// accepts a TCP connection. Nothing has been sent yet, so moving on is safe for any method.
-    async fn connect_with_failover<'g>(&self, group: &'g Group) -> Result<Picked<'g>, ProxyError> {
+    async fn connect_with_failover<'g>(
+        &self,
+        group: &'g Group,
+        upgrade: bool,
+    ) -> Result<Picked<'g>, ProxyError> {
         let trace = &self.conn.trace;
         let backends = &self.balancer.backends;
         let first = group.selection.pick(group.members.len());
@@ -253,7 +261,12 @@ impl Exchange<'_> {
             if member.redirect {
                 return Ok(Picked::Redirect(member, backend.clone()));
             }
-            match backend.checkout().await {
+            let connected = if upgrade {
+                backend.connect_detached().await
+            } else {
+                backend.checkout().await
+            };
+            match connected {
                 Ok(upstream) => {
                     backend.health.connect_succeeded();
                     match upstream.connect_time {
@@ -314,34 +327,34 @@ impl Exchange<'_> {
     ) -> Result<(Response<Incoming>, Upstream), ProxyError> {
         let timeout = self.balancer.timeouts.response;
         let mut sent_done = false;
+        // Armed (reset) once the body has been sent; until then it is never polled.
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
         loop {
             let response = upstream.sender.try_send_request(request);
             tokio::pin!(response);
-            if !sent_done {
+            let outcome = loop {
                 tokio::select! {
                     biased;
-                    result = &mut response => match result {
-                        Ok(r) => return Ok((r, upstream)),
-                        Err(e) => { request = self.retry_or_fail(backend, &mut upstream, e).await?; continue; }
-                    },
-                    _ = &mut sent => {
+                    result = &mut response => break result,
+                    _ = &mut sent, if !sent_done => {
                         sent_done = true;
+                        deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
                         self.conn.trace.event(
                             self.number,
                             format_args!("request sent upstream (body complete); response timeout {timeout:?} starts"),
                         );
                     }
+                    // This task drives the connection's I/O; if it ends, `response` reports how.
+                    () = upstream::drive(&mut upstream.driver) => {}
+                    () = &mut deadline, if sent_done => {
+                        return Err(ProxyError::ResponseTimeout { backend: backend.name.clone(), timeout });
+                    }
                 }
-            }
-            match tokio::time::timeout(timeout, &mut response).await {
-                Ok(Ok(r)) => return Ok((r, upstream)),
-                Ok(Err(e)) => request = self.retry_or_fail(backend, &mut upstream, e).await?,
-                Err(_) => {
-                    return Err(ProxyError::ResponseTimeout {
-                        backend: backend.name.clone(),
-                        timeout,
-                    })
-                }
+            };
+            match outcome {
+                Ok(response) => return Ok((response, upstream)),
+                Err(e) => request = self.retry_or_fail(backend, &mut upstream, e).await?,
             }
         }
     }

@@ -6,13 +6,24 @@
 //! end (an HTTP/1.1 connection carries one exchange at a time), and is thrown away if it sat idle
 //! longer than `--pool-idle-timeout`, which should be shorter than the backend's own keep-alive so
 //! that we never pick a connection the backend is just about to close.
+//!
+//! hyper splits a client connection into a `SendRequest` handle and a `Connection` future that does
+//! the socket I/O. The usual pattern spawns that future as a task of its own; then every request
+//! hops across three tasks (client connection, upstream connection, and back), each hop a wake-up
+//! and a queue operation. Here the future (a [`Driver`]) travels with the request instead: the
+//! request's own task polls it while sending and while streaming the response body, and the pool
+//! keeps it next to its `SendRequest`. An idle pooled connection is polled once more on checkout,
+//! which is how we notice that the backend closed it meanwhile.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -22,6 +33,9 @@ use crate::health::Health;
 
 /// The sending half of one HTTP/1.1 connection to a backend.
 pub type Sender = SendRequest<RequestBody>;
+
+/// The I/O half of one HTTP/1.1 connection: a future that reads and writes the socket when polled.
+pub type Driver = Pin<Box<Connection<TokioIo<TcpStream>, RequestBody>>>;
 
 /// One backend server and its pool of idle connections.
 #[derive(Debug)]
@@ -42,21 +56,55 @@ pub struct PoolSettings {
     pub max_idle: usize,
 }
 
-#[derive(Debug)]
 struct IdleConn {
     sender: Sender,
+    driver: Driver,
     id: u64,
     since: Instant,
 }
 
+impl std::fmt::Debug for IdleConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdleConn(#{})", self.id)
+    }
+}
+
 /// A connection checked out of the pool (or freshly made) for one request.
-#[derive(Debug)]
 pub struct Upstream {
     pub sender: Sender,
+    /// `Some` while this request's task drives the connection (and may pool it afterwards);
+    /// `None` when a spawned task drives it (upgrades, probes) or once it has ended.
+    pub driver: Option<Driver>,
     /// Per-backend connection number, shown by `--trace`.
     pub id: u64,
     /// How long connecting took, or `None` for a reused pooled connection.
     pub connect_time: Option<Duration>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upstream(#{})", self.id)
+    }
+}
+
+/// Poll `driver` once without waiting; true if the connection has ended. Used on pooled
+/// connections, which no task is watching: this lets hyper process what arrived meanwhile (the end
+/// of the previous exchange, or the backend closing the socket).
+fn has_ended(driver: &mut Driver) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    driver.as_mut().poll(&mut cx).is_ready()
+}
+
+/// Drive the connection until it ends (never, while it is healthy and in use); with no driver to
+/// poll, wait forever. Meant for a `select!` beside the request it carries.
+pub async fn drive(driver: &mut Option<Driver>) {
+    match driver.as_mut() {
+        Some(d) => {
+            let _ = d.as_mut().await;
+            *driver = None;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Backend {
@@ -78,17 +126,13 @@ impl Backend {
     /// A connection ready to carry one request: the most recently used idle one, or a new one.
     pub async fn checkout(&self) -> Result<Upstream, ConnectError> {
         while let Some(mut idle) = self.pop_idle() {
-            if idle.since.elapsed() > self.settings.idle_timeout || idle.sender.is_closed() {
-                continue; // dropping the sender closes the connection
+            if idle.since.elapsed() > self.settings.idle_timeout || has_ended(&mut idle.driver) {
+                continue; // dropping it closes the socket
             }
-            // The previous exchange is complete, but the connection task may not have noticed yet.
-            if idle.sender.is_ready()
-                || tokio::time::timeout(Duration::from_millis(50), idle.sender.ready())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            {
+            if idle.sender.is_ready() {
                 return Ok(Upstream {
                     sender: idle.sender,
+                    driver: Some(idle.driver),
                     id: idle.id,
                     connect_time: None,
                 });
@@ -97,8 +141,29 @@ impl Backend {
         self.connect().await
     }
 
-    /// Open a new connection: TCP connect (bounded by `--connect-timeout`), then the HTTP/1.1 handshake.
+    /// Open a new connection whose driver travels with the request (see the module comment).
     pub async fn connect(&self) -> Result<Upstream, ConnectError> {
+        let (upstream, connection) = self.open().await?;
+        Ok(Upstream {
+            driver: Some(Box::pin(connection)),
+            ..upstream
+        })
+    }
+
+    /// Open a new connection driven by a task of its own, which also lets a `101 Switching
+    /// Protocols` answer hand the socket over to a tunnel. Never pooled.
+    pub async fn connect_detached(&self) -> Result<Upstream, ConnectError> {
+        let (upstream, connection) = self.open().await?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(upstream)
+    }
+
+    /// TCP connect (bounded by `--connect-timeout`), then the HTTP/1.1 handshake.
+    async fn open(
+        &self,
+    ) -> Result<(Upstream, Connection<TokioIo<TcpStream>, RequestBody>), ConnectError> {
         let started = Instant::now();
         let timeout = self.settings.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
@@ -125,32 +190,34 @@ impl Backend {
                 backend: self.name.clone(),
                 source,
             })?;
-        // The connection object drives the socket; it ends when the backend closes or every
-        // `Sender` is dropped. `with_upgrades` lets a 101 response hand the socket to a tunnel.
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Upstream {
+        let upstream = Upstream {
             sender,
+            driver: None,
             id,
             connect_time: Some(started.elapsed()),
-        })
+        };
+        Ok((upstream, connection))
     }
 
     /// Return a connection whose exchange completed cleanly, so the next request can reuse it.
-    pub fn checkin(&self, sender: Sender, id: u64) {
-        if sender.is_closed() {
-            return;
+    /// Returns false if it could not be kept (it ended, was not ready, or the pool is full).
+    pub fn checkin(&self, sender: Sender, mut driver: Driver, id: u64) -> bool {
+        // Let hyper see the end of the exchange it just carried; then it accepts the next request.
+        if has_ended(&mut driver) || !sender.is_ready() {
+            return false;
         }
         let mut idle = self.lock();
-        if idle.len() < self.settings.max_idle {
-            idle.push(IdleConn {
-                sender,
-                id,
-                since: Instant::now(),
-            });
+        if idle.len() >= self.settings.max_idle {
+            return false;
         }
+        idle.push(IdleConn {
+            sender,
+            driver,
+            id,
+            since: Instant::now(),
+        });
+        true
     }
 
     /// Close idle connections older than the pool idle timeout (called periodically).
