@@ -108,15 +108,20 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accept connections until `stop` flips to true, then wait up to `grace` for them to finish.
+/// Connection numbers for `--trace`, unique across worker threads.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Accept connections until `stop` flips to true, then wait up to `grace` for this worker's
+/// connections to finish. `permits` is the `--max-conns` cap, shared by all workers.
 pub async fn accept_loop(
     listener: TcpListener,
     balancer: Arc<Balancer>,
     mut stop: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
 ) {
     let max_conns = balancer.limits.max_conns;
-    let permits = Arc::new(Semaphore::new(max_conns));
-    let next_id = AtomicU64::new(1);
+    // This worker's connections, so that it knows when they are all closed.
+    let mine = Arc::new(Semaphore::new(max_conns));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
@@ -134,27 +139,28 @@ pub async fn accept_loop(
             },
             _ = stopped(&mut stop) => break,
         };
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let held = (permit, mine.clone().try_acquire_owned().ok());
         tokio::spawn(serve_connection(
             stream,
             peer,
             id,
             balancer.clone(),
             stop.clone(),
-            permit,
+            held,
         ));
     }
     drop(listener);
     // Every connection holds one permit: all permits back means every connection is closed.
     let grace = balancer.timeouts.grace;
     let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all))
+    if tokio::time::timeout(grace, mine.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!(
             "shutdown: {} connection(s) still busy after --grace {grace:?}; closing them",
-            max_conns - permits.available_permits()
+            max_conns - mine.available_permits()
         );
     }
 }
@@ -166,7 +172,7 @@ async fn serve_connection(
     id: u64,
     balancer: Arc<Balancer>,
     mut stop: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 ) {
     let _ = stream.set_nodelay(true);
     let trace = Trace::new(balancer.trace, id);

@@ -140,6 +140,10 @@ struct Args {
     /// Print every step of every request (accept, route, pick, upstream, response, done) on stderr.
     #[arg(long)]
     trace: bool,
+
+    /// Worker threads, each running its own event loop (as nginx's worker processes); 0 = one per CPU core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
 }
 
 /// Parse a duration such as `500ms`, `2s` or `1m`.
@@ -208,6 +212,10 @@ where
         },
         fail_timeout: args.fail_timeout,
         health_check,
+        threads: match args.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
     })
 }
 

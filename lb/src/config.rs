@@ -26,6 +26,9 @@ pub struct Config {
     pub fail_timeout: Duration,
     /// Optional active health checking.
     pub health_check: Option<HealthCheck>,
+    /// Worker threads, each with its own event loop, connections and pools (1 = run on the
+    /// caller's runtime).
+    pub threads: usize,
 }
 
 /// One `-b PREFIX[=REPLACEMENT] HOST:PORT`, with the `-r` and `-v` that preceded it.
@@ -136,6 +139,7 @@ impl Config {
             limits: Limits::default(),
             fail_timeout: Duration::from_secs(10),
             health_check: None,
+            threads: 1,
         }
     }
 }

@@ -65,6 +65,7 @@ impl Balancer {
     /// Resolve every backend address once and group the rules.
     pub fn new(config: &Config, log: AccessLog) -> std::io::Result<Self> {
         let settings = PoolSettings {
+            workers: config.threads.max(1),
             connect_timeout: config.timeouts.connect,
             idle_timeout: config.timeouts.pool_idle,
             max_idle: config.limits.pool_max_idle,
@@ -129,14 +130,17 @@ pub async fn run(
 
     let background = spawn_background(&balancer, &config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let accepting = tokio::spawn(accept::accept_loop(listener, balancer.clone(), stop_rx));
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.limits.max_conns));
+    let workers = start_workers(listener, &balancer, stop_rx, permits, config.threads)?;
     shutdown.await;
     eprintln!(
         "lb: shutting down: no new connections, waiting up to {:?} for in-flight requests",
         config.timeouts.grace
     );
     let _ = stop_tx.send(true);
-    let _ = accepting.await;
+    for worker in workers {
+        let _ = worker.await;
+    }
     for task in background {
         task.abort();
     }
@@ -152,6 +156,50 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Serve `listener` on `threads` worker threads, each running its own single-threaded event loop
+/// (like nginx's worker processes: a request never hops between threads, so no cross-thread
+/// wake-ups). All accept on the same listening socket; the kernel hands each new connection to
+/// one of them. With `threads <= 1` the caller's runtime serves instead. Each returned task ends
+/// once its worker has stopped accepting and drained its connections.
+fn start_workers(
+    listener: TcpListener,
+    balancer: &Arc<Balancer>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    permits: Arc<tokio::sync::Semaphore>,
+    threads: usize,
+) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    if threads <= 1 {
+        let serving = accept::accept_loop(listener, balancer.clone(), stop, permits);
+        return Ok(vec![tokio::spawn(serving)]);
+    }
+    let shared = listener.into_std()?;
+    let mut workers = Vec::with_capacity(threads);
+    for id in 0..threads {
+        let listener = shared.try_clone()?;
+        let (balancer, stop, permits) = (balancer.clone(), stop.clone(), permits.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("lb-worker-{id}"))
+            .spawn(move || {
+                upstream::set_worker_id(id);
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            accept::accept_loop(listener, balancer, stop, permits).await
+                        }
+                        Err(e) => tracing::error!("worker {id} cannot use the listener: {e}"),
+                    }
+                });
+            })?;
+        workers.push(tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+        }));
+    }
+    Ok(workers)
 }
 
 /// The pool reaper and, with `--health-check`, the prober.

@@ -18,7 +18,12 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // This thread only waits for the stop signal and runs housekeeping; `lb::run` starts one
+    // worker thread per core (`--threads`) with an event loop each.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lb: cannot start the runtime: {e}");

@@ -14,7 +14,12 @@
 //! request's own task polls it while sending and while streaming the response body, and the pool
 //! keeps it next to its `SendRequest`. An idle pooled connection is polled once more on checkout,
 //! which is how we notice that the backend closed it meanwhile.
+//!
+//! With several worker threads (`--threads`), each worker has its own event loop, so each keeps
+//! its own pool per backend: a connection's socket is registered with the event loop that opened
+//! it, and is only ever used from that thread.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -44,13 +49,16 @@ pub struct Backend {
     pub name: String,
     addr: SocketAddr,
     pub health: Health,
-    idle: Mutex<Vec<IdleConn>>,
+    /// One pool per worker thread, indexed by [`worker_id`].
+    idle: Vec<Mutex<Vec<IdleConn>>>,
     next_id: AtomicU64,
     settings: PoolSettings,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
+    /// Worker threads, hence pools per backend.
+    pub workers: usize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
@@ -87,6 +95,20 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Mark the current thread as worker `id` (each worker thread calls this once at start).
+pub fn set_worker_id(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
+/// The worker thread we are on (0 when there is only one).
+pub fn worker_id() -> usize {
+    WORKER.with(Cell::get)
+}
+
 /// Poll `driver` once without waiting; true if the connection has ended. Used on pooled
 /// connections, which no task is watching: this lets hyper process what arrived meanwhile (the end
 /// of the previous exchange, or the backend closing the socket).
@@ -113,7 +135,9 @@ impl Backend {
             name,
             addr,
             health: Health::default(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..settings.workers.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             next_id: AtomicU64::new(1),
             settings,
         }
@@ -207,7 +231,10 @@ impl Backend {
         if has_ended(&mut driver) || !sender.is_ready() {
             return false;
         }
-        let mut idle = self.lock();
+        let Some(pool) = self.pool() else {
+            return false;
+        };
+        let mut idle = lock(pool);
         if idle.len() >= self.settings.max_idle {
             return false;
         }
@@ -223,22 +250,28 @@ impl Backend {
     /// Close idle connections older than the pool idle timeout (called periodically).
     pub fn evict_expired(&self) {
         let limit = self.settings.idle_timeout;
-        self.lock()
-            .retain(|c| c.since.elapsed() <= limit && !c.sender.is_closed());
+        for pool in &self.idle {
+            lock(pool).retain(|c| c.since.elapsed() <= limit && !c.sender.is_closed());
+        }
     }
 
+    /// Idle pooled connections, over all workers.
     pub fn idle_count(&self) -> usize {
-        self.lock().len()
+        self.idle.iter().map(|pool| lock(pool).len()).sum()
     }
 
     fn pop_idle(&self) -> Option<IdleConn> {
-        self.lock().pop()
+        self.pool().and_then(|pool| lock(pool).pop())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
-        // A panic while holding this lock cannot leave the Vec half-updated, so poisoning is ignored.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// This worker's pool.
+    fn pool(&self) -> Option<&Mutex<Vec<IdleConn>>> {
+        self.idle.get(worker_id() % self.idle.len().max(1))
     }
+}
+
+/// Only the owning worker uses a pool (and the reaper, rarely), so the lock is uncontended. A
+/// panic while holding it cannot leave the Vec half-updated, so poisoning is ignored.
+fn lock(pool: &Mutex<Vec<IdleConn>>) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
