@@ -3,6 +3,7 @@
 //! Each connection runs in its own task. hyper parses request heads (rejecting malformed ones with
 //! 400 and oversized ones with 431) and calls [`crate::proxy::handle`] once per request, in order,
 //! so pipelined requests are answered in order. Around hyper, this module adds what it lacks:
+//! - one acceptor handing each connection to the worker thread serving the fewest (`--threads`);
 //! - a cap on concurrent connections (`--max-conns`): a semaphore permit per connection; past the
 //!   cap we stop calling `accept`, so new clients wait in the kernel's queue instead of failing;
 //! - a watchdog for two timeouts hyper cannot tell apart. hyper's own `header_read_timeout` also
@@ -27,7 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::health::now_ms;
 use crate::trace::Trace;
@@ -111,17 +112,55 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Connection numbers for `--trace`, unique across worker threads.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-/// Accept connections until `stop` flips to true, then wait up to `grace` for this worker's
-/// connections to finish. `permits` is the `--max-conns` cap, shared by all workers.
+/// An accepted connection on its way to a worker.
+#[derive(Debug)]
+pub struct Accepted {
+    /// A plain socket: it is registered with the event loop of the worker that serves it.
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// Held for the life of the connection: the `--max-conns` cap.
+    permit: OwnedSemaphorePermit,
+}
+
+/// The acceptor's handle on one worker: where to send connections, and how many it serves.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    tx: mpsc::UnboundedSender<Accepted>,
+    live: Arc<AtomicUsize>,
+}
+
+/// A worker's end: the connections handed to it.
+#[derive(Debug)]
+pub struct WorkerInbox {
+    rx: mpsc::UnboundedReceiver<Accepted>,
+    live: Arc<AtomicUsize>,
+}
+
+/// A connected pair of [`WorkerHandle`] (for the acceptor) and [`WorkerInbox`] (for the worker).
+pub fn worker_channel() -> (WorkerHandle, WorkerInbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let live = Arc::new(AtomicUsize::new(0));
+    (
+        WorkerHandle {
+            tx,
+            live: live.clone(),
+        },
+        WorkerInbox { rx, live },
+    )
+}
+
+/// Accept connections until `stop` flips to true, handing each to the worker serving the fewest.
+///
+/// One acceptor, rather than every worker calling `accept` on the shared socket, because the
+/// kernel would wake whichever worker it likes: with a burst of new clients one worker can end up
+/// with most of them while the other core idles. `permits` is the `--max-conns` cap.
 pub async fn accept_loop(
     listener: TcpListener,
-    balancer: Arc<Balancer>,
+    workers: Vec<WorkerHandle>,
     mut stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
 ) {
-    let max_conns = balancer.limits.max_conns;
-    // This worker's connections, so that it knows when they are all closed.
-    let mine = Arc::new(Semaphore::new(max_conns));
+    let mut turn = 0usize;
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
@@ -139,8 +178,62 @@ pub async fn accept_loop(
             },
             _ = stopped(&mut stop) => break,
         };
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        // The least busy worker; ties go round robin so that an idle balancer spreads too.
+        turn = turn.wrapping_add(1);
+        let n = workers.len().max(1);
+        let chosen = (0..n).map(|k| (turn + k) % n).min_by_key(|&i| {
+            workers
+                .get(i)
+                .map_or(usize::MAX, |w| w.live.load(Ordering::Relaxed))
+        });
+        if let Some(worker) = chosen.and_then(|i| workers.get(i)) {
+            worker.live.fetch_add(1, Ordering::Relaxed);
+            let _ = worker.tx.send(Accepted {
+                stream,
+                peer,
+                permit,
+            });
+        }
+    }
+    // Dropping `workers` closes their inboxes: each worker drains and returns.
+}
+
+/// A worker: serve the connections the acceptor hands over until it stops, then wait up to
+/// `--grace` for them to finish.
+pub async fn worker_loop(
+    mut inbox: WorkerInbox,
+    balancer: Arc<Balancer>,
+    stop: watch::Receiver<bool>,
+) {
+    let max_conns = balancer.limits.max_conns;
+    // This worker's connections, so that it knows when they are all closed.
+    let mine = Arc::new(Semaphore::new(max_conns));
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = inbox.rx.recv().await
+    {
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("cannot serve a connection from {peer}: {e}");
+                inbox.live.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+        };
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        let held = (permit, mine.clone().try_acquire_owned().ok());
+        let held = Held {
+            _cap: permit,
+            _mine: mine.clone().try_acquire_owned().ok(),
+            live: inbox.live.clone(),
+        };
         tokio::spawn(serve_connection(
             stream,
             peer,
@@ -150,7 +243,6 @@ pub async fn accept_loop(
             held,
         ));
     }
-    drop(listener);
     // Every connection holds one permit: all permits back means every connection is closed.
     let grace = balancer.timeouts.grace;
     let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
@@ -165,6 +257,20 @@ pub async fn accept_loop(
     }
 }
 
+/// What a connection holds while it lives: its `--max-conns` permit, its worker's drain permit,
+/// and its place in the worker's count of live connections.
+struct Held {
+    _cap: OwnedSemaphorePermit,
+    _mine: Option<OwnedSemaphorePermit>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serve one client connection until it closes, idles out, or shutdown finishes it.
 async fn serve_connection(
     stream: TcpStream,
@@ -172,7 +278,7 @@ async fn serve_connection(
     id: u64,
     balancer: Arc<Balancer>,
     mut stop: watch::Receiver<bool>,
-    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    _held: Held,
 ) {
     let _ = stream.set_nodelay(true);
     let trace = Trace::new(balancer.trace, id);

@@ -158,11 +158,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Serve `listener` on `threads` worker threads, each running its own single-threaded event loop
-/// (like nginx's worker processes: a request never hops between threads, so no cross-thread
-/// wake-ups). All accept on the same listening socket; the kernel hands each new connection to
-/// one of them. With `threads <= 1` the caller's runtime serves instead. Each returned task ends
-/// once its worker has stopped accepting and drained its connections.
+/// Serve `listener` with `threads` workers, each running its own single-threaded event loop on a
+/// thread of its own (like nginx's worker processes: a request never hops between threads, so no
+/// cross-thread wake-ups). An acceptor on the caller's runtime hands each new connection to the
+/// least busy worker. With `threads <= 1` the one worker runs on the caller's runtime. The returned
+/// tasks end once the acceptor has stopped and every worker has drained its connections.
 fn start_workers(
     listener: TcpListener,
     balancer: &Arc<Balancer>,
@@ -170,36 +170,39 @@ fn start_workers(
     permits: Arc<tokio::sync::Semaphore>,
     threads: usize,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let mut handles = Vec::new();
     if threads <= 1 {
-        let serving = accept::accept_loop(listener, balancer.clone(), stop, permits);
-        return Ok(vec![tokio::spawn(serving)]);
+        let (handle, inbox) = accept::worker_channel();
+        handles.push(handle);
+        tasks.push(tokio::spawn(accept::worker_loop(
+            inbox,
+            balancer.clone(),
+            stop.clone(),
+        )));
+    } else {
+        for id in 0..threads {
+            let (handle, inbox) = accept::worker_channel();
+            handles.push(handle);
+            let (balancer, stop) = (balancer.clone(), stop.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let thread = std::thread::Builder::new()
+                .name(format!("lb-worker-{id}"))
+                .spawn(move || {
+                    upstream::set_worker_id(id);
+                    runtime.block_on(accept::worker_loop(inbox, balancer, stop));
+                })?;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let _ = thread.join();
+            }));
+        }
     }
-    let shared = listener.into_std()?;
-    let mut workers = Vec::with_capacity(threads);
-    for id in 0..threads {
-        let listener = shared.try_clone()?;
-        let (balancer, stop, permits) = (balancer.clone(), stop.clone(), permits.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let thread = std::thread::Builder::new()
-            .name(format!("lb-worker-{id}"))
-            .spawn(move || {
-                upstream::set_worker_id(id);
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            accept::accept_loop(listener, balancer, stop, permits).await
-                        }
-                        Err(e) => tracing::error!("worker {id} cannot use the listener: {e}"),
-                    }
-                });
-            })?;
-        workers.push(tokio::task::spawn_blocking(move || {
-            let _ = thread.join();
-        }));
-    }
-    Ok(workers)
+    tasks.push(tokio::spawn(accept::accept_loop(
+        listener, handles, stop, permits,
+    )));
+    Ok(tasks)
 }
 
 /// The pool reaper and, with `--health-check`, the prober.

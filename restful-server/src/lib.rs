@@ -42,6 +42,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
@@ -114,6 +116,18 @@ pub fn app(config: Config, addr: SocketAddr) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .layer(SetResponseHeaderLayer::overriding(X_SERVED_BY, served_by))
         .with_state(state)
+}
+
+/// Bind `addr` with a listen backlog of 4096 (tokio's `bind` uses 128, and a burst of a few hundred
+/// clients connecting at once would have SYNs dropped and retried a second later).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Serves [`app`] on an already-bound listener until `shutdown` resolves, then stops accepting,

@@ -25,8 +25,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: cli::Args) -> anyhow::Result<()> {
     let config = args.config()?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = restful_server::bind(args.listen)
         .map_err(|err| anyhow::anyhow!(cli::cannot_listen(args.listen, &err)))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Signal handlers go in before the line: whoever reads it may send SIGTERM at once.
