@@ -61,7 +61,8 @@ impl ConnInfo {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
-        self.changed.notify_one();
+        // No need to wake the watchdog: with a request in flight no deadline applies, and it
+        // looks again whenever its timer fires.
         InFlight {
             conn: self.clone(),
             number,
@@ -311,39 +312,60 @@ async fn serve_connection(
         .with_upgrades();
     tokio::pin!(connection);
 
+    // The watchdog's futures live across loop turns: re-creating a timer on every state change
+    // would cost a timer-wheel insertion per request.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed_for: Option<u64> = None;
+    let stop_signal = stopped(&mut stop);
+    tokio::pin!(stop_signal);
+    let changed = info.changed.notified();
+    tokio::pin!(changed);
+
     let mut stopping = false;
     let reason = loop {
-        let wake_at = match deadline(&info, timeouts.header, timeouts.idle) {
-            Deadline::None => now_ms() + timeouts.idle.as_millis() as u64,
-            Deadline::Head(at) | Deadline::Idle(at) => at,
+        // Sleep until the deadline that applies now. While a request is in flight none does; the
+        // timer then only comes back to look again after --idle-timeout.
+        let want = match deadline(&info, timeouts.header, timeouts.idle) {
+            Deadline::Head(at) | Deadline::Idle(at) => Some(at),
+            Deadline::None => armed_for.or(Some(now_ms() + timeouts.idle.as_millis() as u64)),
         };
-        let check_in = Duration::from_millis(wake_at.saturating_sub(now_ms()).max(5));
+        if want != armed_for {
+            let wait = want.unwrap_or(0).saturating_sub(now_ms()).max(5);
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
+            armed_for = want;
+        }
         tokio::select! {
             result = connection.as_mut() => break match result {
                 Ok(()) if stopping => "shutdown".to_string(),
                 Ok(()) => "client closed or keep-alive ended".to_string(),
                 Err(e) => format!("error: {e}"),
             },
-            _ = stopped(&mut stop), if !stopping => {
+            _ = &mut stop_signal, if !stopping => {
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
-            // The connection's state changed: loop to compute the new deadline.
-            _ = info.changed.notified() => {}
-            _ = tokio::time::sleep(check_in) => match deadline(&info, timeouts.header, timeouts.idle) {
-                // A request head started arriving but is still incomplete: drop the connection
-                // (nothing is in flight, so nothing is lost).
-                Deadline::Head(at) if at <= now_ms() => {
-                    break format!("no complete request head within {:?} (--header-timeout)", timeouts.header)
+            // A request ended or a new head started arriving: loop to re-arm for the new deadline.
+            _ = &mut changed => changed.set(info.changed.notified()),
+            _ = &mut timer => {
+                armed_for = None;
+                match deadline(&info, timeouts.header, timeouts.idle) {
+                    // A request head started arriving but is still incomplete: drop the
+                    // connection (nothing is in flight, so nothing is lost).
+                    Deadline::Head(at) if at <= now_ms() => {
+                        break format!("no complete request head within {:?} (--header-timeout)", timeouts.header)
+                    }
+                    Deadline::Idle(at) if at <= now_ms() && !stopping => {
+                        trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    Deadline::Idle(at) if at <= now_ms() => break "idle during shutdown".to_string(),
+                    _ => {}
                 }
-                Deadline::Idle(at) if at <= now_ms() && !stopping => {
-                    trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
-                    stopping = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-                Deadline::Idle(at) if at <= now_ms() => break "idle during shutdown".to_string(),
-                _ => {}
-            },
+            }
         }
     };
     trace.conn_event(format_args!("closed ({reason})"));

@@ -57,23 +57,35 @@ pub async fn handle(
                 .unwrap_or("-")
         ),
     );
+    // What the log line needs is copied out of the request before it moves on; without `-l` the
+    // copies (a few allocations per request) are skipped.
+    let logged = balancer.log.is_enabled();
+    let copied = |name| {
+        logged
+            .then(|| request.headers().get(name).cloned())
+            .flatten()
+    };
     let mut record = Record {
         request: number,
         started: Instant::now(),
-        unix_time: unix_now(),
+        unix_time: if logged { unix_now() } else { 0 },
         client: conn.peer,
         method: request.method().clone(),
-        target: request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| request.uri().to_string(), |p| p.to_string()),
+        target: if logged {
+            request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().to_string(), |p| p.to_string())
+        } else {
+            String::new()
+        },
         version: request.version(),
         backend: None,
         status: 0,
         bytes: 0,
         duration: Default::default(),
-        referer: request.headers().get(header::REFERER).cloned(),
-        user_agent: request.headers().get(header::USER_AGENT).cloned(),
+        referer: copied(header::REFERER),
+        user_agent: copied(header::USER_AGENT),
     };
 
     let mut exchange = Exchange {
@@ -90,7 +102,9 @@ pub async fn handle(
             respond::error_response(&error)
         }
     };
-    record.backend = exchange.served_by.as_ref().map(|b| b.name.clone());
+    if logged {
+        record.backend = exchange.served_by.as_ref().map(|b| b.name.clone());
+    }
     record.status = response.status().as_u16();
     let upstream = exchange.upstream.take();
     response.body_mut().on_complete(Completion {
