@@ -112,7 +112,8 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// Runtime worker threads [default: one per core].
+    /// Threads, each with its own event loop and a share of the connections [default: one per
+    /// core].
     #[arg(short = 't', long, value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
     /// Keep the first N requests individually in the JSON report (for per-request tables).
@@ -147,6 +148,7 @@ impl LoadArgs {
         plan.requests = self.requests;
         plan.duration = self.duration;
         plan.connections = usize::try_from(self.connections).unwrap_or(usize::MAX);
+        plan.threads = self.threads.and_then(|t| usize::try_from(t).ok());
         plan.rate = self.rate;
         plan.method = self.method.clone();
         plan.headers = self.headers.clone();
@@ -171,7 +173,8 @@ impl LoadArgs {
 }
 
 impl Cli {
-    /// Worker threads for the tokio runtime: `--threads`, else one per core.
+    /// Event-loop threads the run asks for: `--threads`, else one per core (the run never uses
+    /// more than one per connection, see [`Plan::thread_count`]).
     pub fn threads(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.load

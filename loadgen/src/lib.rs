@@ -5,7 +5,8 @@
 //! Read the modules in this order, which is also the life of a run:
 //!
 //! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate).
-//! 2. [`run`]: the workers, one per connection, in the closed or the open loop.
+//! 2. [`run`]: one event-loop thread per core, one worker per connection on them, in the
+//!    closed or the open loop.
 //! 3. `conn` (private): one persistent hyper connection per worker.
 //! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
 //!    merging runs from several machines.

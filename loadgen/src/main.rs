@@ -1,6 +1,7 @@
-//! The `loadgen` command: parse the arguments, start a multi-threaded runtime with one worker
-//! thread per core (or `--threads`), and hand over to the library (`loadgen::cli::execute`), which prints the
-//! report and picks the exit code (0 pass, 1 fail, 2 usage error from clap).
+//! The `loadgen` command: parse the arguments, start a small single-threaded runtime, and hand
+//! over to the library (`loadgen::cli::execute`), which prints the report and picks the exit code
+//! (0 pass, 1 fail, 2 usage error from clap). The traffic itself runs on threads of its own that
+//! `loadgen::run` starts (one per core, or `--threads`), so this runtime only waits for them.
 
 use std::process::ExitCode;
 
@@ -8,8 +9,7 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = loadgen::cli::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.threads())
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let result = match runtime {

@@ -39,6 +39,9 @@ pub struct Plan {
     pub duration: Option<Duration>,
     /// Concurrent connections (`-c`), each driven by its own worker. At least 1.
     pub connections: usize,
+    /// Threads that drive the connections (`-t`), each with its own event loop and its share of
+    /// the connections. `None`: one per core. Never more than `connections`.
+    pub threads: Option<usize>,
     /// Total requests per second (`-q`): switches from the closed loop to the open loop.
     pub rate: Option<f64>,
     pub method: Method,
@@ -91,6 +94,7 @@ impl Plan {
             requests: None,
             duration: None,
             connections: 1,
+            threads: None,
             rate: None,
             method: Method::GET,
             headers: Vec::new(),
@@ -114,6 +118,15 @@ impl Plan {
             (None, Some(_)) => None,
             (None, None) => Some(DEFAULT_REQUESTS),
         }
+    }
+
+    /// How many threads the run uses: [`Plan::threads`], else one per core, at least 1 and at
+    /// most one per connection (a thread without a connection would have nothing to do).
+    pub fn thread_count(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.threads
+            .unwrap_or(cores)
+            .clamp(1, self.connections.max(1))
     }
 }
 

@@ -1,18 +1,29 @@
-//! Running a [`Plan`]: one worker task per connection, paced by one of two load models, recording
-//! into a few shared shards that become the [`Report`] at the end.
+//! Running a [`Plan`]: the connections are spread over a few threads, each running its own
+//! single-threaded event loop; one worker task per connection sends the traffic, paced by one of
+//! two load models, and each thread's statistics become the [`Report`] at the end.
+//!
+//! **Thread per core.** A load generator must cost less than what it measures, or it measures
+//! itself. tokio's default multi-thread runtime lets idle threads steal tasks from busy ones;
+//! that balances uneven work, but every wake-up that crosses threads costs a futex or an eventfd
+//! write, and a task may run on a different core than the one whose cache holds its connection.
+//! The work here is perfectly even (every connection does the same thing), so there is nothing
+//! to balance: `run` starts N OS threads (`Plan::threads`, default one per core), each with a
+//! `current_thread` runtime, and gives connection `k` to thread `k % N`. A connection then lives
+//! its whole life on one thread, and each thread owns its own histograms and counters, which are
+//! only added up at the end. This is the shape of wrk (one event loop per thread) and of `lb`.
 //!
 //! **Closed loop** (no `-q`): each worker sends its next request as soon as the previous answer is
 //! complete. The server sets the pace; this measures the most it can do over `-c` connections.
 //! With `-n`, workers take numbered tickets from one shared atomic counter until they run out.
 //!
 //! **Open loop** (`-q RATE`): requests are due at fixed times, `start + i / RATE`, whatever the
-//! server does, and worker `k` of `c` owns slots `k, k + c, k + 2c, ...`. Latency is measured from
-//! the slot's *scheduled* time, not from when the request actually left. This is the fix for
-//! *coordinated omission* (the name comes from Gil Tene, and wrk2 applies it): a closed-loop
-//! tool that stalls with the server simply stops sending, so the requests that *would* have
-//! waited during the stall are never measured and the percentiles look fine. Here a stalled server
-//! makes the next sends late, and their lateness is counted in their latency. Both views are
-//! reported, with the number of late sends.
+//! server does, and worker `k` of `c` owns slots `k, k + c, k + 2c, ...` (whichever thread it
+//! runs on). Latency is measured from the slot's *scheduled* time, not from when the request
+//! actually left. This is the fix for *coordinated omission* (the name comes from Gil Tene, and
+//! wrk2 applies it): a closed-loop tool that stalls with the server simply stops sending, so the
+//! requests that *would* have waited during the stall are never measured and the percentiles look
+//! fine. Here a stalled server makes the next sends late, and their lateness is counted in their
+//! latency. Both views are reported, with the number of late sends.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +36,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, USER_AGENT};
 use http::Request;
 use http_body_util::Full;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::check::{check_counts, periodic_verdict, Expectation, PeriodicChecker, NO_BACKEND};
@@ -58,48 +70,67 @@ pub enum RunError {
 }
 
 /// Sends the plan's traffic and measures it. Returns once every request is answered or failed.
+///
+/// The traffic runs on threads of its own (see the module doc), so `run` can be awaited from
+/// any runtime, single- or multi-threaded: the caller's runtime only resolves the host, draws
+/// the progress bar and waits for the threads' results.
 pub async fn run(plan: Plan) -> Result<Report, RunError> {
     let addr = resolve(&plan).await?;
     let connections = plan.connections.max(1);
+    let threads = plan.thread_count();
     let limit = plan.request_limit();
-    // Workers record into shards rather than one shared set of histograms (contended) or one
-    // set each (an HDR histogram is ~190 KB; thousands of connections would add up). Two shards
-    // per core keep lock contention negligible and memory bounded.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let shards: Arc<[Shard]> = (0..connections.min(cores * 2))
-        .map(|_| Shard::new(plan.rate.is_some()))
-        .collect();
     let strict_order = connections == 1 && plan.expect == Some(Expectation::RoundRobin);
     let start = Instant::now();
     let ctx = Arc::new(Ctx {
         addr,
-        head: request_head(&plan),
-        body: plan.body.clone(),
         timeout: plan.timeout,
         keepalive: plan.keepalive,
         backend_header: plan.backend_header.clone(),
         keep_samples: plan.keep_samples as u64,
         limit,
+        numbered: limit.is_some() || plan.keep_samples > 0,
         deadline: plan.duration.map(|d| start + d),
         rate: plan.rate,
         connections,
+        threads,
         start,
         tickets: AtomicU64::new(0),
-        shards: shards.clone(),
     });
 
+    let counters: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
     let progress = plan
         .progress
-        .then(|| progress_bar(&plan, limit, shards.clone(), start));
-    let workers: Vec<_> = (0..connections)
-        .map(|k| tokio::spawn(worker(ctx.clone(), k, strict_order)))
-        .collect();
-    let mut checker = None;
+        .then(|| progress_bar(&plan, limit, counters.clone(), start));
+    let mut finished = Vec::with_capacity(threads);
     let mut failure = None;
-    for w in workers {
-        match w.await {
-            Ok(c) => checker = checker.or(c),
-            Err(e) => failure = Some(e.to_string()),
+    for (id, counter) in counters.into_iter().enumerate() {
+        let thread = Arc::new(ThreadState {
+            ctx: ctx.clone(),
+            head: request_head(&plan),
+            // A copy, not a clone: a clone would share one reference count between threads.
+            body: Bytes::copy_from_slice(&plan.body),
+            stats: Mutex::new(Stats::new(plan.rate.is_some())),
+            progress: counter,
+        });
+        match spawn_thread(id, thread, strict_order) {
+            Ok(done) => finished.push(done),
+            // Threads already started finish their share; the run reports the failure.
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let mut stats = Vec::with_capacity(threads);
+    let mut checker = None;
+    for done in finished {
+        match done.await {
+            Ok(Ok((s, c))) => {
+                stats.push(s);
+                checker = checker.or(c);
+            }
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some("a worker thread panicked".to_owned())),
         }
     }
     let duration = start.elapsed();
@@ -110,7 +141,59 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     if let Some(e) = failure {
         return Err(RunError::Worker(e));
     }
-    Ok(build_report(&plan, &shards, duration, checker.as_ref()))
+    Ok(build_report(&plan, &stats, duration, checker.as_ref()))
+}
+
+/// What one thread hands back: its statistics and, if it ran the round-robin order check, the
+/// checker.
+type Finished = Result<(Stats, Option<PeriodicChecker<usize>>), String>;
+
+/// Starts thread `id` with its own `current_thread` runtime, running the workers of connections
+/// `id`, `id + threads`, `id + 2 * threads`, ... The receiver gets what the thread measured once
+/// its runtime is gone, i.e. once every one of its connections is closed.
+fn spawn_thread(
+    id: usize,
+    thread: Arc<ThreadState>,
+    strict_order: bool,
+) -> Result<oneshot::Receiver<Finished>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start an event loop: {e}"))?;
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("loadgen-{id}"))
+        .spawn(move || {
+            let checker = runtime.block_on(drive(thread.clone(), id, strict_order));
+            // Dropping the runtime drops the worker tasks and with them their connections.
+            drop(runtime);
+            let finished = checker.and_then(|checker| match Arc::into_inner(thread) {
+                Some(t) => Ok((t.into_stats(), checker)),
+                None => Err("a worker outlived its thread".to_owned()),
+            });
+            // The receiver is gone only if `run` itself was dropped: nobody wants the result.
+            let _ = tx.send(finished);
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    Ok(rx)
+}
+
+/// One thread's event loop: a task per connection, all on this thread's runtime.
+async fn drive(
+    thread: Arc<ThreadState>,
+    id: usize,
+    strict_order: bool,
+) -> Result<Option<PeriodicChecker<usize>>, String> {
+    let ctx = &thread.ctx;
+    let workers: Vec<_> = (id..ctx.connections)
+        .step_by(ctx.threads)
+        .map(|k| tokio::spawn(worker(thread.clone(), k, strict_order)))
+        .collect();
+    let mut checker = None;
+    for w in workers {
+        checker = checker.or(w.await.map_err(|e| e.to_string())?);
+    }
+    Ok(checker)
 }
 
 async fn resolve(plan: &Plan) -> Result<SocketAddr, RunError> {
@@ -129,8 +212,10 @@ async fn resolve(plan: &Plan) -> Result<SocketAddr, RunError> {
         .ok_or_else(|| RunError::NoAddress(host.to_owned()))
 }
 
-/// The request head, built once: every request is a clone of it (a handful of reference-count
-/// bumps and one header-map copy) plus a clone of the body `Bytes`.
+/// The request head, built once per thread: every request is a clone of it (a handful of
+/// reference-count bumps and one header-map copy) plus a clone of the body `Bytes`. Each thread
+/// builds its own from fresh copies of the bytes, so those reference counts stay in the cache of
+/// the core that bumps them instead of bouncing between cores on every request.
 fn request_head(plan: &Plan) -> http::request::Parts {
     let (mut head, ()) = Request::new(()).into_parts();
     head.method = plan.method.clone();
@@ -151,7 +236,13 @@ fn request_head(plan: &Plan) -> http::request::Parts {
         HeaderValue::from_static(concat!("loadgen/", env!("CARGO_PKG_VERSION"))),
     );
     for (name, value) in &plan.headers {
-        head.headers.insert(name.clone(), value.clone());
+        // Byte copies (see above); both were valid when the plan was built, so they still are.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            head.headers.insert(name, value);
+        }
     }
     if !plan.keepalive {
         head.headers
@@ -160,180 +251,63 @@ fn request_head(plan: &Plan) -> http::request::Parts {
     head
 }
 
-/// What every worker shares, read-only apart from the ticket counter and the shards.
+/// What every thread shares, read-only apart from the ticket counter.
 struct Ctx {
     addr: SocketAddr,
-    head: http::request::Parts,
-    body: Bytes,
     timeout: Duration,
     keepalive: bool,
     backend_header: HeaderName,
     keep_samples: u64,
     limit: Option<u64>,
+    /// Closed loop: whether requests need numbers from the shared `tickets` counter (a `-n`
+    /// budget to share out, or samples to pick). A duration-only run skips it: an atomic that
+    /// every thread increments on every request would move its cache line between cores each
+    /// time, for numbers nobody reads.
+    numbered: bool,
     deadline: Option<Instant>,
     rate: Option<f64>,
     connections: usize,
+    threads: usize,
     start: Instant,
     /// Closed loop: the next request number to hand out (`-n` is a total across workers).
     tickets: AtomicU64,
-    shards: Arc<[Shard]>,
 }
 
 impl Ctx {
+    /// Closed loop: the 1-based number of a worker's next request, or `None` when the `-n`
+    /// budget is spent. Without numbering (see [`Ctx::numbered`]) the worker counts its own
+    /// requests in `own`; only the round-robin check reads that number, and it runs with a
+    /// single connection, where the worker's count is the run's.
+    fn next_index(&self, own: &mut u64) -> Option<u64> {
+        if !self.numbered {
+            *own += 1;
+            return Some(*own);
+        }
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        match self.limit {
+            Some(n) if ticket >= n => None,
+            _ => Some(ticket + 1),
+        }
+    }
+}
+
+/// What the workers of one thread share: the run's [`Ctx`], this thread's copy of the request
+/// and this thread's statistics.
+struct ThreadState {
+    ctx: Arc<Ctx>,
+    head: http::request::Parts,
+    body: Bytes,
+    /// Only this thread's tasks touch it, so the lock is never contended: locking is one atomic
+    /// instruction on a cache line this core already holds. (`tokio::spawn` needs `Send` tasks,
+    /// which rules out a `RefCell`.)
+    stats: Mutex<Stats>,
+    /// Copies of two counters for the progress bar, which reads them from another thread.
+    progress: Arc<Progress>,
+}
+
+impl ThreadState {
     fn request(&self) -> Request<Full<Bytes>> {
         Request::from_parts(self.head.clone(), Full::new(self.body.clone()))
-    }
-
-    /// One request on the worker's connection, opening one first if needed. `deadline` is the
-    /// worker's timer, re-armed here for `timeout` so that it covers connect, send and the whole
-    /// body. After any failure the connection is dropped and the next request opens a fresh one.
-    async fn exchange(
-        &self,
-        conn: &mut Option<Conn>,
-        mut deadline: Pin<&mut Sleep>,
-    ) -> Result<Answer, ErrorClass> {
-        deadline.as_mut().reset(Instant::now() + self.timeout);
-        if conn.as_ref().is_some_and(|c| !c.is_open()) {
-            *conn = None;
-        }
-        let c = match conn {
-            Some(c) => c,
-            None => {
-                // Boxed: connecting is the rare path, and keeping its state out of this future
-                // keeps the future that every request builds small.
-                let opened = tokio::select! {
-                    biased;
-                    opened = Box::pin(Conn::open(self.addr)) => opened,
-                    () = deadline.as_mut() => Err(ErrorClass::Timeout),
-                };
-                conn.insert(opened?)
-            }
-        };
-        let result = c.send(self.request(), deadline).await;
-        match &result {
-            Ok(answer) if self.keepalive && !answer.closes_connection() => {}
-            _ => *conn = None,
-        }
-        result
-    }
-}
-
-/// One connection's loop. Returns the round-robin checker when it checked the order.
-async fn worker(ctx: Arc<Ctx>, k: usize, strict_order: bool) -> Option<PeriodicChecker<usize>> {
-    let shard = &ctx.shards[k % ctx.shards.len()];
-    let mut checker = strict_order.then(PeriodicChecker::default);
-    let mut conn = None;
-    // One timer per worker, re-armed for every request (cheaper than a fresh timeout each time).
-    let deadline = tokio::time::sleep(ctx.timeout);
-    tokio::pin!(deadline);
-    match ctx.rate {
-        None => loop {
-            // Closed loop: next ticket, send, wait for the answer, repeat.
-            if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            let ticket = ctx.tickets.fetch_add(1, Ordering::Relaxed);
-            if ctx.limit.is_some_and(|n| ticket >= n) {
-                break;
-            }
-            let sent = Instant::now();
-            let result = ctx.exchange(&mut conn, deadline.as_mut()).await;
-            let latency = sent.elapsed();
-            let served = shard.record(&ctx, ticket + 1, k, &result, latency, None);
-            if let (Some(c), Some(served)) = (&mut checker, served) {
-                c.observe(ticket + 1, served.as_ref());
-            }
-        },
-        Some(rate) => {
-            // Open loop: this worker owns every c-th slot of one global schedule.
-            let interval = 1.0 / rate;
-            for slot in (k as u64..).step_by(ctx.connections) {
-                if ctx.limit.is_some_and(|n| slot >= n) {
-                    break;
-                }
-                let due = ctx.start + Duration::from_secs_f64(slot as f64 * interval);
-                if ctx.deadline.is_some_and(|d| due >= d) {
-                    break;
-                }
-                // If the previous request on this connection took longer than the interval,
-                // `due` has already passed and we send at once, late. The time it waited is
-                // part of its latency below: that is the coordinated-omission correction.
-                // tokio's timer ticks in whole milliseconds and rounds a deadline up, so a send
-                // can leave up to ~1 ms after `due` even on an idle machine (wrk2's timers have
-                // the same resolution). That slack is in the corrected latency, which therefore
-                // never under-reports; it matters only when answers take well under 1 ms.
-                tokio::time::sleep_until(due).await;
-                let sent = Instant::now();
-                let result = ctx.exchange(&mut conn, deadline.as_mut()).await;
-                let done = Instant::now();
-                let late = sent.saturating_duration_since(due) > LATE_AFTER;
-                let timing = (done - sent, late);
-                let served = shard.record(&ctx, slot + 1, k, &result, done - due, Some(timing));
-                if let (Some(c), Some(served)) = (&mut checker, served) {
-                    c.observe(slot + 1, served.as_ref());
-                }
-            }
-        }
-    }
-    checker
-}
-
-/// Stats of a group of workers. Locked once per request, for a few array increments.
-struct Shard {
-    stats: Mutex<Stats>,
-}
-
-struct Stats {
-    requests: u64,
-    responses: u64,
-    bytes: u64,
-    /// Responses per status code; a short list scanned linearly (a run sees few codes).
-    status: Vec<(u16, u64)>,
-    errors: ErrorCounts,
-    latency: Latency,
-    uncorrected: Option<Latency>,
-    late: u64,
-    /// Backends in the order this shard first saw them; a worker's backend id is an index here.
-    /// Looking a header value up compares bytes, so a known backend costs no allocation.
-    backends: Vec<BackendStats>,
-    /// Responses without the backend header.
-    unnamed: Option<BackendStats>,
-    samples: Vec<Sample>,
-}
-
-struct BackendStats {
-    value: HeaderValue,
-    responses: u64,
-    latency: Latency,
-}
-
-impl BackendStats {
-    fn new(value: HeaderValue) -> Self {
-        BackendStats {
-            value,
-            responses: 0,
-            latency: Latency::new(),
-        }
-    }
-}
-
-impl Shard {
-    fn new(open_loop: bool) -> Shard {
-        Shard {
-            stats: Mutex::new(Stats {
-                requests: 0,
-                responses: 0,
-                bytes: 0,
-                status: Vec::new(),
-                errors: ErrorCounts::default(),
-                latency: Latency::new(),
-                uncorrected: open_loop.then(Latency::new),
-                late: 0,
-                backends: Vec::new(),
-                unnamed: None,
-                samples: Vec::new(),
-            }),
-        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Stats> {
@@ -344,18 +318,62 @@ impl Shard {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts one finished request. `latency` is what the report's main histogram gets (from
-    /// the scheduled time in the open loop); `open` carries the open loop's uncorrected latency
-    /// and lateness. Returns, for a response, which backend served it (`Some(None)`: no header).
+    fn into_stats(self) -> Stats {
+        self.stats
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One request on the worker's connection, opening one first if needed. `sent` is when the
+    /// request started; the worker's `deadline` timer is re-armed to `sent + timeout` so that it
+    /// covers connect, send and the whole body. (Re-arming a tokio timer to a later time is one
+    /// atomic store; the timer wheel only notices when the old time comes.) After any failure
+    /// the connection is dropped and the next request opens a fresh one.
+    async fn exchange(
+        &self,
+        conn: &mut Option<Conn>,
+        sent: Instant,
+        mut deadline: Pin<&mut Sleep>,
+    ) -> Result<Answer, ErrorClass> {
+        let ctx = &*self.ctx;
+        deadline.as_mut().reset(sent + ctx.timeout);
+        if conn.as_ref().is_some_and(|c| !c.is_open()) {
+            *conn = None;
+        }
+        let c = match conn {
+            Some(c) => c,
+            None => {
+                // Boxed: connecting is the rare path, and keeping its state out of this future
+                // keeps the future that every request builds small.
+                let opened = tokio::select! {
+                    biased;
+                    opened = Box::pin(Conn::open(ctx.addr)) => opened,
+                    () = deadline.as_mut() => Err(ErrorClass::Timeout),
+                };
+                conn.insert(opened?)
+            }
+        };
+        let result = c.send(self.request(), deadline).await;
+        match &result {
+            Ok(answer) if ctx.keepalive && !answer.closes_connection() => {}
+            _ => *conn = None,
+        }
+        result
+    }
+
+    /// Counts one finished request in this thread's statistics. `latency` is what the report's
+    /// main histogram gets (from the scheduled time in the open loop); `open` carries the open
+    /// loop's uncorrected latency and lateness. Returns, for a response, which backend served it
+    /// (`Some(None)`: no header).
     fn record(
         &self,
-        ctx: &Ctx,
         index: u64,
         connection: usize,
         result: &Result<Answer, ErrorClass>,
         latency: Duration,
         open: Option<(Duration, bool)>,
     ) -> Option<Option<usize>> {
+        let ctx = &*self.ctx;
         let mut guard = self.lock();
         // Borrow the fields separately (through a plain `&mut`, not the guard).
         let s = &mut *guard;
@@ -374,7 +392,6 @@ impl Shard {
             Ok(answer) => {
                 s.responses += 1;
                 s.bytes += answer.body_bytes;
-                s.latency.record(latency);
                 let code = answer.head.status.as_u16();
                 match s.status.iter_mut().find(|(c, _)| *c == code) {
                     Some((_, n)) => *n += 1,
@@ -403,13 +420,16 @@ impl Shard {
                         }
                     }
                 };
+                // Every response lands in exactly one backend's histogram (`unnamed` included),
+                // so the run's overall latency is their sum, added up once at the end instead
+                // of recorded a second time here.
                 backend.responses += 1;
                 backend.latency.record(latency);
                 Some(id)
             }
         };
         if index <= ctx.keep_samples {
-            guard.samples.push(Sample {
+            s.samples.push(Sample {
                 index,
                 connection,
                 backend: result
@@ -422,7 +442,142 @@ impl Shard {
                 error: result.as_ref().err().copied(),
             });
         }
+        // Plain stores, no read-modify-write: this thread is the only writer.
+        self.progress.requests.store(s.requests, Ordering::Relaxed);
+        self.progress
+            .errors
+            .store(s.errors.total(), Ordering::Relaxed);
         served
+    }
+}
+
+/// One connection's loop. Returns the round-robin checker when it checked the order.
+async fn worker(
+    thread: Arc<ThreadState>,
+    k: usize,
+    strict_order: bool,
+) -> Option<PeriodicChecker<usize>> {
+    let ctx = &*thread.ctx;
+    let mut checker = strict_order.then(PeriodicChecker::default);
+    let mut conn = None;
+    // One timer per worker, re-armed for every request (cheaper than a fresh timeout each time).
+    let deadline = tokio::time::sleep(ctx.timeout);
+    tokio::pin!(deadline);
+    match ctx.rate {
+        None => {
+            // Closed loop: next number, send, wait for the answer, repeat. One clock read per
+            // request: the end of one exchange is the start of the next, so the latency of a
+            // request includes the few hundred nanoseconds of bookkeeping before it is sent.
+            let mut own = 0;
+            let mut now = Instant::now();
+            loop {
+                if ctx.deadline.is_some_and(|d| now >= d) {
+                    break;
+                }
+                let Some(index) = ctx.next_index(&mut own) else {
+                    break;
+                };
+                let sent = now;
+                let result = thread.exchange(&mut conn, sent, deadline.as_mut()).await;
+                now = Instant::now();
+                let served = thread.record(index, k, &result, now - sent, None);
+                if let (Some(c), Some(served)) = (&mut checker, served) {
+                    c.observe(index, served.as_ref());
+                }
+            }
+        }
+        Some(rate) => {
+            // Open loop: this worker owns every c-th slot of one global schedule.
+            let interval = 1.0 / rate;
+            for slot in (k as u64..).step_by(ctx.connections) {
+                if ctx.limit.is_some_and(|n| slot >= n) {
+                    break;
+                }
+                let due = ctx.start + Duration::from_secs_f64(slot as f64 * interval);
+                if ctx.deadline.is_some_and(|d| due >= d) {
+                    break;
+                }
+                // If the previous request on this connection took longer than the interval,
+                // `due` has already passed and we send at once, late. The time it waited is
+                // part of its latency below: that is the coordinated-omission correction.
+                // tokio's timer ticks in whole milliseconds and rounds a deadline up, so a send
+                // can leave up to ~1 ms after `due` even on an idle machine (wrk2's timers have
+                // the same resolution). That slack is in the corrected latency, which therefore
+                // never under-reports; it matters only when answers take well under 1 ms.
+                tokio::time::sleep_until(due).await;
+                let sent = Instant::now();
+                let result = thread.exchange(&mut conn, sent, deadline.as_mut()).await;
+                let done = Instant::now();
+                let late = sent.saturating_duration_since(due) > LATE_AFTER;
+                let timing = (done - sent, late);
+                let served = thread.record(slot + 1, k, &result, done - due, Some(timing));
+                if let (Some(c), Some(served)) = (&mut checker, served) {
+                    c.observe(slot + 1, served.as_ref());
+                }
+            }
+        }
+    }
+    checker
+}
+
+/// What the progress bar reads of one thread. Aligned to its own cache lines, so that the
+/// threads' counters never share one (each store would otherwise evict the other core's copy).
+#[derive(Default)]
+#[repr(align(128))]
+struct Progress {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// One thread's statistics. Only the whole run's are ever reported: [`build_report`] adds up
+/// the threads'.
+struct Stats {
+    requests: u64,
+    responses: u64,
+    bytes: u64,
+    /// Responses per status code; a short list scanned linearly (a run sees few codes).
+    status: Vec<(u16, u64)>,
+    errors: ErrorCounts,
+    uncorrected: Option<Latency>,
+    late: u64,
+    /// Backends in the order this thread first saw them; a worker's backend id is an index here.
+    /// Looking a header value up compares bytes, so a known backend costs no allocation.
+    backends: Vec<BackendStats>,
+    /// Responses without the backend header.
+    unnamed: Option<BackendStats>,
+    samples: Vec<Sample>,
+}
+
+struct BackendStats {
+    value: HeaderValue,
+    responses: u64,
+    latency: Latency,
+}
+
+impl BackendStats {
+    fn new(value: HeaderValue) -> Self {
+        BackendStats {
+            value,
+            responses: 0,
+            latency: Latency::new(),
+        }
+    }
+}
+
+impl Stats {
+    fn new(open_loop: bool) -> Stats {
+        Stats {
+            requests: 0,
+            responses: 0,
+            bytes: 0,
+            status: Vec::new(),
+            errors: ErrorCounts::default(),
+            uncorrected: open_loop.then(Latency::new),
+            late: 0,
+            backends: Vec::new(),
+            unnamed: None,
+            samples: Vec::new(),
+        }
     }
 }
 
@@ -430,10 +585,10 @@ fn backend_name(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
-/// Adds up the shards and judges the expectation.
+/// Adds up the threads' statistics and judges the expectation.
 fn build_report(
     plan: &Plan,
-    shards: &[Shard],
+    threads: &[Stats],
     duration: Duration,
     checker: Option<&PeriodicChecker<usize>>,
 ) -> Report {
@@ -450,10 +605,10 @@ fn build_report(
         max_errors: plan.max_errors,
         ..Report::default()
     };
-    // With one connection there is one shard; its backend ids are what the checker saw.
+    // The checker runs with one connection, on the first thread: its backend ids are indexes
+    // into that thread's list.
     let mut first_names: Vec<String> = Vec::new();
-    for (i, shard) in shards.iter().enumerate() {
-        let s = shard.lock();
+    for (i, s) in threads.iter().enumerate() {
         report.requests += s.requests;
         report.responses += s.responses;
         report.bytes += s.bytes;
@@ -461,7 +616,6 @@ fn build_report(
             *report.status.entry(*code).or_default() += n;
         }
         report.errors.add(&s.errors);
-        report.latency.add(&s.latency);
         if let (Some(all), Some(u)) = (&mut report.latency_uncorrected, &s.uncorrected) {
             all.add(u);
         }
@@ -471,6 +625,7 @@ fn build_report(
             if i == 0 {
                 first_names.push(name.clone());
             }
+            report.latency.add(&b.latency);
             match report.backends.iter_mut().find(|r| r.name == name) {
                 Some(r) => {
                     r.responses += b.responses;
@@ -507,12 +662,13 @@ fn build_report(
     report
 }
 
-/// A progress bar on stderr, refreshed by a ticker task that reads the shards' counters (the
-/// workers themselves never touch it). Hidden when stderr is not a terminal.
+/// A progress bar on stderr, refreshed by a ticker task on the caller's runtime that reads the
+/// threads' counters (the workers themselves never touch it). Hidden when stderr is not a
+/// terminal.
 fn progress_bar(
     plan: &Plan,
     limit: Option<u64>,
-    shards: Arc<[Shard]>,
+    counters: Vec<Arc<Progress>>,
     start: Instant,
 ) -> (ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = match limit {
@@ -538,10 +694,9 @@ fn progress_bar(
             loop {
                 tick.tick().await;
                 let (mut done, mut errors) = (0, 0);
-                for s in shards.iter() {
-                    let s = s.lock();
-                    done += s.requests;
-                    errors += s.errors.total();
+                for c in &counters {
+                    done += c.requests.load(Ordering::Relaxed);
+                    errors += c.errors.load(Ordering::Relaxed);
                 }
                 let secs = start.elapsed().as_secs_f64().max(1e-3);
                 if by_count {

@@ -55,6 +55,25 @@ async fn several_connections_judge_counts() {
     assert!(verdict.detail.contains("a got 66.7%"), "{}", verdict.detail);
 }
 
+/// Connections spread over three event-loop threads (5 connections: threads get 2, 2 and 1)
+/// still share one `-n` budget exactly, and the threads' statistics add up to one report. The
+/// caller's runtime is single-threaded: `run` must not need it to do the work.
+#[tokio::test(flavor = "current_thread")]
+async fn threads_share_one_budget() {
+    let server = servers::backends(&["a", "b"]).await;
+    let mut plan = plan(&server.url(), 101);
+    plan.connections = 5;
+    plan.threads = Some(3);
+    plan.expect = Some(Expectation::RoundRobin);
+    let report = loadgen::run(plan).await.unwrap();
+    assert!(report.passed(), "{}", report.render_text());
+    assert_eq!((report.requests, report.responses), (101, 101));
+    assert_eq!(report.latency.count(), 101);
+    let per_backend: u64 = report.backends.iter().map(|b| b.responses).sum();
+    assert_eq!(per_backend, 101);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_backend_header_fails_the_expectation() {
     let server = servers::backends(&["a", ""]).await;
