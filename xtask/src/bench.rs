@@ -335,7 +335,7 @@ fn warm_up(bench: &Bench, scenarios: &[&Scenario], warmup: Duration) -> Result<(
         let load = Load::Closed {
             connections: OPEN_CONNECTIONS,
         };
-        client::loadgen(&bench.loadgen, target, load, warmup)
+        client::loadgen(&bench.loadgen, target, load, warmup, None)
             .with_context(|| format!("warming up {}", s.name))?;
     }
     Ok(())
@@ -388,7 +388,8 @@ fn loadgen_vs_wrk(
                         let load = Load::Closed {
                             connections: OPEN_CONNECTIONS,
                         };
-                        client::loadgen(&bench.loadgen, &target.url, load, bench.duration)?
+                        // One thread, as `wrk -t1`: the same means, so CPU per request compares.
+                        client::loadgen(&bench.loadgen, &target.url, load, bench.duration, Some(1))?
                     }
                     (_, Some(wrk)) => {
                         client::wrk(wrk, &target.url, OPEN_CONNECTIONS, bench.duration)?
@@ -462,7 +463,7 @@ fn measure_round(
             .transpose()
             .with_context(|| format!("reading {}'s CPU time", s.name))?;
         let other = bench.other_load(s.pid);
-        let measured = client::loadgen(&bench.loadgen, url, load, bench.duration)
+        let measured = client::loadgen(&bench.loadgen, url, load, bench.duration, None)
             .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
         let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
         let proxy = meter

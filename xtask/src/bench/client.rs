@@ -58,10 +58,20 @@ pub struct Measured {
     pub client_cpu: Duration,
 }
 
-/// `loadgen URL -c N -z DUR [-q RATE] --output json --quiet`.
-pub fn loadgen(bin: &Path, url: &str, load: Load, duration: Duration) -> Result<Measured> {
+/// `loadgen URL -c N -z DUR [-q RATE] [-t THREADS] --output json --quiet`; `threads` defaults to
+/// one per core (the comparison with `wrk -t1` passes 1).
+pub fn loadgen(
+    bin: &Path,
+    url: &str,
+    load: Load,
+    duration: Duration,
+    threads: Option<u32>,
+) -> Result<Measured> {
     let millis = format!("{}ms", duration.as_millis().max(1));
     let mut args: Vec<String> = vec![url.into(), "-z".into(), millis];
+    if let Some(threads) = threads {
+        args.extend(["-t".into(), threads.to_string()]);
+    }
     let connections = match load {
         Load::Closed { connections } => connections,
         Load::Open { connections, rate } => {

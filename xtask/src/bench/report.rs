@@ -340,7 +340,7 @@ impl Report {
             );
         }
 
-        let _ = writeln!(s, "\n## loadgen vs wrk (same target, connections and duration; CPU is the client's own)\n");
+        let _ = writeln!(s, "\n## loadgen vs wrk (same target, connections, duration and one thread each: `loadgen -t 1`, `wrk -t1`; CPU is the client's own)\n");
         let _ = writeln!(
             s,
             "| target | loadgen req/s | wrk req/s | loadgen/wrk req/s | loadgen CPU µs/req | wrk CPU µs/req | loadgen/wrk CPU |"
