@@ -37,14 +37,7 @@ fn slowloris_head_is_cut_off() {
     let mut client = Client::connect(addr);
     let started = Instant::now();
     let head = b"GET /slow HTTP/1.1\r\nHost: lb.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    let mut closed = false;
-    for byte in head.chunks(1) {
-        client.send(byte);
-        if client.closes_within(Duration::from_millis(40)) {
-            closed = true;
-            break;
-        }
-    }
+    let closed = drip_until_closed(&mut client, head);
     assert!(
         closed,
         "lb kept reading a head dripped for {:?}",
@@ -52,6 +45,18 @@ fn slowloris_head_is_cut_off() {
     );
     assert_between(started.elapsed(), 250, 1500, "slowloris closed");
     assert!(backend.requests().is_empty());
+}
+
+/// Send `head` one byte every 40 ms, as a slowloris client does; true if lb closed the
+/// connection before the head was complete.
+fn drip_until_closed(client: &mut Client, head: &[u8]) -> bool {
+    for byte in head.chunks(1) {
+        client.send(byte);
+        if client.closes_within(Duration::from_millis(40)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The header timeout also guards every later head on a keep-alive connection, even though
@@ -66,14 +71,8 @@ fn slowloris_on_a_keep_alive_connection_is_cut_off() {
     let mut client = Client::connect(addr);
     assert_eq!(client.get("/first").status, 200);
     let started = Instant::now();
-    let mut closed = false;
-    for byte in b"GET /second HTTP/1.1\r\nHost: lb.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n".chunks(1) {
-        client.send(byte);
-        if client.closes_within(Duration::from_millis(40)) {
-            closed = true;
-            break;
-        }
-    }
+    let head = b"GET /second HTTP/1.1\r\nHost: lb.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let closed = drip_until_closed(&mut client, head);
     assert!(
         closed,
         "lb kept reading a head dripped for {:?}",
