@@ -97,7 +97,7 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     grace: Duration,
 
-    /// Skip a backend that refused a connection (or failed health checks) for this long.
+    /// Skip a backend that refused a connection for this long (passive health; see --health-check for active).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     fail_timeout: Duration,
 
