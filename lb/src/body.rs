@@ -5,6 +5,8 @@
 //! slowly. The wrappers add only what a proxy needs around that stream:
 //! - an idle timer (`--body-timeout`): a body that moves no byte for that long is aborted;
 //! - on the request side, a signal when the body has been fully sent, which starts the response timer;
+//! - on the response side, polling the upstream connection's driver before each frame (this task,
+//!   not a separate one, does the connection's socket I/O: see `upstream.rs`);
 //! - on the response side, a [`Completion`] that runs exactly once when the exchange ends (cleanly,
 //!   with an error, or because the client went away): it returns the upstream connection to the
 //!   pool only after a clean end, writes the access-log line and the final `--trace` event.
