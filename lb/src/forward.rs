@@ -91,12 +91,8 @@ fn via_value(version: Version) -> HeaderValue {
 /// Remove `Connection`, every header it names, and the fixed hop-by-hop list. `TE: trailers` is the
 /// one `TE` value a proxy may forward.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -112,12 +108,17 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Does any `Connection` header list `token`?
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The comma-separated options of every `Connection` header (RFC 9110 §7.6.1), trimmed.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
 }
 
 /// `X-Forwarded-For: <what the client sent>, <client ip>`, as one header line.
@@ -181,18 +182,23 @@ mod tests {
         assert_eq!(p.headers["via"], "1.1 lb");
     }
 
+    /// Forward `p` to target `/` for client 127.0.0.1, backend `b:1`.
+    fn forward_to_b1(p: &mut request::Parts) {
+        request(
+            p,
+            Uri::from_static("/"),
+            "127.0.0.1:9".parse().unwrap(),
+            "b:1",
+        );
+    }
+
     #[test]
     fn forwarded_for_is_appended() {
         let mut p = parts(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-for", "5.6.7.8"),
         ]);
-        request(
-            &mut p,
-            Uri::from_static("/"),
-            "127.0.0.1:9".parse().unwrap(),
-            "b:1",
-        );
+        forward_to_b1(&mut p);
         assert_eq!(p.headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
         assert_eq!(p.headers["x-forwarded-proto"], "http");
         assert_eq!(
@@ -208,12 +214,7 @@ mod tests {
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        request(
-            &mut p,
-            Uri::from_static("/"),
-            "127.0.0.1:9".parse().unwrap(),
-            "b:1",
-        );
+        forward_to_b1(&mut p);
         assert_eq!(p.headers["te"], "trailers");
         assert_eq!(p.headers["upgrade"], "websocket");
         assert_eq!(p.headers["connection"], "upgrade");
