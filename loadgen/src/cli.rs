@@ -17,6 +17,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::Method;
 
 use crate::check::Expectation;
+use crate::ok_status::OkStatus;
 use crate::plan::{self, Plan};
 use crate::report::Report;
 
@@ -100,7 +101,12 @@ pub struct LoadArgs {
     /// Response header naming the backend that served the request.
     #[arg(long, default_value = "X-Served-By")]
     pub backend_header: HeaderName,
-    /// Fail (exit 1) when there are more errors than this.
+    /// Statuses that count as success, e.g. 200-399 or 200,204,300-399; any other is a failed
+    /// response. 100-599 reports statuses without judging them (like wrk).
+    #[arg(long, value_name = "CODES", default_value = "200-399", value_parser = clap::value_parser!(OkStatus))]
+    pub ok_status: OkStatus,
+    /// Fail (exit 1) when more requests than this failed: transport errors plus responses with a
+    /// status outside --ok-status.
     #[arg(long, default_value_t = 0)]
     pub max_errors: u64,
     /// Report format on stdout.
@@ -165,6 +171,7 @@ impl LoadArgs {
         plan.expect = self.expect.clone();
         plan.tolerance = self.tolerance;
         plan.backend_header = self.backend_header.clone();
+        plan.ok_status = self.ok_status.clone();
         plan.max_errors = self.max_errors;
         plan.keep_samples = self.samples;
         plan.progress = !self.quiet && std::io::stderr().is_terminal();

@@ -4,7 +4,8 @@
 //! The library does the work; the `loadgen` binary only parses arguments ([`cli`]) and prints.
 //! Read the modules in this order, which is also the life of a run:
 //!
-//! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate).
+//! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate),
+//!    and which statuses count as success ([`ok_status`]).
 //! 2. [`run`]: one event-loop thread per core, one worker per connection on them, in the
 //!    closed or the open loop.
 //! 3. `conn` (private): one persistent hyper connection per worker.
@@ -14,7 +15,9 @@
 //!
 //! **Invariants:** memory does not grow with the number of requests (histograms, never a list of
 //! samples, except the first `Plan::keep_samples`); every request started ends up counted either
-//! as a response or as exactly one error class; a failing server never makes `run` return `Err`.
+//! as a response or as exactly one error class; a failing server never makes `run` return `Err`
+//! (it makes the report fail: transport errors and responses outside `--ok-status` both count
+//! against `--max-errors`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,11 +34,13 @@
 pub mod check;
 pub mod cli;
 mod conn;
+pub mod ok_status;
 pub mod plan;
 pub mod report;
 pub mod run;
 
 pub use check::{Expectation, Verdict};
+pub use ok_status::OkStatus;
 pub use plan::{Plan, PlanError};
 pub use report::{ErrorClass, Report, Sample};
 pub use run::{run, RunError};

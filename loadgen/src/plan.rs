@@ -12,6 +12,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
 
 use crate::check::Expectation;
+use crate::ok_status::OkStatus;
 
 /// Requests sent when neither a count (`-n`) nor a duration (`-z`) is given.
 pub const DEFAULT_REQUESTS: u64 = 200;
@@ -61,7 +62,11 @@ pub struct Plan {
     pub tolerance: f64,
     /// The response header that names the backend (`--backend-header`, default `X-Served-By`).
     pub backend_header: HeaderName,
-    /// More transport errors than this make [`crate::Report::passed`] false (`--max-errors`).
+    /// Which statuses count as success (`--ok-status`, default `200-399`); any other status is
+    /// a failed response.
+    pub ok_status: OkStatus,
+    /// More failed requests than this, transport errors and failed responses together, make
+    /// [`crate::Report::passed`] false (`--max-errors`, default 0).
     pub max_errors: u64,
     /// Keep the first N requests as individual [`crate::Sample`]s in the report (`--samples`).
     /// Everything else is aggregated in histograms, so memory stays constant however long the run.
@@ -87,7 +92,8 @@ pub enum PlanError {
 
 impl Plan {
     /// A plan with the defaults of the command line: 1 connection, [`DEFAULT_REQUESTS`] requests,
-    /// closed loop, `GET`, keep-alive, 5 s timeout, backend header `X-Served-By`, no errors allowed.
+    /// closed loop, `GET`, keep-alive, 5 s timeout, backend header `X-Served-By`, statuses 200-399
+    /// succeed, no failed requests allowed.
     pub fn new(url: &str) -> Result<Plan, PlanError> {
         Ok(Plan {
             url: parse_url(url)?,
@@ -104,6 +110,7 @@ impl Plan {
             expect: None,
             tolerance: DEFAULT_TOLERANCE,
             backend_header: HeaderName::from_static(DEFAULT_BACKEND_HEADER),
+            ok_status: OkStatus::default(),
             max_errors: 0,
             keep_samples: 0,
             progress: false,

@@ -18,6 +18,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::check::Verdict;
+use crate::ok_status::OkStatus;
 
 /// Smallest latency the histograms track, in microseconds.
 const LOWEST_US: u64 = 1;
@@ -279,6 +280,13 @@ pub struct Report {
     pub requests: u64,
     /// Requests that got a complete response, whatever its status.
     pub responses: u64,
+    /// Responses whose status is outside `ok_status`: they count against `max_errors` like the
+    /// transport errors (derived from `status` by [`Report::finish`]).
+    #[serde(default)]
+    pub failed_responses: u64,
+    /// The statuses that counted as success (`--ok-status`).
+    #[serde(default)]
+    pub ok_status: OkStatus,
     /// Response body bytes read.
     pub bytes: u64,
     pub requests_per_sec: f64,
@@ -299,20 +307,32 @@ pub struct Report {
     /// Per-backend counts, shares and latency, most responses first.
     pub backends: Vec<BackendReport>,
     pub verdict: Option<Verdict>,
-    /// The `--max-errors` this run was judged against.
+    /// The `--max-errors` this run was judged against: the most failed requests (transport
+    /// errors plus failed responses) it may have and still pass.
     pub max_errors: u64,
     /// The first `Plan::keep_samples` requests, by index.
     pub samples: Vec<Sample>,
 }
 
 impl Report {
-    /// True when the errors stay within `max_errors` and the expectation (if any) held.
-    pub fn passed(&self) -> bool {
-        self.errors.total() <= self.max_errors && self.verdict.as_ref().is_none_or(|v| v.passed)
+    /// Requests that failed: transport errors plus responses with a status outside `ok_status`.
+    pub fn failed_requests(&self) -> u64 {
+        self.errors.total() + self.failed_responses
     }
 
-    /// Recomputes the derived numbers (rates, shares) from the counts.
+    /// True when the failed requests stay within `max_errors` and the expectation (if any) held.
+    pub fn passed(&self) -> bool {
+        self.failed_requests() <= self.max_errors && self.verdict.as_ref().is_none_or(|v| v.passed)
+    }
+
+    /// Recomputes the derived numbers (failed responses, rates, shares) from the counts.
     pub(crate) fn finish(&mut self) {
+        self.failed_responses = self
+            .status
+            .iter()
+            .filter(|(code, _)| !self.ok_status.contains(**code))
+            .map(|(_, n)| n)
+            .sum();
         let secs = self.duration.as_secs_f64();
         let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         self.requests_per_sec = per_sec(self.responses);
@@ -335,7 +355,8 @@ impl Report {
     /// Combines runs (e.g. from several machines hitting the same target at the same time):
     /// counts add up, histograms are merged bucket by bucket, the duration is the longest run's
     /// and throughput is recomputed as total / that duration. Open-loop rates add up.
-    /// The verdict passes only if every run's verdict passed.
+    /// The verdict passes only if every run's verdict passed. Statuses are judged by the first
+    /// run's `ok_status`.
     pub fn merge<I: IntoIterator<Item = Report>>(reports: I) -> Report {
         let mut reports = reports.into_iter();
         let Some(mut out) = reports.next() else {
@@ -457,6 +478,11 @@ impl Report {
                 errors.join(", ")
             }
         );
+        let _ = writeln!(
+            s,
+            "  Failed responses: {} (status outside {})",
+            self.failed_responses, self.ok_status
+        );
         if let LoadModel::Open { .. } = self.model {
             let _ = writeln!(
                 s,
@@ -500,13 +526,31 @@ impl Report {
             let word = if v.passed { "PASS" } else { "FAIL" };
             let _ = writeln!(s, "  Expect {}: {word}: {}", v.expectation, v.detail);
         }
-        if self.errors.total() > self.max_errors {
+        if self.failed_requests() > self.max_errors {
+            let (errors, failed) = (self.errors.total(), self.failed_responses);
+            let what = match (errors, failed) {
+                (_, 0) => plural(errors, "error"),
+                (0, _) => plural(failed, "failed response"),
+                _ => format!(
+                    "{} + {} = {errors_and_failed}",
+                    plural(errors, "error"),
+                    plural(failed, "failed response"),
+                    errors_and_failed = errors + failed
+                ),
+            };
             let _ = writeln!(
                 s,
-                "  FAIL: {} errors, more than --max-errors {}",
-                self.errors.total(),
+                "  FAIL: {what}, more than --max-errors {}",
                 self.max_errors
             );
+            if failed > 0 {
+                let _ = writeln!(
+                    s,
+                    "        a failed response has a status outside --ok-status {}; \
+                     --ok-status 100-599 reports statuses without judging them",
+                    self.ok_status
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -704,6 +748,31 @@ mod tests {
         assert!((m.backends[0].share - 0.6).abs() < 1e-9);
         assert_eq!(m.latency.max(), b.latency.max());
         assert!(Report::merge([]).passed());
+    }
+
+    /// A 502 is a response, but a failed one: it counts against `max_errors` next to the
+    /// transport errors, under the `ok_status` of the report (of the first run when merged).
+    #[test]
+    fn statuses_outside_ok_status_are_failed_responses() {
+        let mut r = report(&[1, 2, 3], "a");
+        r.status.insert(502, 2);
+        r.finish();
+        assert_eq!((r.failed_responses, r.failed_requests()), (2, 3));
+        assert!(!r.passed());
+        r.max_errors = 3;
+        assert!(r.passed());
+
+        let mut lenient = report(&[1], "a");
+        lenient.ok_status = "100-599".parse().unwrap();
+        lenient.status.insert(502, 5);
+        lenient.finish();
+        assert_eq!(lenient.failed_responses, 0);
+        let strict = report(&[1], "a");
+        let m = Report::merge([strict, lenient]);
+        assert_eq!(
+            (m.ok_status.to_string(), m.failed_responses),
+            ("200-399".into(), 5)
+        );
     }
 
     #[test]

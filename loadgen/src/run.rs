@@ -602,6 +602,7 @@ fn build_report(
         duration,
         latency_uncorrected: plan.rate.map(|_| Latency::new()),
         backend_header: plan.backend_header.to_string(),
+        ok_status: plan.ok_status.clone(),
         max_errors: plan.max_errors,
         ..Report::default()
     };

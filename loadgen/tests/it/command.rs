@@ -93,6 +93,73 @@ async fn timeouts_are_errors_with_exit_1() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
 }
 
+/// A target that answers 502 to everything has not served the load: by default the run fails
+/// and says why. `--ok-status 100-599` only reports the statuses, as wrk does.
+#[tokio::test]
+async fn failed_responses_fail_the_run_unless_accepted() {
+    let addr = servers::status(502).await;
+    let url = format!("http://{addr}/");
+    let args = [url.as_str(), "-n", "3"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "502: 3",
+        "Errors:       none",
+        "Failed responses: 3 (status outside 200-399)",
+        "FAIL: 3 failed responses, more than --max-errors 0",
+        "--ok-status 100-599 reports statuses without judging them",
+        "Result: FAIL",
+    ] {
+        assert!(
+            text.contains(needle),
+            "missing {needle:?}\n{}",
+            show(&args, &out)
+        );
+    }
+
+    let args = [url.as_str(), "-n", "3", "--output", "json"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["failed_responses"], 3, "{}", show(&args, &out));
+    assert_eq!(json["ok_status"], "200-399", "{}", show(&args, &out));
+
+    let args = [url.as_str(), "-n", "3", "--ok-status", "100-599"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("502: 3"), "{}", show(&args, &out));
+    assert!(
+        text.contains("Failed responses: 0 (status outside 100-599)"),
+        "{}",
+        show(&args, &out)
+    );
+
+    // Or allow a few: failed responses count against --max-errors like transport errors.
+    let args = [url.as_str(), "-n", "3", "--max-errors", "3"];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+}
+
+/// A typo in `--ok-status` is a usage error: one line that names the flag and shows the form.
+#[tokio::test]
+async fn bad_ok_status_is_a_usage_error() {
+    for bad in ["2xx", "399-200", "200-1000"] {
+        let args = ["http://127.0.0.1:1/", "--ok-status", bad];
+        let out = loadgen(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{}", show(&args, &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or_default();
+        // The fix is spelled out: every message shows a well-formed value.
+        assert!(
+            first.contains("--ok-status") && first.contains("200-399"),
+            "{}",
+            show(&args, &out)
+        );
+    }
+}
+
 #[tokio::test]
 async fn refused_connections_exit_1() {
     let addr = servers::refused().await;

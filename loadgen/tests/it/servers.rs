@@ -60,6 +60,26 @@ pub async fn backends(pattern: &[&'static str]) -> Backends {
     Backends { addr, connections }
 }
 
+/// Answers every request with `status` (and a short body), like a balancer whose backends are
+/// all down answering 502.
+pub async fn status(status: u16) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(move |_req: Request<hyper::body::Incoming>| async move {
+                let body = Full::new(Bytes::from(format!("status {status}\n")));
+                Ok::<_, Infallible>(Response::builder().status(status).body(body).unwrap())
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
 /// Accepts connections and never answers: every request times out.
 pub async fn silent() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
