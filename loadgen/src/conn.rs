@@ -9,9 +9,7 @@
 //! request in the worker's task, so one request/response costs no cross-task wake-ups, and
 //! through a [`Relay`] waker, so the two halves waking each other costs no extra task polls either.
 
-use std::error::Error as _;
 use std::future::Future as _;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::report::ErrorClass;
+use crate::failure::{classify_hyper, classify_io, ErrorClass};
 
 /// What a worker keeps of a response: the head (status, headers; moving it out of the response
 /// allocates nothing) and the number of body bytes, which were read and dropped frame by frame.
@@ -215,40 +213,4 @@ fn poll_once(
         }
     }
     Poll::Pending
-}
-
-/// Sorts an I/O error into the classes the report counts.
-pub(crate) fn classify_io(e: &io::Error) -> ErrorClass {
-    use io::ErrorKind::*;
-    match e.kind() {
-        ConnectionRefused => ErrorClass::ConnectRefused,
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
-            ErrorClass::Reset
-        }
-        TimedOut => ErrorClass::Timeout,
-        InvalidData => ErrorClass::InvalidResponse,
-        _ => ErrorClass::Other,
-    }
-}
-
-/// Sorts a hyper error: parse errors are invalid responses, a connection that ended mid-message
-/// is a reset, and an I/O error underneath is classified by its kind.
-pub(crate) fn classify_hyper(e: &hyper::Error) -> ErrorClass {
-    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        return ErrorClass::InvalidResponse;
-    }
-    if e.is_timeout() {
-        return ErrorClass::Timeout;
-    }
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            return classify_io(io);
-        }
-        source = s.source();
-    }
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-        return ErrorClass::Reset;
-    }
-    ErrorClass::Other
 }

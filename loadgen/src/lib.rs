@@ -8,7 +8,8 @@
 //!    and which statuses count as success ([`ok_status`]).
 //! 2. [`run`]: one event-loop thread per core, one worker per connection on them, in the
 //!    closed or the open loop.
-//! 3. `conn` (private): one persistent hyper connection per worker.
+//! 3. `conn` (private): one persistent hyper connection per worker; what goes wrong on it is
+//!    sorted into the classes of [`failure`].
 //! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
 //!    merging runs from several machines.
 //! 5. [`check`]: judging `--expect round-robin | even | weights=...` (pure logic).
@@ -34,13 +35,15 @@
 pub mod check;
 pub mod cli;
 mod conn;
+pub mod failure;
 pub mod ok_status;
 pub mod plan;
 pub mod report;
 pub mod run;
 
 pub use check::{Expectation, Verdict};
+pub use failure::ErrorClass;
 pub use ok_status::OkStatus;
 pub use plan::{Plan, PlanError};
-pub use report::{ErrorClass, Report, Sample};
+pub use report::{Report, Sample};
 pub use run::{run, RunError};

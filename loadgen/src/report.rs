@@ -18,6 +18,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::check::Verdict;
+// The error classes are part of the report's vocabulary (its `errors` field counts them), so
+// they can be named from here too.
+pub use crate::failure::{ErrorClass, ErrorCounts};
 use crate::ok_status::OkStatus;
 
 /// Smallest latency the histograms track, in microseconds.
@@ -25,6 +28,12 @@ const LOWEST_US: u64 = 1;
 /// Largest latency the histograms track: one hour, in microseconds. Longer ones are clamped.
 const HIGHEST_US: u64 = 3_600_000_000;
 const SIGNIFICANT_FIGURES: u8 = 3;
+
+/// A send in the open loop counts as late when it leaves more than this after its scheduled
+/// time. tokio's timer has a resolution of 1 ms, so a sleep can overshoot by up to about 1 ms on
+/// an idle machine; 2 ms keeps that noise out while any real stall (a busy connection, a
+/// saturated CPU) still shows.
+pub const LATE_AFTER: Duration = Duration::from_millis(2);
 
 /// A latency distribution: an HDR histogram of microseconds.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,89 +150,6 @@ impl<'de> Deserialize<'de> for Latency {
     }
 }
 
-/// Why a request got no answer. Every request ends either in a response or in exactly one of
-/// these, so `requests == responses + errors` always holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// Nothing listens on the port (TCP RST to our SYN).
-    ConnectRefused,
-    /// No complete answer within `--timeout` (connect included).
-    Timeout,
-    /// The connection was reset or closed before the response was complete.
-    Reset,
-    /// The bytes that came back are not a valid HTTP/1.1 response.
-    InvalidResponse,
-    /// Anything else (no route to host, too many open files, ...).
-    Other,
-}
-
-impl ErrorClass {
-    pub const ALL: [ErrorClass; 5] = [
-        ErrorClass::ConnectRefused,
-        ErrorClass::Timeout,
-        ErrorClass::Reset,
-        ErrorClass::InvalidResponse,
-        ErrorClass::Other,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            ErrorClass::ConnectRefused => "connect refused",
-            ErrorClass::Timeout => "timeout",
-            ErrorClass::Reset => "reset",
-            ErrorClass::InvalidResponse => "invalid response",
-            ErrorClass::Other => "other",
-        }
-    }
-}
-
-/// Error counts by class.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorCounts {
-    pub connect_refused: u64,
-    pub timeout: u64,
-    pub reset: u64,
-    pub invalid_response: u64,
-    pub other: u64,
-}
-
-impl ErrorCounts {
-    pub fn count(&mut self, class: ErrorClass) {
-        *self.slot(class) += 1;
-    }
-
-    pub fn get(&self, class: ErrorClass) -> u64 {
-        match class {
-            ErrorClass::ConnectRefused => self.connect_refused,
-            ErrorClass::Timeout => self.timeout,
-            ErrorClass::Reset => self.reset,
-            ErrorClass::InvalidResponse => self.invalid_response,
-            ErrorClass::Other => self.other,
-        }
-    }
-
-    fn slot(&mut self, class: ErrorClass) -> &mut u64 {
-        match class {
-            ErrorClass::ConnectRefused => &mut self.connect_refused,
-            ErrorClass::Timeout => &mut self.timeout,
-            ErrorClass::Reset => &mut self.reset,
-            ErrorClass::InvalidResponse => &mut self.invalid_response,
-            ErrorClass::Other => &mut self.other,
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        ErrorClass::ALL.iter().map(|c| self.get(*c)).sum()
-    }
-
-    pub fn add(&mut self, other: &ErrorCounts) {
-        for c in ErrorClass::ALL {
-            *self.slot(c) += other.get(c);
-        }
-    }
-}
-
 /// How requests were paced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -300,7 +226,7 @@ pub struct Report {
     /// Open loop only: latency from the moment the request actually went out (what a naive
     /// tool reports). The gap to `latency` is the coordinated omission it would hide.
     pub latency_uncorrected: Option<Latency>,
-    /// Open loop only: sends that went out more than [`crate::run::LATE_AFTER`] after their slot.
+    /// Open loop only: sends that went out more than [`LATE_AFTER`] after their slot.
     pub late_sends: u64,
     /// The header that named the backend, e.g. `x-served-by`.
     pub backend_header: String,
@@ -488,7 +414,7 @@ impl Report {
                 s,
                 "  Late sends:   {} (went out more than {} after their scheduled time)",
                 self.late_sends,
-                fmt_duration(crate::run::LATE_AFTER)
+                fmt_duration(LATE_AFTER)
             );
         }
         if !self.backends.is_empty() {

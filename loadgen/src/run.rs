@@ -41,14 +41,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::check::{check_counts, periodic_verdict, Expectation, PeriodicChecker, NO_BACKEND};
 use crate::conn::{Answer, Conn};
+use crate::failure::{ErrorClass, ErrorCounts};
 use crate::plan::Plan;
-use crate::report::{BackendReport, ErrorClass, ErrorCounts, Latency, LoadModel, Report, Sample};
-
-/// A send in the open loop counts as late when it leaves more than this after its scheduled
-/// time. tokio's timer has a resolution of 1 ms, so a sleep can overshoot by up to about 1 ms on
-/// an idle machine; 2 ms keeps that noise out while any real stall (a busy connection, a
-/// saturated CPU) still shows.
-pub const LATE_AFTER: Duration = Duration::from_millis(2);
+use crate::report::{BackendReport, Latency, LoadModel, Report, Sample, LATE_AFTER};
 
 /// How often the progress bar is refreshed.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
