@@ -28,69 +28,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::downstream::ConnInfo;
 use crate::health::now_ms;
 use crate::trace::Trace;
 use crate::Balancer;
-
-/// What the request path knows about the client connection it arrived on.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub trace: Trace,
-    requests: AtomicU64,
-    in_flight: AtomicUsize,
-    /// [`now_ms`] when the last request finished (or the connection was accepted).
-    idle_since_ms: AtomicU64,
-    /// [`now_ms`] of the first byte read since the last request started or finished; 0 = none.
-    head_started_ms: AtomicU64,
-    /// Wakes the watchdog whenever a request starts or ends or a head starts arriving, so that it
-    /// re-arms its timer for the deadline that now applies instead of sleeping on a stale one.
-    changed: Notify,
-}
-
-impl ConnInfo {
-    /// Count a new request; the returned guard marks it finished when dropped.
-    pub fn begin_request(self: &Arc<Self>) -> InFlight {
-        let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if number > 1 {
-            self.trace.conn_event(format_args!(
-                "keep-alive: request #{number} on this connection"
-            ));
-        }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.head_started_ms.store(0, Ordering::Relaxed);
-        // No need to wake the watchdog: with a request in flight no deadline applies, and it
-        // looks again whenever its timer fires.
-        InFlight {
-            conn: self.clone(),
-            number,
-        }
-    }
-}
-
-/// A request in progress on a connection; see [`ConnInfo::begin_request`].
-#[derive(Debug)]
-pub struct InFlight {
-    conn: Arc<ConnInfo>,
-    number: u64,
-}
-
-impl InFlight {
-    pub fn number(&self) -> u64 {
-        self.number
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.conn.idle_since_ms.store(now_ms(), Ordering::Relaxed);
-        self.conn.head_started_ms.store(0, Ordering::Relaxed);
-        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.conn.changed.notify_one();
-    }
-}
 
 /// How many finished handshakes the kernel may queue for us (capped by `net.core.somaxconn`).
 /// tokio's `TcpListener::bind` uses 128, like std: a burst of more new clients than that
@@ -284,15 +227,7 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let trace = Trace::new(balancer.trace, id);
     trace.conn_event(format_args!("accepted from {peer}"));
-    let info = Arc::new(ConnInfo {
-        peer,
-        trace: trace.clone(),
-        requests: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-        idle_since_ms: AtomicU64::new(now_ms()),
-        head_started_ms: AtomicU64::new(0),
-        changed: Notify::new(),
-    });
+    let info = Arc::new(ConnInfo::new(peer, trace.clone()));
     let service = {
         let (balancer, info) = (balancer.clone(), info.clone());
         service_fn(move |request| crate::proxy::handle(request, balancer.clone(), info.clone()))
@@ -387,20 +322,16 @@ enum Deadline {
 }
 
 fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
-    if conn.in_flight.load(Ordering::Relaxed) > 0 {
+    if conn.is_busy() {
         return Deadline::None;
     }
-    let head_started = conn.head_started_ms.load(Ordering::Relaxed);
+    let head_started = conn.head_started_ms();
     if head_started != 0 {
         return Deadline::Head(head_started + header.as_millis() as u64);
     }
     // Before the first request a silent client gets only the header timeout.
-    let allowed = if conn.requests.load(Ordering::Relaxed) == 0 {
-        header
-    } else {
-        idle
-    };
-    Deadline::Idle(conn.idle_since_ms.load(Ordering::Relaxed) + allowed.as_millis() as u64)
+    let allowed = if conn.requests() == 0 { header } else { idle };
+    Deadline::Idle(conn.idle_since_ms() + allowed.as_millis() as u64)
 }
 
 /// The client socket, noting when the first byte of a request head arrives.
@@ -417,9 +348,8 @@ impl AsyncRead for WatchedIo {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && self.conn.head_started_ms.load(Ordering::Relaxed) == 0 {
-            self.conn.head_started_ms.store(now_ms(), Ordering::Relaxed);
-            self.conn.changed.notify_one();
+        if buf.filled().len() > before {
+            self.conn.head_bytes_arrived();
         }
         polled
     }

@@ -52,6 +52,43 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of a request whose head just arrived. Without `-l` (`logged` false) the copies
+    /// the line would need (a few allocations per request) are skipped.
+    pub fn start<B>(
+        request: &http::Request<B>,
+        number: u64,
+        client: SocketAddr,
+        logged: bool,
+    ) -> Self {
+        let copied = |name| {
+            logged
+                .then(|| request.headers().get(name).cloned())
+                .flatten()
+        };
+        Record {
+            request: number,
+            started: Instant::now(),
+            unix_time: if logged { unix_now() } else { 0 },
+            client,
+            method: request.method().clone(),
+            target: if logged {
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| request.uri().to_string(), |p| p.to_string())
+            } else {
+                String::new()
+            },
+            version: request.version(),
+            backend: None,
+            status: 0,
+            bytes: 0,
+            duration: Duration::default(),
+            referer: copied(http::header::REFERER),
+            user_agent: copied(http::header::USER_AGENT),
+        }
+    }
+
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }

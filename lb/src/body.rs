@@ -1,19 +1,21 @@
-//! Bodies in flight: the request body on its way to a backend, the response body on its way back.
+//! Step 7 of a request, upward: the client's request body on its way to a backend.
 //!
-//! Neither is ever collected in memory. Each wrapper passes frames through one at a time as hyper
-//! polls for them, so backpressure is automatic: if the client reads slowly, we poll the backend
-//! slowly. The wrappers add only what a proxy needs around that stream:
+//! The body is never collected in memory. [`RequestBody`] passes frames through one at a time as
+//! hyper polls for them, so backpressure is automatic: if the backend reads slowly, we read the
+//! client slowly. The wrapper adds only what a proxy needs around that stream:
 //! - an idle timer (`--body-timeout`): a body that moves no byte for that long is aborted;
-//! - on the request side, a signal when the body has been fully sent, which starts the response timer;
-//! - on the response side, polling the upstream connection's driver before each frame (this task,
-//!   not a separate one, does the connection's socket I/O: see `upstream.rs`);
-//! - on the response side, a [`Completion`] that runs exactly once when the exchange ends (cleanly,
-//!   with an error, or because the client went away): it returns the upstream connection to the
-//!   pool only after a clean end, writes the access-log line and the final `--trace` event.
+//! - a signal when the body has been fully sent, which starts the response timer;
+//! - for a request that may be retried, a *kept copy* of a small body (up to `--retry-body-bytes`):
+//!   the frames are reference-counted [`Bytes`], so keeping them costs a pointer each, not a copy of
+//!   the data. If the backend fails before answering, the request can be sent again to another
+//!   backend from that copy ([`RequestBody::replay`]). A body larger than the limit is not kept,
+//!   and such a request is never retried once it has left (see `proxy.rs`, "retries").
+//!
+//! The response body, on its way back, is in `response.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,21 +25,18 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use crate::access_log::{AccessLog, Record};
 use crate::error::{BoxError, ClientBodyError};
-use crate::trace::Trace;
-use crate::upstream::{Backend, Driver, Sender};
 
 /// Aborts a body that makes no progress for `timeout`. The timer is only allocated once the body
 /// first has to wait, so bodies that arrive at once cost nothing.
 #[derive(Debug)]
-struct IdleTimer {
-    timeout: Duration,
+pub struct IdleTimer {
+    pub timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleTimer {
-    fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration) -> Self {
         IdleTimer {
             timeout,
             sleep: None,
@@ -45,7 +44,7 @@ impl IdleTimer {
     }
 
     /// A frame moved: push the deadline back.
-    fn progress(&mut self) {
+    pub fn progress(&mut self) {
         if let Some(sleep) = self.sleep.as_mut() {
             sleep
                 .as_mut()
@@ -54,7 +53,7 @@ impl IdleTimer {
     }
 
     /// The body is waiting: has it waited too long?
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let timeout = self.timeout;
         let sleep = self
             .sleep
@@ -63,32 +62,111 @@ impl IdleTimer {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{side} body moved no byte for {timeout:?}")]
-struct BodyTimeout {
-    side: &'static str,
-    timeout: Duration,
+/// A copy of a small request body, filled while the body is sent (see the module comment).
+#[derive(Debug, Default)]
+pub struct Kept {
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    /// The client's body has ended: the copy is whole (unless it overflowed).
+    complete: bool,
+    /// The body grew past the limit (or carried trailers): there is no usable copy.
+    given_up: bool,
 }
 
-/// The client's request body, streamed to the backend.
+impl Kept {
+    /// The whole body, if it was kept whole: what a retry sends.
+    pub fn whole(&self) -> Option<Vec<Bytes>> {
+        (self.complete && !self.given_up).then(|| self.chunks.clone())
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if self.given_up {
+            return;
+        }
+        if self.len + data.len() > self.limit {
+            self.give_up();
+        } else {
+            self.len += data.len();
+            self.chunks.push(data.clone());
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.given_up = true;
+        self.chunks = Vec::new();
+    }
+}
+
+/// Where a request body's frames come from.
+#[derive(Debug)]
+enum Source {
+    /// Nothing (health probes, bodiless requests).
+    Empty,
+    /// The client's body, streamed.
+    Client(Incoming),
+    /// A kept copy, sent again on a retry.
+    Replay(std::vec::IntoIter<Bytes>),
+}
+
+/// A request body on its way to a backend: the client's, streamed, or a kept copy, replayed.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    source: Source,
     idle: IdleTimer,
     /// Fired once the last byte has been handed to the upstream connection.
     sent: Option<oneshot::Sender<()>>,
+    /// Where the frames are copied while they pass, if this request may be retried.
+    keep: Option<Arc<Mutex<Kept>>>,
 }
 
 impl RequestBody {
-    /// Wrap `inner`; the receiver completes when the body has been fully sent upstream.
+    /// Wrap the client's body; the receiver completes when it has been fully sent upstream.
     pub fn new(inner: Incoming, idle_timeout: Duration) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
+        let source = if inner.is_end_stream() {
+            Source::Empty
+        } else {
+            Source::Client(inner)
+        };
         let mut body = RequestBody {
-            inner: Some(inner),
+            source,
             idle: IdleTimer::new(idle_timeout),
             sent: Some(tx),
+            keep: None,
         };
-        if body.inner.as_ref().is_none_or(Body::is_end_stream) {
+        if body.is_end_stream() {
+            body.finish();
+        }
+        (body, rx)
+    }
+
+    /// Keep a copy of the body while it is sent, up to `limit` bytes, so that the request can be
+    /// replayed. Returns where the copy accumulates; `None` when the body is known to be larger.
+    pub fn keep_copy(&mut self, limit: usize) -> Option<Arc<Mutex<Kept>>> {
+        let larger = self.size_hint().lower() > limit as u64;
+        if larger {
+            return None;
+        }
+        let kept = Arc::new(Mutex::new(Kept {
+            limit,
+            complete: self.is_end_stream(),
+            ..Kept::default()
+        }));
+        self.keep = Some(kept.clone());
+        Some(kept)
+    }
+
+    /// A body that sends `chunks` again (a retry); the receiver completes once they are sent.
+    pub fn replay(chunks: Vec<Bytes>) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut body = RequestBody {
+            source: Source::Replay(chunks.into_iter()),
+            idle: IdleTimer::new(Duration::MAX),
+            sent: Some(tx),
+            keep: None,
+        };
+        if body.is_end_stream() {
             body.finish();
         }
         (body, rx)
@@ -97,24 +175,48 @@ impl RequestBody {
     /// An empty body (for health probes).
     pub fn empty() -> Self {
         RequestBody {
-            inner: None,
+            source: Source::Empty,
             idle: IdleTimer::new(Duration::MAX),
             sent: None,
+            keep: None,
         }
     }
 
+    /// The body has been handed over completely: start the response timer, close the copy.
     fn finish(&mut self) {
         if let Some(tx) = self.sent.take() {
             let _ = tx.send(());
         }
+        if let Some(keep) = self.keep.take() {
+            lock(&keep).complete = true;
+        }
     }
+
+    fn kept(&mut self, frame: &Frame<Bytes>) {
+        if let Some(keep) = &self.keep {
+            let mut keep = lock(keep);
+            match frame.data_ref() {
+                Some(data) => keep.push(data),
+                None => keep.give_up(), // trailers: not worth replaying
+            }
+        }
+    }
+}
+
+/// The copy is only touched by the request's own task; poisoning cannot leave it half-written in
+/// a way that matters (a retry would at worst send a body that is then refused), so it is ignored.
+fn lock(kept: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
+    kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        // hyper drops the body once it has written all of it (or gave up): either way the
-        // response timer may start now.
-        self.finish();
+        // hyper drops the body once it has written all of it or gave up: either way the response
+        // timer may start now. (A copy left incomplete stays incomplete: `complete` is only set by
+        // `finish` after the last frame, or here when there was nothing left to read.)
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -127,13 +229,23 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+        let inner = match &mut this.source {
+            Source::Empty => return Poll::Ready(None),
+            Source::Replay(chunks) => {
+                let next = chunks.next();
+                if chunks.len() == 0 {
+                    this.finish();
+                }
+                return Poll::Ready(next.map(|data| Ok(Frame::data(data))));
+            }
+            Source::Client(inner) => inner,
         };
         match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let ended = inner.is_end_stream();
                 this.idle.progress();
-                if inner.is_end_stream() {
+                this.kept(&frame);
+                if ended {
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -151,233 +263,20 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map(Body::size_hint)
-            .unwrap_or_else(|| SizeHint::with_exact(0))
-    }
-}
-
-/// What happens when a response is over: pool the connection, log the request, trace "done".
-#[derive(Debug)]
-pub struct Completion {
-    /// The upstream connection, returned to its backend's pool if the exchange ended cleanly.
-    pub upstream: Option<(Arc<Backend>, Sender, u64)>,
-    /// That connection's driver, handed over by the response body when it ends.
-    pub driver: Option<Driver>,
-    pub record: Record,
-    pub log: AccessLog,
-    pub trace: Trace,
-    /// Body bytes sent to the client.
-    pub bytes: u64,
-    /// Set when the body reached its end without error.
-    pub clean: bool,
-    /// Dropped at the end: lets the connection know this request is no longer in flight.
-    pub in_flight: Option<crate::accept::InFlight>,
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if let Some((backend, sender, id)) = self.upstream.take() {
-            let pooled = match self.driver.take() {
-                Some(driver) if self.clean => backend.checkin(sender, driver, id),
-                _ => false,
-            };
-            if pooled {
-                self.trace.event(
-                    self.record.request,
-                    format_args!("upstream conn #{id} returned to the pool"),
-                );
-            } else if self.clean {
-                self.trace.event(
-                    self.record.request,
-                    format_args!("upstream conn #{id} closed (not reusable)"),
-                );
-            } else {
-                self.trace.event(
-                    self.record.request,
-                    format_args!("upstream conn #{id} closed (exchange incomplete)"),
-                );
-            }
-        }
-        let duration = self.record.started.elapsed();
-        self.trace.event(
-            self.record.request,
-            format_args!(
-                "done status={} bytes={} duration={:.3}ms{}",
-                self.record.status,
-                self.bytes,
-                duration.as_secs_f64() * 1e3,
-                if self.clean {
-                    ""
-                } else {
-                    " (aborted: the client connection is closed early)"
-                }
-            ),
-        );
-        self.record.bytes = self.bytes;
-        self.record.duration = duration;
-        self.log.write(&self.record);
-    }
-}
-
-/// The body `lb` sends to clients: a backend's streamed body, or a short one `lb` wrote itself.
-#[derive(Debug)]
-pub struct ResponseBody {
-    kind: Kind,
-    idle: IdleTimer,
-    completion: Option<Box<Completion>>,
-    /// A backend failure held back for one poll, so hyper first flushes what it already has.
-    failed: Option<BoxError>,
-}
-
-enum Kind {
-    Full(Option<Bytes>),
-    /// The backend's body, and the driver of its connection, polled before each frame so the
-    /// bytes keep coming (see `upstream.rs`).
-    Streamed(Incoming, Option<Driver>),
-}
-
-impl std::fmt::Debug for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Kind::Full(_) => "Full",
-            Kind::Streamed(..) => "Streamed",
-        })
-    }
-}
-
-impl ResponseBody {
-    /// A small body written by `lb` itself (errors, redirects).
-    pub fn full(bytes: Bytes) -> Self {
-        ResponseBody {
-            kind: Kind::Full(Some(bytes)),
-            idle: IdleTimer::new(Duration::MAX),
-            completion: None,
-            failed: None,
-        }
-    }
-
-    /// A backend's body, streamed frame by frame; `driver` is its connection's, if this task drives it.
-    pub fn streamed(inner: Incoming, driver: Option<Driver>, idle_timeout: Duration) -> Self {
-        ResponseBody {
-            kind: Kind::Streamed(inner, driver),
-            idle: IdleTimer::new(idle_timeout),
-            completion: None,
-            failed: None,
-        }
-    }
-
-    /// Run `completion` when this body ends (or immediately if it is already empty).
-    pub fn on_complete(&mut self, completion: Completion) {
-        self.completion = Some(Box::new(completion));
-        if self.is_end_stream() {
-            self.complete(true);
-        }
-    }
-
-    /// Finish the exchange. `clean` = the whole body was delivered.
-    fn complete(&mut self, clean: bool) {
-        if let Some(mut completion) = self.completion.take() {
-            completion.clean = clean;
-            if let Kind::Streamed(_, driver) = &mut self.kind {
-                completion.driver = driver.take();
-            }
-        }
-    }
-
-    fn count(&mut self, frame: &Frame<Bytes>) {
-        if let (Some(c), Some(data)) = (self.completion.as_mut(), frame.data_ref()) {
-            c.bytes += data.len() as u64;
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(error) = this.failed.take() {
-            this.complete(false);
-            return Poll::Ready(Some(Err(error)));
-        }
-        let polled = match &mut this.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Streamed(inner, driver) => {
-                // Let the connection read from the socket; if it ended, the body reports how.
-                if let Some(d) = driver.as_mut() {
-                    if d.as_mut().poll(cx).is_ready() {
-                        *driver = None;
-                    }
-                }
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
-                    Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
-                    Poll::Pending if this.idle.poll_expired(cx) => {
-                        Poll::Ready(Some(Err(BodyTimeout {
-                            side: "response",
-                            timeout: this.idle.timeout,
-                        }
-                        .into())))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle.progress();
-                this.count(frame);
-                if this.is_end_stream() {
-                    this.complete(true);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                // The backend failed mid-body. hyper closes the client connection when we return
-                // the error, dropping whatever it has not written yet, which may be the response
-                // head itself when everything arrived at once. So yield once first: hyper flushes
-                // its buffer when a body is pending, and the client sees a head and a truncated
-                // body, never a silent close.
-                if let Poll::Ready(Some(Err(error))) = polled {
-                    this.failed = Some(error);
-                }
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            Poll::Ready(None) => this.complete(true),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(bytes) => bytes.is_none(),
-            Kind::Streamed(inner, _) => inner.is_end_stream(),
+        match &self.source {
+            Source::Empty => true,
+            Source::Client(inner) => inner.is_end_stream(),
+            Source::Replay(chunks) => chunks.len() == 0,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streamed(inner, _) => inner.size_hint(),
+        match &self.source {
+            Source::Empty => SizeHint::with_exact(0),
+            Source::Client(inner) => inner.size_hint(),
+            Source::Replay(chunks) => {
+                SizeHint::with_exact(chunks.as_slice().iter().map(|c| c.len() as u64).sum())
+            }
         }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // Dropped before its end: the client went away or hyper gave up. The upstream connection
-        // is dropped too, which cancels the backend's side of the exchange.
-        self.complete(false);
     }
 }

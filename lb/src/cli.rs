@@ -101,6 +101,18 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     fail_timeout: Duration,
 
+    /// Attempts after the first for one request, each on the next member of its group (default: the
+    /// group's size minus 1, so every member gets one chance; 0 = never retry, not even a refused connect).
+    /// Idempotent requests are retried after any failure before the response head; others only when
+    /// they were never sent.
+    #[arg(long, value_name = "N")]
+    retries: Option<usize>,
+
+    /// Keep request bodies up to this size while they are sent, so that an idempotent request
+    /// (GET, PUT, DELETE...) with a body can be retried; larger bodies are streamed and never retried.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(0..=64 * 1024 * 1024))]
+    retry_body_bytes: u32,
+
     /// Close idle pooled backend connections after this long (keep it below the backends' keep-alive).
     #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration)]
     pool_idle_timeout: Duration,
@@ -209,8 +221,10 @@ where
             max_header_bytes: args.max_header_bytes as usize,
             max_conns: args.max_conns as usize,
             pool_max_idle: args.pool_max_idle,
+            retry_body_bytes: args.retry_body_bytes as usize,
         },
         fail_timeout: args.fail_timeout,
+        retries: args.retries,
         health_check,
         threads: match args.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

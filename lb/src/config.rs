@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: Limits,
     /// How long a backend that refused a connection is skipped.
     pub fail_timeout: Duration,
+    /// Attempts after the first for one request (`--retries`); `None` = the group's size minus 1.
+    pub retries: Option<usize>,
     /// Optional active health checking.
     pub health_check: Option<HealthCheck>,
     /// Worker threads, each with its own event loop, connections and pools (1 = run on the
@@ -88,6 +90,8 @@ pub struct Limits {
     pub max_conns: usize,
     /// Most idle connections kept per backend.
     pub pool_max_idle: usize,
+    /// Largest request body kept (as it is sent) so that an idempotent request can be retried.
+    pub retry_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +126,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_conns: 10_000,
             pool_max_idle: 256,
+            retry_body_bytes: 64 * 1024,
         }
     }
 }
@@ -138,6 +143,7 @@ impl Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             fail_timeout: Duration::from_secs(10),
+            retries: None,
             health_check: None,
             threads: 1,
         }

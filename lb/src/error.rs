@@ -2,7 +2,7 @@
 //!
 //! Each variant records *which side* failed (the client, the route, the upstream) so that exactly one
 //! place, [`crate::respond::error_response`], can turn it into a status code: a bad request is the
-//! client's fault (4xx), an unreachable or broken backend is a gateway failure (502/503/504).
+//! client's fault (4xx), an unreachable or broken backend is a gateway failure (502/504).
 
 use std::time::Duration;
 
@@ -18,9 +18,9 @@ pub enum ProxyError {
     /// Every backend of the group refused the connection or is in its cool-down.
     #[error("all backends for prefix {prefix} are down (last error: {last})")]
     AllBackendsDown { prefix: String, last: String },
-    /// A pooled connection went stale and a fresh one to the same backend failed too.
-    #[error("{0}")]
-    Reconnect(#[source] ConnectError),
+    /// Every attempt the retry rules allowed failed before a response (see `retry.rs`).
+    #[error("gave up after {attempts} attempt(s) (last error: {last})")]
+    GaveUp { attempts: usize, last: String },
     /// The backend accepted the request but did not send a response head in time.
     #[error("backend {backend} sent no response within {timeout:?}")]
     ResponseTimeout { backend: String, timeout: Duration },
@@ -28,10 +28,12 @@ pub enum ProxyError {
     /// though it surfaces as a failed send to the backend.
     #[error("request body failed: {reason}")]
     ClientBody { timed_out: bool, reason: String },
-    /// The backend broke the connection or sent something that is not HTTP.
-    #[error("backend {backend} failed: {source}")]
+    /// The backend broke the connection or sent something that is not HTTP, and the request
+    /// could not be sent elsewhere.
+    #[error("backend {backend}: {what} ({source})")]
     Upstream {
         backend: String,
+        what: String,
         source: hyper::Error,
     },
 }

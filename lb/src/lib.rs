@@ -1,18 +1,23 @@
 //! `lb`: a streaming round-robin HTTP/1.1 load balancer with the command line of the Mongoose
 //! `load_balancer` example, built on hyper.
 //!
-//! The modules follow one request through the balancer, in order (start reading at [`proxy`]):
+//! The modules follow one request through the balancer, in order (start reading at [`proxy`],
+//! whose [`proxy::handle`] runs steps 2 to 8):
 //!
 //! 0. [`cli`] / [`config`]: the original command line becomes a [`Config`];
-//! 1. [`accept`]: accept the connection, serve HTTP/1.1 on it (timeouts, connection cap, shutdown);
-//! 2. [`proxy`]: the handler that runs steps 3 to 8 for each request;
+//! 1. [`accept`]: accept the connection, serve HTTP/1.1 on it (timeouts, connection cap,
+//!    shutdown); [`downstream`] is what the request path knows of that client connection;
+//! 2. [`proxy`]: check the request;
 //! 3. [`route`]: Host + path -> a group of backends (longest prefix, vhosts first);
-//! 4. [`pick`]: which member goes first (round robin), with [`health`] deciding who is skipped;
+//! 4. [`pick`]: which member goes first (round robin); [`failover`] walks on from there, with
+//!    [`health`] deciding who is skipped;
 //! 5. [`upstream`]: a pooled (or new) connection to that backend;
 //! 6. [`forward`]: the rewritten request head (hop-by-hop headers, X-Forwarded-For, Via);
-//! 7. [`body`]: request and response bodies streamed frame by frame;
-//! 8. [`respond`] for answers lb writes itself, [`access_log`] for the line per request, [`trace`]
-//!    for `--trace`.
+//! 7. send: the request [`body`] streamed up; on a failure before the response, [`retry`] says
+//!    whether the request may go to the next member;
+//! 8. [`response`]: the response body streamed down ([`respond`] for answers lb writes itself);
+//! 9. [`response::Completion::finish`]: pool the connection, write the [`access_log`] line,
+//!    [`trace`] `done`.
 //!
 //! Around them: [`error`] (what can fail), [`probe`] (active health checks), [`shutdown`].
 
@@ -23,13 +28,17 @@ pub mod access_log;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod downstream;
 pub mod error;
+pub mod failover;
 pub mod forward;
 pub mod health;
 pub mod pick;
 pub mod probe;
 pub mod proxy;
 pub mod respond;
+pub mod response;
+pub mod retry;
 pub mod route;
 pub mod shutdown;
 pub mod trace;
@@ -57,6 +66,8 @@ pub struct Balancer {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub fail_timeout: Duration,
+    /// `--retries`: attempts after the first; `None` = each group's size minus 1.
+    pub retries: Option<usize>,
     pub trace: bool,
     pub log: AccessLog,
 }
@@ -92,6 +103,7 @@ impl Balancer {
             timeouts: config.timeouts,
             limits: config.limits,
             fail_timeout: config.fail_timeout,
+            retries: config.retries,
             trace: config.trace,
             log,
         })

@@ -58,7 +58,7 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
 }
 
 /// One probe: `Ok` for a 2xx/3xx answer in time, `Err(why)` otherwise.
-async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<(), String> {
+async fn probe(backend: &Arc<Backend>, path: &str, timeout: Duration) -> Result<(), String> {
     let attempt = async {
         let mut upstream = backend
             .connect_detached()

@@ -1,37 +1,44 @@
 //! The file to read first: one request, from the moment hyper hands it to us until its response
-//! head goes back. [`handle`] calls each stage in order:
+//! head goes back. [`handle`] runs the steps of a request in order (the numbers are the ones used
+//! everywhere: ARCHITECTURE.md, each module's opening comment, `--trace`):
 //!
-//! 1. check the request ([`check_request`]): HTTP/1.1 needs exactly one `Host`;
-//! 2. [`crate::route`]: which group of backends serves this Host and path;
-//! 3. [`crate::pick`]: which member of the group goes first (round robin), then
-//!    [`connect_with_failover`] walks the group until one backend accepts a connection;
-//! 4. [`crate::upstream`]: that connection comes from the backend's pool when possible;
-//! 5. [`crate::forward`]: rewrite the head (target, hop-by-hop headers, X-Forwarded-For, Via);
-//! 6. [`send`]: send it, streaming the body, and wait for the response head (`--response-timeout`);
-//! 7. the response body streams back through [`crate::body::ResponseBody`], whose completion
-//!    pools the connection and writes the [`crate::access_log`] line.
+//! 1. [`crate::accept`] accepted the connection and hyper parsed the request head;
+//! 2. check the request ([`check_request`]): HTTP/1.1 needs exactly one `Host`;
+//! 3. [`crate::route`]: which group of backends serves this Host and path;
+//! 4. [`crate::pick`] names the member to try first, [`crate::failover`] walks on from there;
+//! 5. [`crate::upstream`]: a pooled (or new) connection to that backend;
+//! 6. [`crate::forward`]: rewrite the head (target, hop-by-hop headers, X-Forwarded-For, Via);
+//! 7. [`Exchange::send`]: send it, streaming the body ([`crate::body`]), and wait for the response
+//!    head (`--response-timeout`). If the backend fails before answering, [`crate::retry`] says
+//!    whether the request may go to the next member;
+//! 8. the response streams back through [`crate::response::ResponseBody`];
+//! 9. its end, [`crate::response::Completion::finish`], pools the connection and writes the
+//!    [`crate::access_log`] line.
 //!
 //! Every failure becomes a [`ProxyError`], turned into a status code in one place ([`crate::respond`]).
 //!
-//! **Invariant:** nothing here panics or buffers a body.
+//! **Invariant:** nothing here panics or buffers a body (a small body kept for a retry is a list of
+//! reference-counted frames, not a copy).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
+use http::uri::PathAndQuery;
 use http::{header, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
-use crate::accept::ConnInfo;
-use crate::access_log::{unix_now, Record};
-use crate::body::{Completion, RequestBody, ResponseBody};
+use crate::access_log::Record;
+use crate::downstream::ConnInfo;
 use crate::error::{ClientBodyError, ConnectError, ProxyError};
-use crate::pick::{failover_order, Selection};
+use crate::failover::Walk;
 use crate::respond;
+use crate::response::{Completion, ResponseBody};
+use crate::retry::{Outgoing, Replay};
 use crate::route::{rewrite, Group, Member};
-use crate::upstream::{self, Backend, Upstream};
+use crate::upstream::{Backend, Upstream};
 use crate::Balancer;
 
 /// hyper's service: answer one request. Never fails; failures are answered with an error status.
@@ -40,84 +47,16 @@ pub async fn handle(
     balancer: Arc<Balancer>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let in_flight = conn.begin_request();
-    let number = in_flight.number();
-    let trace = conn.trace.clone();
-    trace.event(
-        number,
-        format_args!(
-            "request head read: {} {} {:?} (host {})",
-            request.method(),
-            request.uri(),
-            request.version(),
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("-")
-        ),
-    );
-    // What the log line needs is copied out of the request before it moves on; without `-l` the
-    // copies (a few allocations per request) are skipped.
-    let logged = balancer.log.is_enabled();
-    let copied = |name| {
-        logged
-            .then(|| request.headers().get(name).cloned())
-            .flatten()
-    };
-    let mut record = Record {
-        request: number,
-        started: Instant::now(),
-        unix_time: if logged { unix_now() } else { 0 },
-        client: conn.peer,
-        method: request.method().clone(),
-        target: if logged {
-            request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| request.uri().to_string(), |p| p.to_string())
-        } else {
-            String::new()
-        },
-        version: request.version(),
-        backend: None,
-        status: 0,
-        bytes: 0,
-        duration: Default::default(),
-        referer: copied(header::REFERER),
-        user_agent: copied(header::USER_AGENT),
-    };
-
-    let mut exchange = Exchange {
-        balancer: &balancer,
-        conn: &conn,
-        number,
-        served_by: None,
-        upstream: None,
-    };
-    let mut response = match exchange.proxy(request).await {
+    let mut exchange = Exchange::begin(&balancer, &conn, &request);
+    let response = match exchange.proxy(request).await {
         Ok(response) => response,
         Err(error) => {
-            trace.event(number, format_args!("error: {error}"));
+            conn.trace
+                .event(exchange.number, format_args!("error: {error}"));
             respond::error_response(&error)
         }
     };
-    if logged {
-        record.backend = exchange.served_by.as_ref().map(|b| b.name.clone());
-    }
-    record.status = response.status().as_u16();
-    let upstream = exchange.upstream.take();
-    response.body_mut().on_complete(Completion {
-        upstream,
-        driver: None,
-        record,
-        log: balancer.log.clone(),
-        trace,
-        bytes: 0,
-        clean: false,
-        in_flight: Some(in_flight),
-    });
-    Ok(response)
+    Ok(exchange.respond(response))
 }
 
 /// The state of one request while it is being proxied.
@@ -125,21 +64,118 @@ struct Exchange<'a> {
     balancer: &'a Balancer,
     conn: &'a ConnInfo,
     number: u64,
-    /// The backend that answered (for the log line), once known.
-    served_by: Option<Arc<Backend>>,
-    /// The upstream connection to return to the pool when the response body ends.
-    upstream: Option<(Arc<Backend>, crate::upstream::Sender, u64)>,
+    /// The request's end: logs it exactly once, even if this exchange is dropped half-way.
+    completion: Completion,
 }
 
-impl Exchange<'_> {
+impl<'a> Exchange<'a> {
+    /// Step 1 is done: count the request in flight, trace its head, start its log record.
+    fn begin(balancer: &'a Balancer, conn: &'a Arc<ConnInfo>, request: &Request<Incoming>) -> Self {
+        let in_flight = conn.begin_request();
+        let number = in_flight.number();
+        if conn.trace.is_enabled() {
+            let host = request.headers().get(header::HOST);
+            conn.trace.event(
+                number,
+                format_args!(
+                    "request head read: {} {} {:?} (host {})",
+                    request.method(),
+                    request.uri(),
+                    request.version(),
+                    host.and_then(|h| h.to_str().ok()).unwrap_or("-")
+                ),
+            );
+        }
+        let record = Record::start(request, number, conn.peer, balancer.log.is_enabled());
+        let completion =
+            Completion::new(record, balancer.log.clone(), conn.trace.clone(), in_flight);
+        Exchange {
+            balancer,
+            conn,
+            number,
+            completion,
+        }
+    }
+
+    /// Steps 2 to 7: check, route, pick, connect, rewrite, send; then the response head.
     async fn proxy(
         &mut self,
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         check_request(&request)?;
+        let group = self.route(&request)?;
         let trace = &self.conn.trace;
+        let mut walk = Walk::start(
+            group,
+            &self.balancer.backends,
+            self.balancer.retries,
+            trace,
+            self.number,
+        );
+        let original = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let Some((mut member, mut backend)) = walk.next(trace, self.number) else {
+            return Err(walk.gave_up());
+        };
+        if member.redirect {
+            return Ok(self.redirect(group, member, &backend, &original));
+        }
+        let upgrade = crate::forward::is_upgrade(request.headers());
+        let (mut outgoing, client_upgrade) =
+            self.forward(request, self.target(group, member, &original)?, &backend);
+        let replay = if upgrade {
+            None
+        } else {
+            Replay::capture(&mut outgoing, self.balancer.limits.retry_body_bytes)
+        };
+        let mut deadline = std::pin::pin!(tokio::time::sleep(self.balancer.timeouts.response));
+        let mut deadline = Deadline {
+            sleep: deadline.as_mut(),
+            armed: false,
+        };
+        let mut unsent = Some(outgoing);
+        loop {
+            self.completion.backend = Some(backend.clone());
+            let target = self.target(group, member, &original)?;
+            let outgoing = match unsent.take() {
+                Some(mut outgoing) => {
+                    outgoing.redirect_to(target, &backend.name);
+                    outgoing
+                }
+                None => match replay.as_ref().and_then(|r| r.again(target, &backend.name)) {
+                    Some(outgoing) => outgoing,
+                    None => return Err(walk.gave_up()),
+                },
+            };
+            match self
+                .attempt(&backend, outgoing, upgrade, &mut deadline)
+                .await
+            {
+                Attempt::Answered(response, upstream) => {
+                    return Ok(self.relay(response, upstream, client_upgrade));
+                }
+                Attempt::NotSent(outgoing, why) => {
+                    walk.failed(why, false);
+                    unsent = Some(outgoing);
+                }
+                Attempt::Lost(error) if replay.is_some() => walk.failed(error.to_string(), true),
+                Attempt::Lost(error) | Attempt::Fatal(error) => return Err(error),
+            }
+            (member, backend) = walk
+                .retry(trace, self.number)
+                .ok_or_else(|| walk.gave_up())?;
+            if member.redirect {
+                return Ok(self.redirect(group, member, &backend, &original));
+            }
+        }
+    }
 
-        // Step 2: route. An absolute-form target (`GET http://host/x`) carries the host itself.
+    /// Step 3: which group serves this Host and path. An absolute-form target
+    /// (`GET http://host/x`) carries the host itself.
+    fn route(&self, request: &Request<Incoming>) -> Result<&'a Group, ProxyError> {
         let host = request.uri().host().or_else(|| {
             request
                 .headers()
@@ -153,7 +189,7 @@ impl Exchange<'_> {
                 path: path.to_string(),
             });
         };
-        trace.event(
+        self.conn.trace.event(
             self.number,
             format_args!(
                 "route: prefix {} (vhost {}) -> group of {}",
@@ -162,54 +198,255 @@ impl Exchange<'_> {
                 group.members.len()
             ),
         );
+        Ok(group)
+    }
 
-        // Step 3 and 4: pick a member, connect (with failover).
-        // An upgrade (WebSocket) needs a connection of its own that can become a tunnel.
-        let upgrade = crate::forward::is_upgrade(request.headers());
-        let picked = self.connect_with_failover(group, upgrade).await?;
-        let (member, backend) = match &picked {
-            Picked::Redirect(member, backend) | Picked::Connected(member, backend, _) => {
-                (*member, backend.clone())
-            }
-        };
-        self.served_by = Some(backend.clone());
-        let target = rewrite(
-            &group.prefix,
-            &member.replacement,
-            request.uri().path_and_query().map_or("/", |p| p.as_str()),
-        );
-        let upstream = match picked {
-            Picked::Connected(_, _, upstream) => upstream,
-            Picked::Redirect(..) => {
-                let location = format!("http://{}{}", backend.name, target);
-                trace.event(self.number, format_args!("redirect: 302 to {location}"));
-                return Ok(respond::redirect(&location));
-            }
-        };
+    /// The target `member` sees: the group's prefix replaced by the member's replacement.
+    fn target(
+        &self,
+        group: &Group,
+        member: &Member,
+        original: &PathAndQuery,
+    ) -> Result<Uri, ProxyError> {
+        rewrite(&group.prefix, &member.replacement, original.as_str())
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be rewritten"))
+    }
 
-        // Step 5: rewrite the head.
+    /// A `-r` member answers `302 Found` pointing at its backend instead of proxying.
+    fn redirect(
+        &self,
+        group: &Group,
+        member: &Member,
+        backend: &Backend,
+        original: &PathAndQuery,
+    ) -> Response<ResponseBody> {
+        let target = rewrite(&group.prefix, &member.replacement, original.as_str());
+        let location = format!("http://{}{}", backend.name, target);
+        self.conn
+            .trace
+            .event(self.number, format_args!("redirect: 302 to {location}"));
+        respond::redirect(&location)
+    }
+
+    /// Step 6: the client's request becomes the backend's (see `forward.rs`). Returns it, and the
+    /// client's side of a protocol upgrade if one was asked for.
+    fn forward(
+        &self,
+        request: Request<Incoming>,
+        target: Uri,
+        backend: &Backend,
+    ) -> (Outgoing, Option<hyper::upgrade::OnUpgrade>) {
         let (mut parts, body) = request.into_parts();
         let client_upgrade = crate::forward::is_upgrade(&parts.headers).then(|| {
             let mut probe = Request::new(());
             std::mem::swap(probe.extensions_mut(), &mut parts.extensions);
             hyper::upgrade::on(probe)
         });
-        let target: Uri = target
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be rewritten"))?;
+        let host_added = !parts.headers.contains_key(header::HOST);
         crate::forward::request(&mut parts, target, self.conn.peer, &backend.name);
-        let (body, sent) = RequestBody::new(body, self.balancer.timeouts.body_idle);
+        let (body, sent) = crate::body::RequestBody::new(body, self.balancer.timeouts.body_idle);
+        let outgoing = Outgoing {
+            request: Request::from_parts(parts, body),
+            sent,
+            host_added,
+        };
+        (outgoing, client_upgrade)
+    }
 
-        // Step 6: send and wait for the response head.
-        let (mut response, upstream) = self
-            .send(&backend, upstream, Request::from_parts(parts, body), sent)
-            .await?;
-        trace.event(
+    /// Steps 5 and 7 on one backend: get a connection, send, wait for the response head. A pooled
+    /// connection found closed before the request was written is replaced by a fresh one to the
+    /// same backend (a stale pool entry never costs a retry).
+    async fn attempt(
+        &self,
+        backend: &Arc<Backend>,
+        mut outgoing: Outgoing,
+        upgrade: bool,
+        deadline: &mut Deadline<'_>,
+    ) -> Attempt {
+        let mut fresh_only = false;
+        loop {
+            let upstream = match self.connect(backend, upgrade, fresh_only).await {
+                Ok(upstream) => upstream,
+                Err(error) => return Attempt::NotSent(outgoing, error.to_string()),
+            };
+            let pooled = upstream.was_pooled();
+            match self.send(upstream, outgoing, deadline).await {
+                Sent::Answered(response, upstream) => return Attempt::Answered(response, upstream),
+                Sent::NotWritten(unsent, id) if pooled && !fresh_only => {
+                    self.conn.trace.event(
+                        self.number,
+                        format_args!("pooled conn #{id} was closed by the backend; reconnecting"),
+                    );
+                    outgoing = unsent;
+                    fresh_only = true;
+                }
+                Sent::NotWritten(unsent, _) => {
+                    return Attempt::NotSent(
+                        unsent,
+                        "connection closed before the request was written".into(),
+                    )
+                }
+                Sent::Failed(error, pooled) => return self.lost(backend, error, pooled),
+                Sent::Fatal(error) => return Attempt::Fatal(error),
+            }
+        }
+    }
+
+    /// Step 5: a connection to `backend`, pooled if possible. A failure marks the backend down
+    /// for `--fail-timeout`: nothing was sent, so the next member may be tried for any method.
+    async fn connect(
+        &self,
+        backend: &Arc<Backend>,
+        upgrade: bool,
+        fresh_only: bool,
+    ) -> Result<Upstream, ConnectError> {
+        // An upgrade (WebSocket) needs a connection of its own that can become a tunnel.
+        let connected = match (upgrade, fresh_only) {
+            (true, _) => backend.connect_detached().await,
+            (false, true) => backend.connect().await,
+            (false, false) => backend.checkout().await,
+        };
+        let trace = &self.conn.trace;
+        match &connected {
+            Ok(upstream) => {
+                backend.health.connect_succeeded();
+                match upstream.connect_time {
+                    Some(t) => trace.event(
+                        self.number,
+                        format_args!(
+                            "upstream: new conn #{} to {} (connect {:.3}ms)",
+                            upstream.id,
+                            backend.name,
+                            t.as_secs_f64() * 1e3
+                        ),
+                    ),
+                    None => trace.event(
+                        self.number,
+                        format_args!(
+                            "upstream: reusing pooled conn #{} to {}",
+                            upstream.id, backend.name
+                        ),
+                    ),
+                }
+            }
+            Err(error) => {
+                trace.event(self.number, format_args!("upstream: {error}"));
+                self.mark_down(backend, error);
+            }
+        }
+        connected
+    }
+
+    fn mark_down(&self, backend: &Backend, why: &dyn std::fmt::Display) {
+        if backend.health.connect_failed(self.balancer.fail_timeout) {
+            tracing::warn!(
+                "backend {} is down ({why}); skipping it for {:?}",
+                backend.name,
+                self.balancer.fail_timeout
+            );
+        }
+    }
+
+    /// The backend failed after the request was (at least partly) written and before any response
+    /// arrived. Its other idle connections are likely dead too (it is restarting, or died): drop
+    /// them. A failure on a fresh connection, or a reset, also marks it down; a pooled connection
+    /// closed in that instant is the ordinary keep-alive race and does not.
+    fn lost(&self, backend: &Backend, error: hyper::Error, pooled: bool) -> Attempt {
+        let dropped = backend.forget_idle();
+        let why = retry_reason(&error, pooled);
+        self.conn.trace.event(
+            self.number,
+            format_args!(
+                "{why}; dropped {dropped} idle pooled conn(s) to {}",
+                backend.name
+            ),
+        );
+        if !pooled || is_reset(&error) {
+            self.mark_down(backend, &why);
+        }
+        Attempt::Lost(ProxyError::Upstream {
+            backend: backend.name.clone(),
+            what: why,
+            source: error,
+        })
+    }
+
+    /// Step 7: send the request on `upstream` and wait for the response head.
+    ///
+    /// The response timer starts once the request body has been fully sent (so a slow upload
+    /// never counts against the backend) and is shared by every attempt of this request.
+    async fn send(
+        &self,
+        mut upstream: Upstream,
+        outgoing: Outgoing,
+        deadline: &mut Deadline<'_>,
+    ) -> Sent {
+        let Outgoing {
+            request,
+            mut sent,
+            host_added,
+        } = outgoing;
+        let timeout = self.balancer.timeouts.response;
+        let response = upstream.sender.try_send_request(request);
+        tokio::pin!(response);
+        let result = loop {
+            tokio::select! {
+                biased;
+                result = &mut response => break result,
+                _ = &mut sent, if !deadline.armed => {
+                    deadline.arm(timeout);
+                    self.conn.trace.event(
+                        self.number,
+                        format_args!("request sent upstream (body complete); response timeout {timeout:?} starts"),
+                    );
+                }
+                // This task drives the connection's I/O; if it ends, `response` reports how.
+                () = upstream.drive() => {}
+                () = deadline.sleep.as_mut(), if deadline.armed => {
+                    return Sent::Fatal(ProxyError::ResponseTimeout { backend: upstream.backend.name.clone(), timeout });
+                }
+            }
+        };
+        match result {
+            Ok(response) => Sent::Answered(response, upstream),
+            Err(mut error) => match error.take_message() {
+                Some(request) => Sent::NotWritten(
+                    Outgoing {
+                        request,
+                        sent,
+                        host_added,
+                    },
+                    upstream.id,
+                ),
+                None => {
+                    let error = error.into_error();
+                    match client_body_error(&error) {
+                        Some(client) => Sent::Fatal(client),
+                        None if error.is_parse() => Sent::Fatal(ProxyError::Upstream {
+                            backend: upstream.backend.name.clone(),
+                            what: "sent a malformed response".into(),
+                            source: error,
+                        }),
+                        None => Sent::Failed(error, upstream.was_pooled()),
+                    }
+                }
+            },
+        }
+    }
+
+    /// Step 8: the backend's response head goes back to the client, its body streams behind it.
+    fn relay(
+        &self,
+        mut response: Response<Incoming>,
+        upstream: Upstream,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ResponseBody> {
+        self.conn.trace.event(
             self.number,
             format_args!("response head received: {}", response.status()),
         );
-
-        let driver = upstream.driver;
+        let mut upstream = Some(upstream);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 tunnel(
@@ -219,193 +456,92 @@ impl Exchange<'_> {
                     self.number,
                 );
             }
-        } else {
-            self.upstream = Some((backend.clone(), upstream.sender, upstream.id));
+            upstream = None; // its own task drives it; it now belongs to the tunnel
         }
         let (mut parts, incoming) = response.into_parts();
         crate::forward::response(&mut parts);
-        Ok(Response::from_parts(
+        Response::from_parts(
             parts,
-            ResponseBody::streamed(incoming, driver, self.balancer.timeouts.body_idle),
-        ))
+            ResponseBody::streamed(incoming, upstream, self.balancer.timeouts.body_idle),
+        )
     }
 
-    /// Try the group's members in round-robin order, skipping those that are down, until one
-    /// accepts a TCP connection. Nothing has been sent yet, so moving on is safe for any method.
-    async fn connect_with_failover<'g>(
-        &self,
-        group: &'g Group,
-        upgrade: bool,
-    ) -> Result<Picked<'g>, ProxyError> {
-        let trace = &self.conn.trace;
-        let backends = &self.balancer.backends;
-        let first = group.selection.pick(group.members.len());
-        trace.event(
-            self.number,
-            format_args!(
-                "pick: round robin slot {first} of {} (counter {})",
-                group.members.len(),
-                group.selection.count()
-            ),
-        );
-        // If every member is marked down we try them all anyway ("panic mode", as Envoy calls it):
-        // a refused connection costs microseconds, and a backend that just came back gets traffic
-        // again at once instead of after its cool-down.
-        let usable = |m: &Member| {
-            backends
-                .get(m.backend)
-                .is_some_and(|b| b.health.is_available())
-        };
-        let any_up = group.members.iter().any(usable);
-        let mut last_error: Option<ConnectError> = None;
-        for slot in failover_order(first, group.members.len()) {
-            let Some(member) = group.members.get(slot) else {
-                continue;
-            };
-            let Some(backend) = backends.get(member.backend) else {
-                continue;
-            };
-            if any_up && !usable(member) {
-                trace.event(
-                    self.number,
-                    format_args!("skip {}: marked down", backend.name),
-                );
-                continue;
-            }
-            if member.redirect {
-                return Ok(Picked::Redirect(member, backend.clone()));
-            }
-            let connected = if upgrade {
-                backend.connect_detached().await
-            } else {
-                backend.checkout().await
-            };
-            match connected {
-                Ok(upstream) => {
-                    backend.health.connect_succeeded();
-                    match upstream.connect_time {
-                        Some(t) => trace.event(
-                            self.number,
-                            format_args!(
-                                "upstream: new conn #{} to {} (connect {:.3}ms)",
-                                upstream.id,
-                                backend.name,
-                                t.as_secs_f64() * 1e3
-                            ),
-                        ),
-                        None => trace.event(
-                            self.number,
-                            format_args!(
-                                "upstream: reusing pooled conn #{} to {}",
-                                upstream.id, backend.name
-                            ),
-                        ),
-                    }
-                    return Ok(Picked::Connected(member, backend.clone(), upstream));
-                }
-                Err(error) => {
-                    trace.event(
-                        self.number,
-                        format_args!("upstream: {error}; trying the next backend"),
-                    );
-                    if backend.health.connect_failed(self.balancer.fail_timeout) {
-                        tracing::warn!(
-                            "backend {} is down ({error}); skipping it for {:?}",
-                            backend.name,
-                            self.balancer.fail_timeout
-                        );
-                    }
-                    last_error = Some(error);
-                }
-            }
-        }
-        Err(ProxyError::AllBackendsDown {
-            prefix: group.prefix.clone(),
-            last: last_error.map_or_else(|| "no backend available".to_string(), |e| e.to_string()),
-        })
+    /// The response (the backend's, or one lb wrote) goes to hyper; the body finishes the request
+    /// when it ends (step 9).
+    fn respond(mut self, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+        self.completion.record.status = response.status().as_u16();
+        response.body_mut().on_complete(self.completion);
+        response
     }
+}
 
-    /// Send the request on `upstream` and wait for the response head.
-    ///
-    /// The response timer starts only once the request body has been fully sent (`sent`), so a
-    /// slow upload never counts against the backend. If a pooled connection turns out to have been
-    /// closed before the request was written (the backend closed it while it sat idle), the
-    /// untouched request is retried once on a fresh connection: a stale pool entry never fails a
-    /// request.
-    async fn send(
-        &self,
-        backend: &Arc<Backend>,
-        mut upstream: Upstream,
-        mut request: Request<RequestBody>,
-        mut sent: oneshot::Receiver<()>,
-    ) -> Result<(Response<Incoming>, Upstream), ProxyError> {
-        let timeout = self.balancer.timeouts.response;
-        let mut sent_done = false;
-        // Armed (reset) once the body has been sent; until then it is never polled.
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            let response = upstream.sender.try_send_request(request);
-            tokio::pin!(response);
-            let outcome = loop {
-                tokio::select! {
-                    biased;
-                    result = &mut response => break result,
-                    _ = &mut sent, if !sent_done => {
-                        sent_done = true;
-                        deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
-                        self.conn.trace.event(
-                            self.number,
-                            format_args!("request sent upstream (body complete); response timeout {timeout:?} starts"),
-                        );
-                    }
-                    // This task drives the connection's I/O; if it ends, `response` reports how.
-                    () = upstream::drive(&mut upstream.driver) => {}
-                    () = &mut deadline, if sent_done => {
-                        return Err(ProxyError::ResponseTimeout { backend: backend.name.clone(), timeout });
-                    }
-                }
-            };
-            match outcome {
-                Ok(response) => return Ok((response, upstream)),
-                Err(e) => request = self.retry_or_fail(backend, &mut upstream, e).await?,
-            }
-        }
-    }
+/// `--response-timeout`, shared by all attempts of one request: armed once, when the body has
+/// first been sent in full, and never pushed back by a retry.
+struct Deadline<'p> {
+    sleep: Pin<&'p mut Sleep>,
+    armed: bool,
+}
 
-    /// A send failed: retry on a fresh connection if the request was never written, else give up.
-    async fn retry_or_fail(
-        &self,
-        backend: &Arc<Backend>,
-        upstream: &mut Upstream,
-        mut error: hyper::client::conn::TrySendError<Request<RequestBody>>,
-    ) -> Result<Request<RequestBody>, ProxyError> {
-        match error.take_message() {
-            Some(request) if upstream.connect_time.is_none() => {
-                self.conn.trace.event(
-                    self.number,
-                    format_args!(
-                        "upstream: pooled conn #{} was closed by the backend; reconnecting",
-                        upstream.id
-                    ),
-                );
-                // If the backend died in that instant, mark it down so the next requests skip it.
-                // (This one gets a 502: its failover window has passed. The race is microseconds wide.)
-                *upstream = backend.connect().await.map_err(|e| {
-                    backend.health.connect_failed(self.balancer.fail_timeout);
-                    ProxyError::Reconnect(e)
-                })?;
-                Ok(request)
-            }
-            _ => {
-                let source = error.into_error();
-                Err(client_body_error(&source).unwrap_or(ProxyError::Upstream {
-                    backend: backend.name.clone(),
-                    source,
-                }))
-            }
-        }
+impl Deadline<'_> {
+    fn arm(&mut self, timeout: std::time::Duration) {
+        self.armed = true;
+        self.sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + timeout);
     }
+}
+
+/// What one attempt on one backend came to.
+enum Attempt {
+    /// A response head arrived: that is the answer, whatever its status.
+    Answered(Response<Incoming>, Upstream),
+    /// Nothing was written (connect failed, or the connection closed first): safe to send anywhere.
+    NotSent(Outgoing, String),
+    /// Written, then the connection failed before a response: only a replay may try again.
+    Lost(ProxyError),
+    /// Nothing more to try: a timeout, the client's own body failing, a malformed response.
+    Fatal(ProxyError),
+}
+
+/// What sending on one connection came to.
+enum Sent {
+    Answered(Response<Incoming>, Upstream),
+    /// hyper handed the request back untouched (the connection had closed); carries the conn id.
+    NotWritten(Outgoing, u64),
+    /// The connection failed after the request was written; `bool` = it was a pooled connection.
+    Failed(hyper::Error, bool),
+    Fatal(ProxyError),
+}
+
+/// Why an exchange was lost, as `--trace` and the error page say it.
+fn retry_reason(error: &hyper::Error, pooled: bool) -> String {
+    let conn = if pooled {
+        "pooled connection"
+    } else {
+        "connection"
+    };
+    if is_reset(error) {
+        format!("{conn} reset before response head")
+    } else if error.is_incomplete_message() || error.is_canceled() || error.is_closed() {
+        format!("{conn} closed before response head")
+    } else {
+        format!("{conn} failed before response head: {error}")
+    }
+}
+
+/// Did the backend reset the connection (RST), rather than close it in order?
+fn is_reset(error: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A send fails when the *client's* body fails too (a bad chunk, a stalled upload): hyper reports
@@ -424,13 +560,7 @@ fn client_body_error(error: &hyper::Error) -> Option<ProxyError> {
     None
 }
 
-/// The outcome of picking a member: a `-r` rule answers with a redirect and needs no connection.
-enum Picked<'g> {
-    Redirect(&'g Member, Arc<Backend>),
-    Connected(&'g Member, Arc<Backend>, Upstream),
-}
-
-/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.
+/// Step 2 (RFC 9112 §3.2): an HTTP/1.1 request carries exactly one Host header.
 fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
     let hosts = request.headers().get_all(header::HOST).iter().count();
     if hosts > 1 {

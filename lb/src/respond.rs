@@ -1,14 +1,14 @@
 //! The answers `lb` writes itself instead of a backend: errors and redirects.
 //!
-//! This is the only place that decides which status code a failure gets (STYLE rule 8). Every
+//! This is the only place that decides which status code a failure gets. Every
 //! answer has a short text body saying *why*, because the person reading it is usually debugging
 //! their setup, and closes nothing it does not have to.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ResponseBody;
 use crate::error::ProxyError;
+use crate::response::ResponseBody;
 
 /// The status code for each kind of failure.
 pub fn status_for(error: &ProxyError) -> StatusCode {
@@ -19,7 +19,7 @@ pub fn status_for(error: &ProxyError) -> StatusCode {
         } => StatusCode::REQUEST_TIMEOUT,
         ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
         ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-        ProxyError::AllBackendsDown { .. } | ProxyError::Reconnect(_) => StatusCode::BAD_GATEWAY,
+        ProxyError::AllBackendsDown { .. } | ProxyError::GaveUp { .. } => StatusCode::BAD_GATEWAY,
         ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
     }

@@ -1,4 +1,4 @@
-//! Step 4 of a request: get a connection to the chosen backend, reusing an idle one when we can.
+//! Step 5 of a request: get a connection to the chosen backend, reusing an idle one when we can.
 //!
 //! Opening a TCP connection per request (what hyper's `gateway.rs` example does) costs a handshake
 //! and a socket in TIME_WAIT every time. Instead each backend keeps a small pool of idle HTTP/1.1
@@ -24,7 +24,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
@@ -77,8 +77,10 @@ impl std::fmt::Debug for IdleConn {
     }
 }
 
-/// A connection checked out of the pool (or freshly made) for one request.
+/// One connection to a backend, from checkout (or connect) to check-in: the request's task holds it
+/// while the exchange lasts, then [`Upstream::check_in`] returns it to the pool.
 pub struct Upstream {
+    pub backend: Arc<Backend>,
     pub sender: Sender,
     /// `Some` while this request's task drives the connection (and may pool it afterwards);
     /// `None` when a spawned task drives it (upgrades, probes) or once it has ended.
@@ -91,7 +93,43 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Upstream(#{})", self.id)
+        write!(f, "Upstream({} #{})", self.backend.name, self.id)
+    }
+}
+
+impl Upstream {
+    /// Whether this connection came from the pool (it carried an earlier exchange).
+    pub fn was_pooled(&self) -> bool {
+        self.connect_time.is_none()
+    }
+
+    /// Drive the connection until it ends (never, while it is healthy and in use); with no driver
+    /// to poll, wait forever. Meant for a `select!` beside the request it carries.
+    pub async fn drive(&mut self) {
+        match self.driver.as_mut() {
+            Some(d) => {
+                let _ = d.as_mut().await;
+                self.driver = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The exchange ended cleanly: give the connection back to its backend's pool so the next
+    /// request can reuse it. Returns false if it could not be kept (it ended, it is not ready for
+    /// another request, nobody drives it, or the pool is full); dropping it then closes it.
+    pub fn check_in(self) -> bool {
+        let Upstream {
+            backend,
+            sender,
+            driver,
+            id,
+            ..
+        } = self;
+        match driver {
+            Some(driver) => backend.checkin(sender, driver, id),
+            None => false,
+        }
     }
 }
 
@@ -117,18 +155,6 @@ fn has_ended(driver: &mut Driver) -> bool {
     driver.as_mut().poll(&mut cx).is_ready()
 }
 
-/// Drive the connection until it ends (never, while it is healthy and in use); with no driver to
-/// poll, wait forever. Meant for a `select!` beside the request it carries.
-pub async fn drive(driver: &mut Option<Driver>) {
-    match driver.as_mut() {
-        Some(d) => {
-            let _ = d.as_mut().await;
-            *driver = None;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 impl Backend {
     pub fn new(name: String, addr: SocketAddr, settings: PoolSettings) -> Self {
         Backend {
@@ -148,13 +174,14 @@ impl Backend {
     }
 
     /// A connection ready to carry one request: the most recently used idle one, or a new one.
-    pub async fn checkout(&self) -> Result<Upstream, ConnectError> {
+    pub async fn checkout(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
         while let Some(mut idle) = self.pop_idle() {
             if idle.since.elapsed() > self.settings.idle_timeout || has_ended(&mut idle.driver) {
                 continue; // dropping it closes the socket
             }
             if idle.sender.is_ready() {
                 return Ok(Upstream {
+                    backend: self.clone(),
                     sender: idle.sender,
                     driver: Some(idle.driver),
                     id: idle.id,
@@ -166,7 +193,7 @@ impl Backend {
     }
 
     /// Open a new connection whose driver travels with the request (see the module comment).
-    pub async fn connect(&self) -> Result<Upstream, ConnectError> {
+    pub async fn connect(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
         let (upstream, connection) = self.open().await?;
         Ok(Upstream {
             driver: Some(Box::pin(connection)),
@@ -176,7 +203,7 @@ impl Backend {
 
     /// Open a new connection driven by a task of its own, which also lets a `101 Switching
     /// Protocols` answer hand the socket over to a tunnel. Never pooled.
-    pub async fn connect_detached(&self) -> Result<Upstream, ConnectError> {
+    pub async fn connect_detached(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
         let (upstream, connection) = self.open().await?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
@@ -186,7 +213,7 @@ impl Backend {
 
     /// TCP connect (bounded by `--connect-timeout`), then the HTTP/1.1 handshake.
     async fn open(
-        &self,
+        self: &Arc<Self>,
     ) -> Result<(Upstream, Connection<TokioIo<TcpStream>, RequestBody>), ConnectError> {
         let started = Instant::now();
         let timeout = self.settings.connect_timeout;
@@ -216,6 +243,7 @@ impl Backend {
             })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let upstream = Upstream {
+            backend: self.clone(),
             sender,
             driver: None,
             id,
@@ -224,9 +252,8 @@ impl Backend {
         Ok((upstream, connection))
     }
 
-    /// Return a connection whose exchange completed cleanly, so the next request can reuse it.
-    /// Returns false if it could not be kept (it ended, was not ready, or the pool is full).
-    pub fn checkin(&self, sender: Sender, mut driver: Driver, id: u64) -> bool {
+    /// Return a connection whose exchange completed cleanly (see [`Upstream::check_in`]).
+    fn checkin(&self, sender: Sender, mut driver: Driver, id: u64) -> bool {
         // Let hyper see the end of the exchange it just carried; then it accepts the next request.
         if has_ended(&mut driver) || !sender.is_ready() {
             return false;
@@ -253,6 +280,17 @@ impl Backend {
         for pool in &self.idle {
             lock(pool).retain(|c| c.since.elapsed() <= limit && !c.sender.is_closed());
         }
+    }
+
+    /// Close every idle pooled connection to this backend, on every worker. Called when an
+    /// exchange with it failed before its response: a backend that is restarting or died has
+    /// closed (or will reset) the others too, and the next requests should not each find that out
+    /// by losing their own attempt. Connections held by requests in flight are not touched.
+    pub fn forget_idle(&self) -> usize {
+        self.idle
+            .iter()
+            .map(|pool| std::mem::take(&mut *lock(pool)).len())
+            .sum()
     }
 
     /// Idle pooled connections, over all workers.

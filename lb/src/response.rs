@@ -1,0 +1,301 @@
+//! Step 8 of a request, downward: the response body on its way back to the client, and the end of
+//! the request.
+//!
+//! [`ResponseBody`] passes the backend's body through frame by frame (never collected in memory;
+//! if the client reads slowly, we read the backend slowly) or carries a short body `lb` wrote
+//! itself. While it streams, it also drives the upstream connection: this task, not a separate
+//! one, does that connection's socket I/O (see `upstream.rs`), so the [`Upstream`] travels inside
+//! the body. It adds the body idle timer (`--body-timeout`) on the backend's side.
+//!
+//! The end of a request is [`Completion::finish`], called by the body where the exchange ends: at
+//! its last frame, on an error, or when hyper drops it. Only then is the upstream connection checked
+//! in (after a clean end only: a connection with half a response still in it is useless), the
+//! access-log line written and `done` traced. A request that never got as far as a response body
+//! (the client closed its connection while `lb` was still waiting for a backend) is finished by
+//! `Completion`'s `Drop`, the safety net that logs it with status 499, as nginx does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, Record};
+use crate::body::IdleTimer;
+use crate::downstream::InFlight;
+use crate::error::BoxError;
+use crate::trace::Trace;
+use crate::upstream::{Backend, Upstream};
+
+/// The status logged for a request whose client went away before it was answered (nginx's 499).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// How an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The whole response reached hyper.
+    Complete,
+    /// The response was cut off: the backend failed mid-body, or the client went away.
+    CutOff,
+    /// The client went away before any response existed.
+    Abandoned,
+}
+
+/// The bookkeeping of one request, from its head to its end: the access-log record, the tracer,
+/// and the in-flight mark on its client connection.
+#[derive(Debug)]
+pub struct Completion {
+    pub record: Record,
+    /// The backend asked (or that answered), for the log line.
+    pub backend: Option<Arc<Backend>>,
+    log: AccessLog,
+    trace: Trace,
+    /// Dropped at the end: lets the client connection know this request is no longer in flight.
+    in_flight: Option<InFlight>,
+    /// Body bytes sent to the client.
+    bytes: u64,
+    finished: bool,
+}
+
+impl Completion {
+    pub fn new(record: Record, log: AccessLog, trace: Trace, in_flight: InFlight) -> Self {
+        Completion {
+            record,
+            backend: None,
+            log,
+            trace,
+            in_flight: Some(in_flight),
+            bytes: 0,
+            finished: false,
+        }
+    }
+
+    /// The request is over: return the upstream connection to its pool if the exchange ended
+    /// cleanly, trace `done`, write the access-log line, and stop counting the request in flight.
+    pub fn finish(mut self, end: End, upstream: Option<Upstream>) {
+        self.write(end, upstream);
+    }
+
+    fn write(&mut self, end: End, upstream: Option<Upstream>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let number = self.record.request;
+        if let Some(upstream) = upstream {
+            let id = upstream.id;
+            let what = match end {
+                End::Complete if upstream.check_in() => "returned to the pool",
+                End::Complete => "closed (not reusable)",
+                _ => "closed (exchange incomplete)",
+            };
+            self.trace
+                .event(number, format_args!("upstream conn #{id} {what}"));
+        }
+        if end == End::Abandoned {
+            self.record.status = CLIENT_CLOSED_REQUEST;
+        }
+        let duration = self.record.started.elapsed();
+        self.trace.event(
+            number,
+            format_args!(
+                "done status={} bytes={} duration={:.3}ms{}",
+                self.record.status,
+                self.bytes,
+                duration.as_secs_f64() * 1e3,
+                match end {
+                    End::Complete => "",
+                    End::CutOff => " (cut off: the response did not reach its end)",
+                    End::Abandoned => " (the client closed the connection before the response)",
+                }
+            ),
+        );
+        if self.log.is_enabled() {
+            self.record.backend = self.backend.as_ref().map(|b| b.name.clone());
+            self.record.bytes = self.bytes;
+            self.record.duration = duration;
+            self.log.write(&self.record);
+        }
+        self.in_flight = None;
+    }
+}
+
+impl Drop for Completion {
+    /// The safety net: a request dropped before any response body took charge of it (hyper drops
+    /// the handler when the client hangs up while lb waits for a backend; shutdown's `--grace`
+    /// ending does the same) still gets its one log line.
+    fn drop(&mut self) {
+        self.write(End::Abandoned, None);
+    }
+}
+
+/// The body `lb` sends to clients: a backend's streamed body, or a short one `lb` wrote itself.
+#[derive(Debug)]
+pub struct ResponseBody {
+    kind: Kind,
+    idle: IdleTimer,
+    completion: Option<Box<Completion>>,
+    /// A backend failure held back for one poll, so hyper first flushes what it already has.
+    failed: Option<BoxError>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    /// The backend's body, and the connection it arrives on while this task drives it.
+    Streamed(Incoming, Option<Upstream>),
+}
+
+impl ResponseBody {
+    /// A small body written by `lb` itself (errors, redirects).
+    pub fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: Kind::Full(Some(bytes)),
+            idle: IdleTimer::new(Duration::MAX),
+            completion: None,
+            failed: None,
+        }
+    }
+
+    /// A backend's body, streamed frame by frame from `upstream` (`None` when a task of its own
+    /// drives that connection, as for upgrades).
+    pub fn streamed(inner: Incoming, upstream: Option<Upstream>, idle_timeout: Duration) -> Self {
+        ResponseBody {
+            kind: Kind::Streamed(inner, upstream),
+            idle: IdleTimer::new(idle_timeout),
+            completion: None,
+            failed: None,
+        }
+    }
+
+    /// Finish `completion` when this body ends.
+    pub fn on_complete(&mut self, completion: Completion) {
+        self.completion = Some(Box::new(completion));
+    }
+
+    /// The exchange is over, one way or the other.
+    fn end(&mut self, end: End) {
+        if let Some(completion) = self.completion.take() {
+            let upstream = match &mut self.kind {
+                Kind::Streamed(_, upstream) => upstream.take(),
+                Kind::Full(_) => None,
+            };
+            completion.finish(end, upstream);
+        }
+    }
+
+    fn count(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(c), Some(data)) = (self.completion.as_mut(), frame.data_ref()) {
+            c.bytes += data.len() as u64;
+        }
+    }
+
+    /// Poll the backend's body once, driving its connection first.
+    fn poll_backend(
+        inner: &mut Incoming,
+        upstream: &mut Option<Upstream>,
+        idle: &mut IdleTimer,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Let the connection read from the socket; if it ended, the body reports how.
+        if let Some(driver) = upstream.as_mut().and_then(|u| u.driver.as_mut()) {
+            if driver.as_mut().poll(cx).is_ready() {
+                *upstream = None;
+            }
+        }
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
+            Poll::Pending if idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyTimeout {
+                timeout: idle.timeout,
+            }
+            .into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("response body moved no byte for {timeout:?}")]
+struct BodyTimeout {
+    timeout: Duration,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(error) = this.failed.take() {
+            this.end(End::CutOff);
+            return Poll::Ready(Some(Err(error)));
+        }
+        let polled = match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Streamed(inner, upstream) => {
+                Self::poll_backend(inner, upstream, &mut this.idle, cx)
+            }
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progress();
+                this.count(&frame);
+                if this.is_end_stream() {
+                    this.end(End::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                // The backend failed mid-body. hyper closes the client connection when we return
+                // the error, dropping whatever it has not written yet, which may be the response
+                // head itself when everything arrived at once. So yield once first: hyper flushes
+                // its buffer when a body is pending, and the client sees a head and a truncated
+                // body, never a silent close.
+                this.failed = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.end(End::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Streamed(inner, _) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Streamed(inner, _) => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper drops the body once it is done with it. A body that was empty from the start is
+        // never polled: it ends here, after hyper wrote the head. Any other body dropped before its
+        // end was cut off (the client went away, or hyper gave up); its upstream connection is
+        // dropped with it, which cancels the backend's side of the exchange.
+        let end = if self.is_end_stream() && self.failed.is_none() {
+            End::Complete
+        } else {
+            End::CutOff
+        };
+        self.end(end);
+    }
+}

@@ -1,0 +1,130 @@
+//! Step 6 of a request, when it fails: may it be sent again, to another backend?
+//!
+//! A backend that restarts or dies takes with it the requests it had on its connections. Most of
+//! them can be sent again elsewhere without the client ever knowing, but only when repeating the
+//! request cannot do harm. The rules (nginx's `proxy_next_upstream` and RFC 9110 §9.2.2):
+//!
+//! ```text
+//!   what failed                               GET/HEAD/PUT/DELETE/...    POST/PATCH/...
+//!   connect refused / timed out               retry elsewhere            retry elsewhere
+//!   request never written (pooled conn dead)  retry                      retry
+//!   sent, then reset/closed before a response retry, if body kept whole  502: it may have arrived
+//!   response head arrived (any status)        never: it is the answer    never
+//!   no response head within --response-timeout 504                       504
+//! ```
+//!
+//! A request is *idempotent* when sending it twice has the same effect as sending it once (GET,
+//! HEAD, OPTIONS, TRACE, PUT, DELETE). Even then a retry needs the request itself: hyper consumes a
+//! request as it writes it, so before the first attempt [`Replay::capture`] keeps a copy of the
+//! rewritten head and, if the body is small enough (`--retry-body-bytes`), of the body as it streams
+//! past (see `body.rs`). A larger body is not kept, and its request is never retried once it left.
+//!
+//! Retries are bounded by `--retries` (each backend tried after the first counts one) and never
+//! extend `--response-timeout`: all attempts share one deadline.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{header, request, HeaderValue, Method, Request, Uri};
+use tokio::sync::oneshot;
+
+use crate::body::{Kept, RequestBody};
+
+/// RFC 9110 §9.2.2: the methods a proxy may repeat on its own.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A request ready to be written to a backend, with the signal its body gives once fully sent.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub request: Request<RequestBody>,
+    pub sent: oneshot::Receiver<()>,
+    /// `Host` was absent from the client's request and lb filled in the backend's name.
+    pub host_added: bool,
+}
+
+impl Outgoing {
+    /// Aim this (never written) request at another backend: its target and, if lb supplied the
+    /// `Host`, that too.
+    pub fn redirect_to(&mut self, target: Uri, backend: &str) {
+        *self.request.uri_mut() = target;
+        if self.host_added {
+            set_host(self.request.headers_mut(), backend);
+        }
+    }
+}
+
+/// What it takes to send a request again after it was written: a copy of its head and its body.
+#[derive(Debug)]
+pub struct Replay {
+    head: request::Parts,
+    host_added: bool,
+    body: Arc<Mutex<Kept>>,
+}
+
+impl Replay {
+    /// Keep what a retry of `outgoing` would need, if it may be retried once written: the method
+    /// is idempotent and the body is not known to exceed `body_limit` bytes.
+    pub fn capture(outgoing: &mut Outgoing, body_limit: usize) -> Option<Replay> {
+        if !is_idempotent(outgoing.request.method()) {
+            return None;
+        }
+        let body = outgoing.request.body_mut().keep_copy(body_limit)?;
+        let mut head = Request::new(()).into_parts().0;
+        head.method = outgoing.request.method().clone();
+        head.version = outgoing.request.version();
+        head.headers = outgoing.request.headers().clone();
+        Some(Replay {
+            head,
+            host_added: outgoing.host_added,
+            body,
+        })
+    }
+
+    /// The request again, aimed at `backend` with `target`; `None` if the body was not kept whole
+    /// (it outgrew the limit, or the client had not finished sending it).
+    pub fn again(&self, target: Uri, backend: &str) -> Option<Outgoing> {
+        let chunks: Vec<Bytes> = self
+            .body
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .whole()?;
+        let (body, sent) = RequestBody::replay(chunks);
+        let mut request = Request::new(body);
+        *request.method_mut() = self.head.method.clone();
+        *request.version_mut() = self.head.version;
+        *request.headers_mut() = self.head.headers.clone();
+        let mut outgoing = Outgoing {
+            request,
+            sent,
+            host_added: self.host_added,
+        };
+        outgoing.redirect_to(target, backend);
+        Some(outgoing)
+    }
+}
+
+fn set_host(headers: &mut http::HeaderMap, backend: &str) {
+    if let Ok(host) = HeaderValue::from_str(backend) {
+        headers.insert(header::HOST, host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_idempotent_methods_are_repeated() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(is_idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "LOCK"] {
+            assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
+        }
+    }
+}
