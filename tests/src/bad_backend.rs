@@ -48,6 +48,11 @@ pub enum Behaviour {
     Status(u16),
     /// Read the request and never answer.
     Hang,
+    /// Read the whole request, then close the connection without a byte of answer (FIN), as a
+    /// server that is going away does.
+    Drop,
+    /// Read the whole request, then reset the connection (RST), as a server that crashed does.
+    Reset,
 }
 
 /// One request as the backend parsed it.
@@ -280,6 +285,15 @@ async fn serve(stream: TcpStream, id: usize, state: Arc<State>) {
         let behaviour = *state.behaviour.lock().unwrap_or_else(|p| p.into_inner());
         let keep_going = match behaviour {
             Some(Behaviour::Hang) => conn.hang().await,
+            Some(Behaviour::Drop) => {
+                let _ = conn.stream.shutdown().await;
+                false
+            }
+            Some(Behaviour::Reset) => {
+                // SO_LINGER 0: closing sends RST instead of FIN.
+                let _ = conn.stream.set_zero_linger();
+                false
+            }
             Some(Behaviour::Status(code)) => {
                 let body = format!("status {code}\n");
                 conn.answer(code, &[], body.as_bytes(), head).await

@@ -10,7 +10,9 @@
 //! - `timeouts`: header read (slowloris), keep-alive idle, upstream connect and response, body
 //!   idle both ways, `--max-conns`;
 //! - `resources`: thousands of idle connections, clients vanishing mid-response, 200 MB each way;
-//! - `health`: passive ejection, active health checks, every backend down.
+//! - `health`: passive ejection, active health checks, every backend down;
+//! - `retries`: which failed requests go to the next backend (idempotent ones, ones that never
+//!   left), which never do (a POST that was sent, a body over the limit, a started response).
 //!
 //! The misbehaving backend itself is `tests::bad_backend`.
 
@@ -19,5 +21,6 @@ mod framing;
 mod health;
 mod messages;
 mod resources;
+mod retries;
 mod support;
 mod timeouts;
