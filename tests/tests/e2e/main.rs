@@ -4,10 +4,12 @@
 //! - `walkthrough`: the article's demo flow, the documented log format, and `cargo xtask demo` itself;
 //! - `failover`: a backend killed and brought back; keep-alive clients; prefix routing;
 //! - `lifecycle`: graceful shutdown under load;
+//! - `restart`: a backend stopped (SIGTERM, SIGKILL) and restarted under load costs no request;
 //! - `traffic`: loadgen's `--expect round-robin` through lb.
 
 mod failover;
 mod lifecycle;
+mod restart;
 mod traffic;
 mod walkthrough;
 
