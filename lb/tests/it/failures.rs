@@ -366,3 +366,31 @@ async fn header_timeout_drops_slow_heads_but_idle_keep_alive_waits_longer() {
         "an idle keep-alive connection was closed after {took:?} with --idle-timeout 1200ms"
     );
 }
+
+/// A client that gives up while lb waits for a slow backend's answer still gets its one log line:
+/// status 499 (nginx's "client closed request"), naming the backend that was being asked.
+#[tokio::test]
+async fn a_client_that_gives_up_before_the_answer_is_logged_once_as_499() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
+        c.log_format = lb::config::LogFormat::Json;
+    })
+    .await;
+    let mut conn = RawConn::connect(lb.addr).await;
+    conn.write(b"GET /api/v1/delay?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(conn);
+
+    let started = Instant::now();
+    let lines = lb.log_lines(1).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "logged when the client left, not when the backend answered"
+    );
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["backend"], a.addr.to_string(), "{line}");
+    assert_eq!(line["path"], "/api/v1/delay", "{line}");
+    assert_eq!(lb.exact_log_lines(1).await.len(), 1);
+}
