@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{header, request, HeaderValue, Method, Request, Uri};
+use http_body::Body;
 use tokio::sync::oneshot;
 
 use crate::body::{Kept, RequestBody};
@@ -63,7 +64,8 @@ impl Outgoing {
 pub struct Replay {
     head: request::Parts,
     host_added: bool,
-    body: Arc<Mutex<Kept>>,
+    /// The body's copy; `None` for a request without a body (most GETs), which needs none.
+    body: Option<Arc<Mutex<Kept>>>,
 }
 
 impl Replay {
@@ -73,7 +75,11 @@ impl Replay {
         if !is_idempotent(outgoing.request.method()) {
             return None;
         }
-        let body = outgoing.request.body_mut().keep_copy(body_limit)?;
+        let body = if outgoing.request.body().is_end_stream() {
+            None
+        } else {
+            Some(outgoing.request.body_mut().keep_copy(body_limit)?)
+        };
         let mut head = Request::new(()).into_parts().0;
         head.method = outgoing.request.method().clone();
         head.version = outgoing.request.version();
@@ -88,11 +94,13 @@ impl Replay {
     /// The request again, aimed at `backend` with `target`; `None` if the body was not kept whole
     /// (it outgrew the limit, or the client had not finished sending it).
     pub fn again(&self, target: Uri, backend: &str) -> Option<Outgoing> {
-        let chunks: Vec<Bytes> = self
-            .body
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .whole()?;
+        let chunks: Vec<Bytes> = match &self.body {
+            None => Vec::new(),
+            Some(kept) => kept
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .whole()?,
+        };
         let (body, sent) = RequestBody::replay(chunks);
         let mut request = Request::new(body);
         *request.method_mut() = self.head.method.clone();
