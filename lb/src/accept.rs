@@ -6,33 +6,29 @@
 //! - one acceptor handing each connection to the worker thread serving the fewest (`--threads`);
 //! - a cap on concurrent connections (`--max-conns`): a semaphore permit per connection; past the
 //!   cap we stop calling `accept`, so new clients wait in the kernel's queue instead of failing;
-//! - a watchdog for two timeouts hyper cannot tell apart. hyper's own `header_read_timeout` also
-//!   starts while a keep-alive connection waits for its next request, so it would double as the idle
-//!   timeout. We want a short `--header-timeout` (a slowloris client dripping a head byte by byte)
-//!   and a longer `--idle-timeout` (a polite client keeping its connection for the next request).
-//!   The socket is wrapped in [`WatchedIo`], which notes when the first byte of a new head arrives;
-//!   the watchdog then knows which of the two deadlines applies;
+//! - a watchdog for the header and idle timeouts, which hyper cannot tell apart (`watchdog.rs`);
 //! - graceful shutdown: on the stop signal every connection finishes the request it is serving
-//!   and closes; `run` waits for that up to `--grace`.
+//!   and closes; each worker waits for that up to `--grace`, then cuts off the rest;
+//! - a log line for each request head hyper refused (400, 431) or that never completed (408):
+//!   those never reach `proxy::handle`.
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
+use crate::access_log::Record;
 use crate::downstream::ConnInfo;
-use crate::health::now_ms;
 use crate::trace::Trace;
+use crate::watchdog::{Expired, Watchdog, WatchedIo};
 use crate::Balancer;
 
 /// How many finished handshakes the kernel may queue for us (capped by `net.core.somaxconn`).
@@ -146,66 +142,82 @@ pub async fn accept_loop(
 }
 
 /// A worker: serve the connections the acceptor hands over until it stops, then wait up to
-/// `--grace` for them to finish.
+/// `--grace` for them to finish, and cut off those that have not (each request cut off still gets
+/// its log line, from its `Completion`).
 pub async fn worker_loop(
     mut inbox: WorkerInbox,
     balancer: Arc<Balancer>,
     stop: watch::Receiver<bool>,
 ) {
-    let max_conns = balancer.limits.max_conns;
-    // This worker's connections, so that it knows when they are all closed.
-    let mine = Arc::new(Semaphore::new(max_conns));
-    while let Some(Accepted {
-        stream,
-        peer,
-        permit,
-    }) = inbox.rx.recv().await
-    {
-        let stream = match stream
-            .set_nonblocking(true)
-            .and_then(|()| TcpStream::from_std(stream))
-        {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!("cannot serve a connection from {peer}: {e}");
-                inbox.live.fetch_sub(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        let held = Held {
-            _cap: permit,
-            _mine: mine.clone().try_acquire_owned().ok(),
-            live: inbox.live.clone(),
-        };
-        tokio::spawn(serve_connection(
-            stream,
-            peer,
-            id,
-            balancer.clone(),
-            stop.clone(),
-            held,
-        ));
+    // This worker's connections, so that it can wait for them, and end them after --grace.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = inbox.rx.recv() => match accepted {
+                Some(accepted) => {
+                    if let Some(serve) = prepare(accepted, &inbox.live, &balancer, &stop) {
+                        connections.spawn(serve);
+                    }
+                }
+                None => break,
+            },
+            // Reap finished connections as they end, so the set stays as small as the live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
-    // Every connection holds one permit: all permits back means every connection is closed.
     let grace = balancer.timeouts.grace;
-    let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, mine.acquire_many(all))
-        .await
-        .is_err()
-    {
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!(
             "shutdown: {} connection(s) still busy after --grace {grace:?}; closing them",
-            max_conns - mine.available_permits()
+            connections.len()
         );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
 }
 
-/// What a connection holds while it lives: its `--max-conns` permit, its worker's drain permit,
-/// and its place in the worker's count of live connections.
+/// Register an accepted socket with this worker's event loop; `None` (logged) if that fails.
+fn prepare(
+    accepted: Accepted,
+    live: &Arc<AtomicUsize>,
+    balancer: &Arc<Balancer>,
+    stop: &watch::Receiver<bool>,
+) -> Option<impl std::future::Future<Output = ()>> {
+    let Accepted {
+        stream,
+        peer,
+        permit,
+    } = accepted;
+    let held = Held {
+        _cap: permit,
+        live: live.clone(),
+    };
+    let stream = match stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(stream))
+    {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!("cannot serve a connection from {peer}: {e}");
+            return None;
+        }
+    };
+    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    Some(serve_connection(
+        stream,
+        peer,
+        id,
+        balancer.clone(),
+        stop.clone(),
+        held,
+    ))
+}
+
+/// What a connection holds while it lives: its `--max-conns` permit and its place in the
+/// worker's count of live connections.
 struct Held {
     _cap: OwnedSemaphorePermit,
-    _mine: Option<OwnedSemaphorePermit>,
     live: Arc<AtomicUsize>,
 }
 
@@ -232,155 +244,94 @@ async fn serve_connection(
         let (balancer, info) = (balancer.clone(), info.clone());
         service_fn(move |request| crate::proxy::handle(request, balancer.clone(), info.clone()))
     };
-    let timeouts = balancer.timeouts;
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(None) // the watchdog below does it, see the module comment
+        .header_read_timeout(None) // the watchdog does it, see `watchdog.rs`
         .max_header_size(balancer.limits.max_header_bytes)
-        .serve_connection(
-            TokioIo::new(WatchedIo {
-                inner: stream,
-                conn: info.clone(),
-            }),
-            service,
-        )
+        .serve_connection(TokioIo::new(WatchedIo::new(stream, info.clone())), service)
         .with_upgrades();
     tokio::pin!(connection);
-
-    // The watchdog's futures live across loop turns: re-creating a timer on every state change
-    // would cost a timer-wheel insertion per request.
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    let mut armed_for: Option<u64> = None;
+    let mut watchdog = Watchdog::new(info.clone(), &balancer.timeouts);
     let stop_signal = stopped(&mut stop);
     tokio::pin!(stop_signal);
-    let changed = info.changed.notified();
-    tokio::pin!(changed);
 
     let mut stopping = false;
-    let reason = loop {
-        // Sleep until the deadline that applies now. While a request is in flight none does; the
-        // timer then only comes back to look again after --idle-timeout.
-        let want = match deadline(&info, timeouts.header, timeouts.idle) {
-            Deadline::Head(at) | Deadline::Idle(at) => Some(at),
-            Deadline::None => armed_for.or(Some(now_ms() + timeouts.idle.as_millis() as u64)),
-        };
-        if want != armed_for {
-            let wait = want.unwrap_or(0).saturating_sub(now_ms()).max(5);
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + Duration::from_millis(wait));
-            armed_for = want;
-        }
+    let ended = loop {
         tokio::select! {
-            result = connection.as_mut() => break match result {
-                Ok(()) if stopping => "shutdown".to_string(),
-                Ok(()) => "client closed or keep-alive ended".to_string(),
-                Err(e) => format!("error: {e}"),
-            },
+            result = connection.as_mut() => break Ended::from_result(result, stopping),
             _ = &mut stop_signal, if !stopping => {
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
-            // A request ended or a new head started arriving: loop to re-arm for the new deadline.
-            _ = &mut changed => changed.set(info.changed.notified()),
-            _ = &mut timer => {
-                armed_for = None;
-                match deadline(&info, timeouts.header, timeouts.idle) {
-                    // A request head started arriving but is still incomplete: drop the
-                    // connection (nothing is in flight, so nothing is lost).
-                    Deadline::Head(at) if at <= now_ms() => {
-                        break format!("no complete request head within {:?} (--header-timeout)", timeouts.header)
-                    }
-                    Deadline::Idle(at) if at <= now_ms() && !stopping => {
-                        trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
-                        stopping = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    Deadline::Idle(at) if at <= now_ms() => break "idle during shutdown".to_string(),
-                    _ => {}
+            expired = watchdog.expired() => match expired {
+                Expired::Head => break Ended::HeadTimeout(balancer.timeouts.header),
+                Expired::Idle if stopping => break Ended::IdleDuringShutdown,
+                Expired::Idle => {
+                    trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
                 }
-            }
+            },
         }
     };
-    trace.conn_event(format_args!("closed ({reason})"));
+    if let Some(status) = ended.rejected_status() {
+        // hyper answered (or we dropped) a request head that never reached `proxy::handle`: it
+        // still gets its one log line, with `-` for what is unknown.
+        balancer.log.write(&Record::rejected(peer, status));
+    }
+    trace.conn_event(format_args!("closed ({ended})"));
+}
+
+/// Why a client connection ended.
+#[derive(Debug)]
+enum Ended {
+    Closed,
+    Shutdown,
+    IdleDuringShutdown,
+    /// A request head started arriving and did not complete in time.
+    HeadTimeout(Duration),
+    Error(hyper::Error),
+}
+
+impl Ended {
+    fn from_result(result: Result<(), hyper::Error>, stopping: bool) -> Self {
+        match result {
+            Ok(()) if stopping => Ended::Shutdown,
+            Ok(()) => Ended::Closed,
+            Err(e) => Ended::Error(e),
+        }
+    }
+
+    /// The status of a request head refused before it became a request: hyper answers 431 to an
+    /// oversized head and 400 to a malformed one; a head that never completed is 408.
+    fn rejected_status(&self) -> Option<u16> {
+        match self {
+            Ended::Error(e) if e.is_parse_too_large() => Some(431),
+            Ended::Error(e) if e.is_parse() => Some(400),
+            Ended::HeadTimeout(_) => Some(408),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Closed => f.write_str("client closed or keep-alive ended"),
+            Ended::Shutdown => f.write_str("shutdown"),
+            Ended::IdleDuringShutdown => f.write_str("idle during shutdown"),
+            Ended::HeadTimeout(t) => {
+                write!(
+                    f,
+                    "no complete request head within {t:?} (--header-timeout)"
+                )
+            }
+            Ended::Error(e) => write!(f, "error: {e}"),
+        }
+    }
 }
 
 /// Completes once the stop flag is set (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Which timeout applies to a connection right now, as an absolute [`now_ms`] time.
-enum Deadline {
-    /// A request is in flight: body timeouts apply, not these.
-    None,
-    /// Part of a request head has arrived: the rest must come by then.
-    Head(u64),
-    /// Nothing in flight, nothing arriving: the connection may idle until then.
-    Idle(u64),
-}
-
-fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
-    if conn.is_busy() {
-        return Deadline::None;
-    }
-    let head_started = conn.head_started_ms();
-    if head_started != 0 {
-        return Deadline::Head(head_started + header.as_millis() as u64);
-    }
-    // Before the first request a silent client gets only the header timeout.
-    let allowed = if conn.requests() == 0 { header } else { idle };
-    Deadline::Idle(conn.idle_since_ms() + allowed.as_millis() as u64)
-}
-
-/// The client socket, noting when the first byte of a request head arrives.
-struct WatchedIo {
-    inner: TcpStream,
-    conn: Arc<ConnInfo>,
-}
-
-impl AsyncRead for WatchedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.conn.head_bytes_arrived();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for WatchedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

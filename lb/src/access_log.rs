@@ -89,6 +89,26 @@ impl Record {
         }
     }
 
+    /// The record of a request head refused before it became a request (hyper's 400 and 431, or a
+    /// head that never completed, 408): method and target are unknown, shown as `-`.
+    pub fn rejected(client: SocketAddr, status: u16) -> Self {
+        Record {
+            request: 0,
+            started: Instant::now(),
+            unix_time: unix_now(),
+            client,
+            method: Method::from_bytes(b"-").unwrap_or_default(),
+            target: "-".to_string(),
+            version: Version::HTTP_11,
+            backend: None,
+            status,
+            bytes: 0,
+            duration: Duration::default(),
+            referer: None,
+            user_agent: None,
+        }
+    }
+
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }

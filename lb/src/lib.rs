@@ -5,8 +5,9 @@
 //! whose [`proxy::handle`] runs steps 2 to 8):
 //!
 //! 0. [`cli`] / [`config`]: the original command line becomes a [`Config`];
-//! 1. [`accept`]: accept the connection, serve HTTP/1.1 on it (timeouts, connection cap,
-//!    shutdown); [`downstream`] is what the request path knows of that client connection;
+//! 1. [`accept`]: accept the connection, serve HTTP/1.1 on it (connection cap, shutdown), with
+//!    [`watchdog`] for the header and idle timeouts; [`downstream`] is what the request path knows
+//!    of that client connection;
 //! 2. [`proxy`]: check the request;
 //! 3. [`route`]: Host + path -> a group of backends (longest prefix, vhosts first);
 //! 4. [`pick`]: which member goes first (round robin); [`failover`] walks on from there, with
@@ -43,6 +44,7 @@ pub mod route;
 pub mod shutdown;
 pub mod trace;
 pub mod upstream;
+pub mod watchdog;
 
 use std::future::Future;
 use std::net::ToSocketAddrs;

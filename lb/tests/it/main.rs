@@ -25,5 +25,9 @@ mod proxying;
 /// dying mid-body, clients hanging up mid-reply.
 mod failures;
 
+/// One access-log line per request, however it ends: refused heads (400, 431, 408), requests cut
+/// off by shutdown.
+mod logging;
+
 /// Stopping: SIGTERM drains in-flight requests and exits 0; `run`'s shutdown future does the same.
 mod lifecycle;
