@@ -1,17 +1,18 @@
-//! The command line: the original's `-p` and `-d`, plus `--name`, and the messages the binary
-//! prints about them. Kept in the library so that parsing and messages are unit-tested, and
+//! The command line: the original's `-p` and `-d`, plus `--name`, `--delay` and `--delay-jitter`,
+//! and the messages the binary prints about them. Kept in the library so that parsing and messages are unit-tested, and
 //! `main.rs` stays a few lines long.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::api::{PRINT_CAP, SUM_BODY_CAP};
 use crate::harness::{BYTES_CAP, CHUNK_DELAY_CAP_MS, CHUNK_LEN, DELAY_CAP_MS};
-use crate::Config;
+use crate::{Config, Delay, DELAY_FLAG_CAP};
 
 /// The demo backend for the load balancer: the "RESTful API demo" page and its sum API.
 #[derive(Debug, Parser)]
@@ -36,6 +37,16 @@ pub struct Args {
     /// The name sent in X-Served-By and shown on the page [default: the listening address]
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
+
+    /// Hold every response (any route) this long before sending it, e.g. 20ms: a slow backend
+    /// for the balancer to notice. At most 1m.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_delay)]
+    pub delay: Duration,
+
+    /// Add a random wait from 0 up to this (uniform, drawn per request) to every response's
+    /// --delay, e.g. 5ms. At most 1m.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_delay)]
+    pub delay_jitter: Duration,
 }
 
 impl Args {
@@ -62,11 +73,19 @@ impl Args {
             docroot,
         })
     }
+
+    /// `--delay` and `--delay-jitter` together.
+    pub fn delay(&self) -> Delay {
+        Delay {
+            fixed: self.delay,
+            jitter: self.delay_jitter,
+        }
+    }
 }
 
 /// Parses the command line. On a bad flag this prints clap's message and exits with status 2, as
-/// clap's own `parse` does, except that a bad `-p` or `--name` value gets one line: the value,
-/// the flag, and the expected form.
+/// clap's own `parse` does, except that a bad value (`-p`, `--name`, `--delay`, ...) gets one
+/// line: the value, the flag, and the expected form.
 pub fn parse() -> Args {
     match Args::try_parse() {
         Ok(args) => args,
@@ -79,13 +98,29 @@ pub fn parse() -> Args {
     }
 }
 
-/// The line printed once the server listens; tests and scripts wait for it.
-pub fn starting_line(addr: SocketAddr, config: &Config) -> String {
+/// The line printed once the server listens; tests and scripts wait for it. A delay is named at
+/// the end, so that a slow backend says so where it starts.
+pub fn starting_line(addr: SocketAddr, config: &Config, delay: Delay) -> String {
     let serving = match &config.docroot {
         Some(dir) => dir.display().to_string(),
         None => "built-in page".to_owned(),
     };
-    format!("Starting RESTful server on {addr}, serving {serving}")
+    let delayed = match (delay.fixed.is_zero(), delay.jitter.is_zero()) {
+        (true, true) => String::new(),
+        (false, true) => format!(", every response delayed {}", show(delay.fixed)),
+        (true, false) => format!(", every response delayed 0 to {}", show(delay.jitter)),
+        (false, false) => format!(
+            ", every response delayed {} + 0 to {}",
+            show(delay.fixed),
+            show(delay.jitter)
+        ),
+    };
+    format!("Starting RESTful server on {addr}, serving {serving}{delayed}")
+}
+
+/// A duration as it is written on the command line (`20ms`, `1s 500ms`).
+fn show(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
 }
 
 /// Why the server could not listen, with the usual fix for the usual cause.
@@ -112,6 +147,24 @@ fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
         };
     }
     value.parse().map_err(|_| LISTEN_FORM.to_owned())
+}
+
+/// `--delay` and `--delay-jitter`: a duration with its unit, up to [`DELAY_FLAG_CAP`]. clap puts
+/// the flag's name in front of the message.
+fn parse_delay(value: &str) -> Result<Duration, String> {
+    const FORM: &str = "expected a duration with its unit, e.g. 20ms, 1s or 0";
+    let duration = if value.trim() == "0" {
+        Duration::ZERO
+    } else {
+        humantime::parse_duration(value).map_err(|err| format!("{err} ({FORM})"))?
+    };
+    if duration > DELAY_FLAG_CAP {
+        return Err(format!(
+            "at most {} ({FORM}; did you mean ms?)",
+            show(DELAY_FLAG_CAP)
+        ));
+    }
+    Ok(duration)
 }
 
 /// A name goes into a header, where control characters are not allowed.
@@ -147,7 +200,8 @@ A bare -p PORT listens on 127.0.0.1 only; -p 0.0.0.0:PORT listens on all interfa
 
 Examples:
   restful-server -p 8910                  listen on 127.0.0.1:8910
-  restful-server -p 0.0.0.0:8910 -d .     all interfaces, serving the current directory"
+  restful-server -p 0.0.0.0:8910 -d .     all interfaces, serving the current directory
+  restful-server -p 8911 --delay 20ms     a slow backend: every response 20 ms late"
     )
 }
 
@@ -218,6 +272,62 @@ mod tests {
         ] {
             assert!(help.contains(cap), "help lacks {cap}: {help}");
         }
+    }
+
+    #[test]
+    fn delays_take_a_unit_and_default_to_none() {
+        let args = parse_from(&[]).unwrap();
+        assert!(args.delay().is_zero());
+        let args = parse_from(&["--delay", "20ms", "--delay-jitter", "1s 500ms"]).unwrap();
+        assert_eq!(
+            args.delay(),
+            Delay {
+                fixed: Duration::from_millis(20),
+                jitter: Duration::from_millis(1500),
+            }
+        );
+        assert!(parse_from(&["--delay", "0"]).unwrap().delay().is_zero());
+        assert_eq!(
+            parse_from(&["--delay", "1m"]).unwrap().delay,
+            DELAY_FLAG_CAP
+        );
+    }
+
+    #[test]
+    fn a_bad_delay_names_the_flag_and_the_form() {
+        for (flag, bad, says) in [
+            ("--delay", "20", "e.g. 20ms"),
+            ("--delay", "fast", "e.g. 20ms"),
+            ("--delay", "20m", "at most 1m"),
+            ("--delay-jitter", "abc", "e.g. 20ms"),
+            ("--delay-jitter", "2h", "at most 1m"),
+        ] {
+            let err = parse_from(&[flag, bad]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{flag} {bad}");
+            let first_line = err.to_string().lines().next().unwrap().to_owned();
+            assert!(first_line.contains(flag), "{first_line}");
+            assert!(first_line.contains(bad), "{first_line}");
+            assert!(first_line.contains(says), "{first_line}");
+        }
+    }
+
+    #[test]
+    fn the_starting_line_names_a_delay_only_when_there_is_one() {
+        let addr = "127.0.0.1:8911".parse().unwrap();
+        let config = Config::default();
+        let ms = Duration::from_millis;
+        let line = |fixed, jitter| starting_line(addr, &config, Delay { fixed, jitter });
+        assert_eq!(
+            line(ms(0), ms(0)),
+            "Starting RESTful server on 127.0.0.1:8911, serving built-in page"
+        );
+        assert_eq!(
+            line(ms(20), ms(0)),
+            "Starting RESTful server on 127.0.0.1:8911, serving built-in page, \
+             every response delayed 20ms"
+        );
+        assert!(line(ms(0), ms(5)).ends_with(", every response delayed 0 to 5ms"));
+        assert!(line(ms(20), ms(5)).ends_with(", every response delayed 20ms + 0 to 5ms"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `page`: the built-in "RESTful API demo" page at `GET /`.
 //! - `api`: the demo's own endpoints: `sum`, `whoami`, `printcontent`.
 //! - `harness`: endpoints for testing proxies: `echo`, `delay`, `status`, `bytes`.
+//! - `delay`: `--delay` and `--delay-jitter`, a backend that is slow on every route.
 //! - `files`: `-d DOCROOT`: static files and directory listings.
 //! - `error`: the one shape of an error reply, `{"error": "..."}`.
 //! - `shutdown`: the future that resolves on Ctrl-C or SIGTERM.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod shutdown;
 
 mod api;
+mod delay;
 mod error;
 mod files;
 mod harness;
@@ -52,6 +54,8 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use bytes::Bytes;
 use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use delay::{Delay, DELAY_FLAG_CAP};
 
 /// What a server instance serves and how it names itself; the listening address is not here
 /// because it is only known once a listener is bound (`-p 0`).
@@ -137,6 +141,19 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_delay(listener, config, Delay::default(), shutdown).await
+}
+
+/// [`serve`], with every response held back by `delay` (`--delay`, `--delay-jitter`).
+///
+/// The delay is an argument of its own rather than a field of [`Config`] because other crates'
+/// tests build `Config` with a struct literal, which a new field would break.
+pub async fn serve_with_delay(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    delay: Delay,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
 
     let addr = listener.local_addr()?;
@@ -147,7 +164,7 @@ pub async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {err}");
         }
     });
-    axum::serve(listener, app(config, addr))
+    axum::serve(listener, delay.wrap(app(config, addr)))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use restful_server::{cli, serve, shutdown};
+use restful_server::{cli, serve_with_delay, shutdown};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -31,7 +31,11 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
     // Signal handlers go in before the line: whoever reads it may send SIGTERM at once.
     let stop = shutdown::signal();
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", cli::starting_line(addr, &config)).context("writing to stdout")?;
+    let delay = args.delay();
+    writeln!(stdout, "{}", cli::starting_line(addr, &config, delay))
+        .context("writing to stdout")?;
     stdout.flush().context("writing to stdout")?;
-    serve(listener, config, stop).await.context("serving")
+    serve_with_delay(listener, config, delay, stop)
+        .await
+        .context("serving")
 }

@@ -36,6 +36,24 @@ fn a_bad_port_is_one_line_naming_p_and_exit_2() {
 }
 
 #[test]
+fn a_bad_delay_is_one_line_naming_the_flag_and_exit_2() {
+    for (flag, bad) in [
+        ("--delay", "20"),
+        ("--delay-jitter", "soon"),
+        ("--delay", "5h"),
+    ] {
+        let (stdout, stderr) = run_expecting(&["-p", "0", flag, bad], 2);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(bad), "{stderr}");
+        assert!(
+            stderr.contains("e.g. 20ms") || stderr.contains("at most 1m"),
+            "{stderr}"
+        );
+        assert_eq!(stdout, "", "nothing may claim to be listening");
+    }
+}
+
+#[test]
 fn help_says_how_to_listen_on_all_interfaces() {
     let (stdout, _) = run_expecting(&["--help"], 0);
     assert!(stdout.contains("-p 0.0.0.0:PORT"), "{stdout}");

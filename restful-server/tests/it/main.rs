@@ -16,3 +16,7 @@ mod cli;
 /// Over a real socket: the page and X-Served-By, `--name`, `-d` with traversal attempts,
 /// streamed `bytes` framing, `sum` framing, `printcontent` printing.
 mod serving;
+
+/// `--delay` and `--delay-jitter` on a real socket: each response is late by the delay (and not
+/// much more), within the jitter, and many late requests are served at once.
+mod delay;
