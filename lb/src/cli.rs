@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{Config, HealthCheck, Limits, LogFormat, LogTarget, Rule, Timeouts};
+use crate::pick::{self, Balance, Settings};
 
 /// What went wrong with the command line; every message names the flag and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +39,7 @@ impl CliError {
     name = "lb",
     version,
     about = "A streaming round-robin HTTP/1.1 load balancer with the Mongoose load_balancer command line",
-    override_usage = "lb [-p [IP:]PORT] [-l FILE|-] [-k] [[-r] [-v VHOST] -b PREFIX[=REPLACEMENT] HOST:PORT]...",
+    override_usage = "lb [-p [IP:]PORT] [-l FILE|-] [-k] [--balance STRATEGY] [[-r] [-v VHOST] [-w N] -b PREFIX[=REPLACEMENT] HOST:PORT]...",
     after_help = "Examples:\n  lb -p 8000 -l - -b / 127.0.0.1:8910 -b / 127.0.0.1:8911\n  \
                   lb -p 0 -b /api/=/v1/ 127.0.0.1:9000 -v example.com -b / 127.0.0.1:9001 -r -b /old/ 127.0.0.1:9002\n\n\
                   Backends with the same PREFIX (and vhost) take turns (round robin). The longest matching prefix wins;\n\
@@ -68,6 +69,27 @@ struct Args {
     /// The next -b only serves requests whose Host is VHOST (port ignored, any case).
     #[arg(short = 'v', value_name = "VHOST", action = ArgAction::Append)]
     vhost: Vec<String>,
+
+    /// The next -b gets weight N (1..=1000, default 1): a share of its group's requests in proportion.
+    #[arg(short = 'w', value_name = "N", action = ArgAction::Append)]
+    weight: Vec<String>,
+
+    /// How each group chooses a backend: round-robin (smooth weighted, the default), least-conn, p2c,
+    /// ewma, hash:ip, hash:uri, hash:header:NAME or hash:cookie:NAME.
+    #[arg(long, value_name = "STRATEGY", default_value = "round-robin")]
+    balance: String,
+
+    /// A backend that comes back after being down ramps from 10% to its full weight over this long (0 = off).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    slow_start: Duration,
+
+    /// ewma: the time constant over which a backend's latency estimate forgets old samples.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    ewma_decay: Duration,
+
+    /// hash: no backend takes more than F times the average load in flight (bounded loads; F >= 1).
+    #[arg(long, value_name = "F")]
+    hash_balance_factor: Option<String>,
 
     /// Route requests starting with PREFIX to HOST:PORT, replacing PREFIX with REPLACEMENT if given.
     #[arg(short = 'b', num_args = 2, value_names = ["PREFIX[=REPLACEMENT]", "HOST:PORT"], action = ArgAction::Append)]
@@ -225,6 +247,21 @@ where
         },
         fail_timeout: args.fail_timeout,
         retries: args.retries,
+        balance: args
+            .balance
+            .parse::<Balance>()
+            .map_err(|e| CliError::Invalid(e.to_string()))?,
+        balance_settings: Settings {
+            slow_start: args.slow_start,
+            hash_balance_factor: args
+                .hash_balance_factor
+                .as_deref()
+                .map(pick::balance::parse_balance_factor)
+                .transpose()
+                .map_err(|e| CliError::Invalid(e.to_string()))?,
+            ..Settings::default()
+        },
+        ewma_decay: args.ewma_decay,
         health_check,
         threads: match args.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -248,6 +285,7 @@ fn rules_from(matches: &clap::ArgMatches, args: &Args) -> Result<Vec<Rule>, CliE
     let backend_at = indices("backend");
     let redirect_at = indices("redirect");
     let vhost_at = indices("vhost");
+    let weight_at = indices("weight");
 
     let mut rules = Vec::new();
     let mut previous = 0;
@@ -262,6 +300,13 @@ fn rules_from(matches: &clap::ArgMatches, args: &Args) -> Result<Vec<Rule>, CliE
             .rposition(in_window)
             .and_then(|k| args.vhost.get(k))
             .cloned();
+        let weight = weight_at
+            .iter()
+            .rposition(in_window)
+            .and_then(|k| args.weight.get(k))
+            .map(|w| pick::balance::parse_weight(w))
+            .transpose()
+            .map_err(|e| CliError::Invalid(format!("{e}, e.g. -w 5 -b {spec} {address}")))?;
         previous = at;
 
         let (prefix, replacement) = match spec.split_once('=') {
@@ -289,12 +334,19 @@ fn rules_from(matches: &clap::ArgMatches, args: &Args) -> Result<Vec<Rule>, CliE
             vhost,
             redirect,
             backend: address.clone(),
+            weight,
         });
     }
     let last_b = backend_at.last().copied().unwrap_or(0);
-    if redirect_at.iter().chain(&vhost_at).any(|i| *i > last_b) {
+    if redirect_at
+        .iter()
+        .chain(&vhost_at)
+        .chain(&weight_at)
+        .any(|i| *i > last_b)
+    {
         return Err(CliError::Invalid(
-            "-r and -v apply to the next -b: move them before a -b PREFIX HOST:PORT".to_string(),
+            "-r, -v and -w apply to the next -b: move them before a -b PREFIX HOST:PORT"
+                .to_string(),
         ));
     }
     Ok(rules)

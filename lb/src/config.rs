@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pick::load::DEFAULT_EWMA_DECAY;
+use crate::pick::{Balance, Settings};
+
 /// Everything `lb` needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -26,6 +29,12 @@ pub struct Config {
     pub fail_timeout: Duration,
     /// Attempts after the first for one request (`--retries`); `None` = the group's size minus 1.
     pub retries: Option<usize>,
+    /// How each group chooses the member to try first (`--balance`).
+    pub balance: Balance,
+    /// `--slow-start`, `--hash-balance-factor`: settings every group's strategy shares.
+    pub balance_settings: Settings,
+    /// `--ewma-decay`: the time constant of each backend's latency estimate.
+    pub ewma_decay: Duration,
     /// Optional active health checking.
     pub health_check: Option<HealthCheck>,
     /// Worker threads, each with its own event loop, connections and pools (1 = run on the
@@ -46,6 +55,8 @@ pub struct Rule {
     pub redirect: bool,
     /// The backend, exactly as written on the command line (`127.0.0.1:8910`); used in logs.
     pub backend: String,
+    /// `-w N` before the `-b`: the member's weight, 1..=1000 (`None`: not given, weight 1).
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +155,9 @@ impl Config {
             limits: Limits::default(),
             fail_timeout: Duration::from_secs(10),
             retries: None,
+            balance: Balance::RoundRobin,
+            balance_settings: Settings::default(),
+            ewma_decay: DEFAULT_EWMA_DECAY,
             health_check: None,
             threads: 1,
         }

@@ -1,16 +1,17 @@
 //! Step 4 of a request, continued: the order in which the members of a group are tried, and how
 //! many may be.
 //!
-//! The strategy in `pick/` names the member to try first; [`Walk`] goes on from there around the
-//! group, skipping members whose backend is marked down (`health.rs`), until one answers or the
-//! attempt budget (`--retries` + 1) is spent. If *every* member is marked down it tries them all
-//! anyway ("panic mode", as Envoy calls it): a refused connection costs microseconds, and a backend
-//! that just came back gets traffic at once instead of after its cool-down.
+//! The group's strategy (`pick/`) orders the members for this request: the first is its choice,
+//! the rest the failover order; members whose backend is marked down (`health.rs`) are left out,
+//! unless *every* one is ("panic mode": a refused connection costs microseconds, and a backend that
+//! just came back gets traffic at once). [`Walk`] hands them out one attempt at a time, until one
+//! answers or the attempt budget (`--retries` + 1) is spent.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::error::ProxyError;
-use crate::pick::{failover_order, Selection};
+use crate::pick::{Load, Members, Order, RequestInfo, Status};
 use crate::route::{Group, Member};
 use crate::trace::Trace;
 use crate::upstream::Backend;
@@ -20,52 +21,79 @@ use crate::upstream::Backend;
 pub struct Walk<'g> {
     group: &'g Group,
     backends: &'g [Arc<Backend>],
-    /// The strategy's choice: the walk starts there and goes round the group once.
-    first: usize,
-    /// How many slots have been visited.
+    /// The strategy's order for this request; its buffers go back to a per-thread spare.
+    order: Order,
+    /// How many slots of `order` have been handed out.
     visited: usize,
-    any_up: bool,
     /// Attempts made so far (a connect or a send to one backend is one attempt).
-    pub attempts: usize,
+    attempts: usize,
     /// Attempts allowed in all: `--retries` + 1.
-    pub budget: usize,
+    budget: usize,
     /// Why the last attempt failed.
     last_failure: Option<String>,
     /// Whether any attempt failed after its request was sent (rather than while connecting).
     lost_any: bool,
 }
 
+thread_local! {
+    /// An `Order`'s buffers, reused by the next request on this thread: choosing allocates nothing.
+    static SPARE: RefCell<Option<Order>> = const { RefCell::new(None) };
+}
+
+/// The group as the strategy sees it: each member's health and load, read from the backends.
+struct View<'g> {
+    group: &'g Group,
+    backends: &'g [Arc<Backend>],
+}
+
+impl View<'_> {
+    fn backend(&self, slot: usize) -> Option<&Backend> {
+        let member = self.group.members.get(slot)?;
+        self.backends.get(member.backend).map(|b| &**b)
+    }
+}
+
+impl Members for View<'_> {
+    fn status(&self, slot: usize) -> Status {
+        match self.backend(slot) {
+            Some(b) if b.health.is_available() => Status::Up {
+                back_for: b.health.back_for(),
+            },
+            _ => Status::Down,
+        }
+    }
+
+    fn load(&self, slot: usize) -> Option<&Load> {
+        self.backend(slot).map(|b| &*b.load)
+    }
+}
+
 impl<'g> Walk<'g> {
-    /// Ask the group's strategy where to start; `retries` bounds the attempts after the first.
+    /// Ask the group's strategy for this request's order; `retries` bounds the attempts after
+    /// the first (default: every other member gets one chance).
     pub fn start(
         group: &'g Group,
         backends: &'g [Arc<Backend>],
         retries: Option<usize>,
+        request: &RequestInfo<'_>,
         trace: &Trace,
-        request: u64,
+        number: u64,
     ) -> Self {
-        let len = group.members.len();
-        let first = group.selection.pick(len);
-        trace.event(
-            request,
-            format_args!(
-                "pick: round robin slot {first} of {len} (counter {})",
-                group.selection.count()
-            ),
-        );
-        let usable = |m: &Member| {
-            backends
-                .get(m.backend)
-                .is_some_and(|b| b.health.is_available())
-        };
-        // Default: every other member gets one chance.
-        let retries = retries.unwrap_or(len.saturating_sub(1));
+        let mut order = SPARE
+            .with(|spare| spare.borrow_mut().take())
+            .unwrap_or_default();
+        let view = View { group, backends };
+        let why = group.selection.order(request, &view, &mut order);
+        if trace.is_enabled() {
+            let name = |slot: usize| view.backend(slot).map_or("?", |b| b.name.as_str());
+            trace.event(number, format_args!("pick: {}", why.named(name)));
+        }
+        let retries = retries.unwrap_or(group.members.len().saturating_sub(1));
         Walk {
             group,
             backends,
-            first,
+            order,
             visited: 0,
-            any_up: group.members.iter().any(usable),
             attempts: 0,
             budget: retries.saturating_add(1),
             last_failure: None,
@@ -73,13 +101,11 @@ impl<'g> Walk<'g> {
         }
     }
 
-    /// The next member worth an attempt, if the budget allows one; counts the attempt.
-    pub fn next(&mut self, trace: &Trace, request: u64) -> Option<(&'g Member, Arc<Backend>)> {
-        if self.attempts >= self.budget {
-            return None;
-        }
-        let len = self.group.members.len();
-        while let Some(slot) = failover_order(self.first, len).nth(self.visited) {
+    /// The next member to try (the first, then the next ones), if the order and the budget allow
+    /// one; counts the attempt.
+    pub fn next_member(&mut self) -> Option<(&'g Member, Arc<Backend>)> {
+        while self.attempts < self.budget {
+            let slot = *self.order.slots().get(self.visited)?;
             self.visited += 1;
             let Some(member) = self.group.members.get(slot) else {
                 continue;
@@ -87,10 +113,6 @@ impl<'g> Walk<'g> {
             let Some(backend) = self.backends.get(member.backend) else {
                 continue;
             };
-            if self.any_up && !backend.health.is_available() {
-                trace.event(request, format_args!("skip {}: marked down", backend.name));
-                continue;
-            }
             self.attempts += 1;
             return Some((member, backend.clone()));
         }
@@ -105,10 +127,10 @@ impl<'g> Walk<'g> {
     }
 
     /// The next member for a retry, traced with the reason (`retry 1/2 on ... after: ...`).
-    pub fn retry(&mut self, trace: &Trace, request: u64) -> Option<(&'g Member, Arc<Backend>)> {
-        let next = self.next(trace, request)?;
+    pub fn retry(&mut self, trace: &Trace, number: u64) -> Option<(&'g Member, Arc<Backend>)> {
+        let next = self.next_member()?;
         trace.event(
-            request,
+            number,
             format_args!(
                 "retry {}/{} on {} after: {}",
                 self.attempts - 1,
@@ -137,5 +159,12 @@ impl<'g> Walk<'g> {
                 last,
             }
         }
+    }
+}
+
+impl Drop for Walk<'_> {
+    fn drop(&mut self) {
+        let order = std::mem::take(&mut self.order);
+        SPARE.with(|spare| *spare.borrow_mut() = Some(order));
     }
 }

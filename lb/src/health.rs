@@ -22,6 +22,9 @@ pub struct Health {
     down_until: AtomicU64,
     /// Set by the active checker when the backend failed `fall` probes in a row.
     probe_down: AtomicBool,
+    /// When (in [`now_ms`] time) the backend last came back after being down; 0 = never down.
+    /// Slow start (`--slow-start`) ramps its weight up from then.
+    back_since: AtomicU64,
 }
 
 impl Health {
@@ -40,15 +43,38 @@ impl Health {
         before <= now
     }
 
-    /// Record a successful connection: the backend is back.
+    /// Record a successful connection: the backend is back (it was back from the moment its
+    /// cool-down ended).
     pub fn connect_succeeded(&self) {
-        if self.down_until.load(Ordering::Relaxed) != 0 {
+        let until = self.down_until.load(Ordering::Relaxed);
+        if until != 0 {
+            self.back_since
+                .store(until.min(now_ms()), Ordering::Relaxed);
             self.down_until.store(0, Ordering::Relaxed);
         }
     }
 
     pub fn set_probe_down(&self, down: bool) {
-        self.probe_down.store(down, Ordering::Relaxed);
+        let was = self.probe_down.swap(down, Ordering::Relaxed);
+        if was && !down {
+            self.back_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// How long ago the backend came back after being down, if it ever was (for slow start);
+    /// `None` while it is down or if it never was.
+    pub fn back_for(&self) -> Option<Duration> {
+        if !self.is_available() {
+            return None;
+        }
+        let now = now_ms();
+        let until = self.down_until.load(Ordering::Relaxed);
+        let since = match until {
+            0 => self.back_since.load(Ordering::Relaxed),
+            // The cool-down has passed but no connection has succeeded yet.
+            until => until,
+        };
+        (since != 0).then(|| Duration::from_millis(now.saturating_sub(since)))
     }
 
     pub fn is_probe_down(&self) -> bool {

@@ -94,11 +94,20 @@ impl Balancer {
                     rule.backend
                 ))
             })?;
-            backends.push(Arc::new(Backend::new(rule.backend.clone(), addr, settings)));
+            let load = pick::Load::new(config.ewma_decay);
+            backends.push(Arc::new(Backend::new(
+                rule.backend.clone(),
+                addr,
+                settings,
+                load,
+            )));
         }
-        let router = Router::new(&config.rules, |name| {
-            backends.iter().position(|b| b.name == name).unwrap_or(0)
-        });
+        let router = Router::new(
+            &config.rules,
+            |name| backends.iter().position(|b| b.name == name).unwrap_or(0),
+            &config.balance,
+            &config.balance_settings,
+        );
         Ok(Balancer {
             router,
             backends,
@@ -112,11 +121,16 @@ impl Balancer {
     }
 }
 
-/// Print the original's startup lines (on stderr, so `-l -` keeps stdout for log lines).
+/// Print the original's startup lines (on stderr, so `-l -` keeps stdout for log lines). A weight
+/// is shown only when `-w` gave one, so that the original's lines stay byte-identical without it.
 pub fn print_rules(config: &Config) {
     for rule in &config.rules {
+        let weight = rule
+            .weight
+            .map(|w| format!(",weight={w}"))
+            .unwrap_or_default();
         eprintln!(
-            "Adding backend for {}{} : {} [redirect={},prefix_replacement={}]",
+            "Adding backend for {}{} : {} [redirect={},prefix_replacement={}{weight}]",
             rule.vhost.as_deref().unwrap_or(""),
             rule.prefix,
             rule.backend,

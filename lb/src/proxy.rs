@@ -34,6 +34,7 @@ use crate::access_log::Record;
 use crate::downstream::ConnInfo;
 use crate::error::{ClientBodyError, ConnectError, ProxyError};
 use crate::failover::Walk;
+use crate::pick::RequestInfo;
 use crate::respond;
 use crate::response::{Completion, ResponseBody};
 use crate::retry::{Outgoing, Replay};
@@ -105,19 +106,25 @@ impl<'a> Exchange<'a> {
         check_request(&request)?;
         let group = self.route(&request)?;
         let trace = &self.conn.trace;
-        let mut walk = Walk::start(
-            group,
-            &self.balancer.backends,
-            self.balancer.retries,
-            trace,
-            self.number,
-        );
         let original = request
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let Some((mut member, mut backend)) = walk.next(trace, self.number) else {
+        let keys = RequestInfo {
+            client: Some(self.conn.peer.ip()),
+            path_and_query: original.as_str(),
+            headers: request.headers(),
+        };
+        let mut walk = Walk::start(
+            group,
+            &self.balancer.backends,
+            self.balancer.retries,
+            &keys,
+            trace,
+            self.number,
+        );
+        let Some((mut member, mut backend)) = walk.next_member() else {
             return Err(walk.gave_up());
         };
         if member.redirect {
@@ -150,11 +157,14 @@ impl<'a> Exchange<'a> {
                     None => return Err(walk.gave_up()),
                 },
             };
+            // In flight on this backend (what least-conn and p2c compare) until the body ends.
+            let in_flight = backend.load.clone().start_owned();
             match self
                 .attempt(&backend, outgoing, upgrade, &mut deadline)
                 .await
             {
                 Attempt::Answered(response, upstream) => {
+                    self.completion.in_flight_on_backend = Some(in_flight);
                     return Ok(self.relay(response, upstream, client_upgrade));
                 }
                 Attempt::NotSent(outgoing, why) => {
@@ -388,6 +398,7 @@ impl<'a> Exchange<'a> {
             host_added,
         } = outgoing;
         let timeout = self.balancer.timeouts.response;
+        let started = std::time::Instant::now();
         let response = upstream.sender.try_send_request(request);
         tokio::pin!(response);
         let result = loop {
@@ -409,7 +420,11 @@ impl<'a> Exchange<'a> {
             }
         };
         match result {
-            Ok(response) => Sent::Answered(response, upstream),
+            Ok(response) => {
+                // The latency sample the ewma strategy learns from.
+                upstream.backend.load.observe(started.elapsed());
+                Sent::Answered(response, upstream)
+            }
             Err(mut error) => match error.take_message() {
                 Some(request) => Sent::NotWritten(
                     Outgoing {

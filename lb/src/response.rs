@@ -28,6 +28,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::IdleTimer;
 use crate::downstream::InFlight;
 use crate::error::BoxError;
+use crate::pick::OwnedInFlight;
 use crate::trace::Trace;
 use crate::upstream::{Backend, Upstream};
 
@@ -56,6 +57,8 @@ pub struct Completion {
     trace: Trace,
     /// Dropped at the end: lets the client connection know this request is no longer in flight.
     in_flight: Option<InFlight>,
+    /// Dropped at the end: the backend's count of requests in flight (`pick/`'s load) goes down.
+    pub in_flight_on_backend: Option<OwnedInFlight>,
     /// Body bytes sent to the client.
     bytes: u64,
     finished: bool,
@@ -69,6 +72,7 @@ impl Completion {
             log,
             trace,
             in_flight: Some(in_flight),
+            in_flight_on_backend: None,
             bytes: 0,
             finished: false,
         }
@@ -121,6 +125,7 @@ impl Completion {
             self.log.write(&self.record);
         }
         self.in_flight = None;
+        self.in_flight_on_backend = None;
     }
 }
 

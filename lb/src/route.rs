@@ -1,23 +1,24 @@
-//! Step 2 of a request: choose the rotation group from the Host header and the path.
+//! Step 3 of a request: choose the group of backends from the Host header and the path.
 //!
 //! Rules are grouped by `(vhost, prefix)`: every `-b` with the same prefix (and vhost) joins the same
-//! group, and the members of a group take turns (see `pick/`). Lookup follows the original:
+//! group, and the group's strategy (`--balance`, see `pick/`) chooses among its members. Lookup follows the original:
 //! rules with a `-v VHOST` are tried first, then the rest; among those, the *longest* matching
 //! prefix wins. Unlike the original, the vhost comparison ignores case (host names are
 //! case-insensitive, RFC 9110 §4.2.3).
 
 use crate::config::Rule;
-use crate::pick::RoundRobin;
+use crate::pick::{self, Balance, MemberSpec, Selection, Settings};
 
-/// Backends that share one prefix (and vhost) and take turns serving it.
+/// Backends that share one prefix (and vhost), and the strategy that chooses among them.
 #[derive(Debug)]
 pub struct Group {
     /// Lower-cased vhost, or `None` for rules without `-v`.
     pub vhost: Option<String>,
     pub prefix: String,
     pub members: Vec<Member>,
-    /// How the next member is chosen; one counter per group.
-    pub selection: RoundRobin,
+    /// How the member to try first is chosen (`--balance`); one object per group, whatever the
+    /// strategy: a new one needs no change outside `pick/`.
+    pub selection: Box<dyn Selection>,
 }
 
 /// One `-b` inside a group.
@@ -25,8 +26,12 @@ pub struct Group {
 pub struct Member {
     /// Index into the balancer's list of distinct backends.
     pub backend: usize,
+    /// The backend's address as written (`127.0.0.1:8910`): what the hash strategy places.
+    pub name: String,
     pub replacement: String,
     pub redirect: bool,
+    /// `-w N` (1 when not given).
+    pub weight: u32,
 }
 
 /// All groups, searched by [`Router::route`].
@@ -36,29 +41,51 @@ pub struct Router {
 }
 
 impl Router {
-    /// Build groups from rules. `backend_index` maps a rule's address to its slot in the backend list.
-    pub fn new(rules: &[Rule], mut backend_index: impl FnMut(&str) -> usize) -> Self {
-        let mut groups: Vec<Group> = Vec::new();
+    /// Build groups from rules, each with a `balance` strategy over its members.
+    /// `backend_index` maps a rule's address to its slot in the backend list.
+    pub fn new(
+        rules: &[Rule],
+        mut backend_index: impl FnMut(&str) -> usize,
+        balance: &Balance,
+        settings: &Settings,
+    ) -> Self {
+        let mut grouped: Vec<(Option<String>, String, Vec<Member>)> = Vec::new();
         for rule in rules {
             let vhost = rule.vhost.as_ref().map(|v| v.to_ascii_lowercase());
             let member = Member {
                 backend: backend_index(&rule.backend),
+                name: rule.backend.clone(),
                 replacement: rule.replacement.clone(),
                 redirect: rule.redirect,
+                weight: rule.weight.unwrap_or(1),
             };
-            match groups
+            match grouped
                 .iter_mut()
-                .find(|g| g.vhost == vhost && g.prefix == rule.prefix)
+                .find(|(v, prefix, _)| *v == vhost && *prefix == rule.prefix)
             {
-                Some(group) => group.members.push(member),
-                None => groups.push(Group {
-                    vhost,
-                    prefix: rule.prefix.clone(),
-                    members: vec![member],
-                    selection: RoundRobin::default(),
-                }),
+                Some((_, _, members)) => members.push(member),
+                None => grouped.push((vhost, rule.prefix.clone(), vec![member])),
             }
         }
+        let groups = grouped
+            .into_iter()
+            .map(|(vhost, prefix, members)| {
+                let specs: Vec<MemberSpec<'_>> = members
+                    .iter()
+                    .map(|m| MemberSpec {
+                        id: &m.name,
+                        weight: m.weight,
+                    })
+                    .collect();
+                let selection = pick::build(balance, &specs, settings);
+                Group {
+                    vhost,
+                    prefix,
+                    members,
+                    selection,
+                }
+            })
+            .collect();
         Router { groups }
     }
 
@@ -119,18 +146,24 @@ mod tests {
             vhost: vhost.map(Into::into),
             redirect: false,
             backend: backend.into(),
+            weight: None,
         }
     }
 
     fn router(rules: &[Rule]) -> Router {
         let mut seen: Vec<String> = Vec::new();
-        Router::new(rules, |b| match seen.iter().position(|s| s == b) {
-            Some(i) => i,
-            None => {
-                seen.push(b.to_string());
-                seen.len() - 1
-            }
-        })
+        Router::new(
+            rules,
+            |b| match seen.iter().position(|s| s == b) {
+                Some(i) => i,
+                None => {
+                    seen.push(b.to_string());
+                    seen.len() - 1
+                }
+            },
+            &Balance::RoundRobin,
+            &Settings::default(),
+        )
     }
 
     #[test]

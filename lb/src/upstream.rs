@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::error::ConnectError;
 use crate::health::Health;
+use crate::pick::Load;
 
 /// The sending half of one HTTP/1.1 connection to a backend.
 pub type Sender = SendRequest<RequestBody>;
@@ -49,6 +50,8 @@ pub struct Backend {
     pub name: String,
     addr: SocketAddr,
     pub health: Health,
+    /// Requests in flight and the latency estimate, shared by every worker and group (`pick/`).
+    pub load: Arc<Load>,
     /// One pool per worker thread, indexed by [`worker_id`].
     idle: Vec<Mutex<Vec<IdleConn>>>,
     next_id: AtomicU64,
@@ -156,11 +159,12 @@ fn has_ended(driver: &mut Driver) -> bool {
 }
 
 impl Backend {
-    pub fn new(name: String, addr: SocketAddr, settings: PoolSettings) -> Self {
+    pub fn new(name: String, addr: SocketAddr, settings: PoolSettings, load: Load) -> Self {
         Backend {
             name,
             addr,
             health: Health::default(),
+            load: Arc::new(load),
             idle: (0..settings.workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),

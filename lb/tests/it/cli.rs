@@ -52,7 +52,24 @@ fn each_command_line_error_exits_2_naming_the_flag() {
         ),
         (
             &["-b", "/", "127.0.0.1:1", "-r"],
-            "-r and -v apply to the next -b",
+            "-r, -v and -w apply to the next -b",
+        ),
+        (
+            &["-w", "0", "-b", "/", "127.0.0.1:1"],
+            "invalid -w \"0\": a weight is a whole number from 1 to 1000, e.g. -w 5 -b / 127.0.0.1:1",
+        ),
+        (&["-w", "1001", "-b", "/", "127.0.0.1:1"], "invalid -w \"1001\""),
+        (
+            &["--balance", "fastest", "-b", "/", "127.0.0.1:1"],
+            "invalid --balance \"fastest\": expected one of round-robin, least-conn, p2c, ewma, hash:ip",
+        ),
+        (
+            &["--balance", "hash:header:", "-b", "/", "127.0.0.1:1"],
+            "invalid --balance \"hash:header:\"",
+        ),
+        (
+            &["--hash-balance-factor", "0.5", "-b", "/", "127.0.0.1:1"],
+            "invalid --hash-balance-factor \"0.5\"",
         ),
         (&["-b", "/"], "-b"),
         (

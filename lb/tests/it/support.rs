@@ -130,6 +130,7 @@ pub fn rule(prefix: &str, backend: SocketAddr) -> Rule {
         vhost: None,
         redirect: false,
         backend: backend.to_string(),
+        weight: None,
     }
 }
 
