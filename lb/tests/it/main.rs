@@ -17,6 +17,11 @@ mod cli;
 /// replacement, longest prefix, vhosts, redirects, no route.
 mod routing;
 
+/// `--balance` and `-w`: exact smooth round-robin sequences in the log, least-conn and p2c at zero
+/// load, consistent hashing when a backend dies or is removed, failover under every strategy, a
+/// slow backend avoided by the load-aware strategies.
+mod balancing;
+
 /// What crosses the balancer: hop-by-hop headers and X-Forwarded-For as the backend sees them,
 /// pipelining, streaming a slow reply, 50 MB each way.
 mod proxying;

@@ -100,7 +100,17 @@ impl Drop for Backend {
 /// head it reads (bodies are not expected), it writes `reply` verbatim, then closes the
 /// connection if `close` is set. Returns its address; it runs until the test's runtime ends.
 pub async fn raw_backend(reply: impl Into<Bytes>, close: bool) -> SocketAddr {
-    let reply: Bytes = reply.into();
+    serve_raw(reply.into(), close, Duration::ZERO).await
+}
+
+/// A minimal keep-alive backend that answers every request `200 ok` after `delay`, naming itself
+/// `name` in `X-Served-By`: fast and slow backends for the balancing strategies.
+pub async fn delayed_backend(name: &str, delay: Duration) -> SocketAddr {
+    let reply = format!("HTTP/1.1 200 OK\r\nX-Served-By: {name}\r\nContent-Length: 2\r\n\r\nok");
+    serve_raw(Bytes::from(reply), false, delay).await
+}
+
+async fn serve_raw(reply: Bytes, close: bool, delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -112,6 +122,9 @@ pub async fn raw_backend(reply: impl Into<Bytes>, close: bool) -> SocketAddr {
                     buf: Vec::new(),
                 };
                 while conn.skip_head().await {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     if conn.stream.write_all(&reply).await.is_err() || close {
                         return;
                     }
