@@ -148,7 +148,7 @@ async fn placement(addr: SocketAddr, keys: &[String]) -> HashMap<String, String>
 /// removed from the command line, the keys that move are (almost exactly) the removed one's.
 #[tokio::test]
 async fn consistent_hashing_moves_only_the_keys_of_a_lost_backend() {
-    let mut backends = vec![
+    let mut backends = [
         Backend::start("a").await,
         Backend::start("b").await,
         Backend::start("c").await,
