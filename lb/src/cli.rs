@@ -38,12 +38,15 @@ impl CliError {
 #[command(
     name = "lb",
     version,
-    about = "A streaming round-robin HTTP/1.1 load balancer with the Mongoose load_balancer command line",
+    about = "A streaming HTTP/1.1 load balancer with the Mongoose load_balancer command line",
     override_usage = "lb [-p [IP:]PORT] [-l FILE|-] [-k] [--balance STRATEGY] [[-r] [-v VHOST] [-w N] -b PREFIX[=REPLACEMENT] HOST:PORT]...",
     after_help = "Examples:\n  lb -p 8000 -l - -b / 127.0.0.1:8910 -b / 127.0.0.1:8911\n  \
-                  lb -p 0 -b /api/=/v1/ 127.0.0.1:9000 -v example.com -b / 127.0.0.1:9001 -r -b /old/ 127.0.0.1:9002\n\n\
-                  Backends with the same PREFIX (and vhost) take turns (round robin). The longest matching prefix wins;\n\
-                  -v rules are tried before the others. A backend that refuses a connection is skipped for --fail-timeout."
+                  lb -p 0 -b /api/=/v1/ 127.0.0.1:9000 -v example.com -b / 127.0.0.1:9001 -r -b /old/ 127.0.0.1:9002\n  \
+                  lb -p 8000 --balance least-conn -w 2 -b / 127.0.0.1:8910 -b / 127.0.0.1:8911\n\n\
+                  Backends with the same PREFIX (and vhost) form a group; --balance chooses among them (round robin by\n\
+                  default, as the original). The longest matching prefix wins; -v rules are tried before the others.\n\
+                  A backend that refuses a connection is skipped for --fail-timeout; a request it loses\n\
+                  before answering is retried on the next one when that is safe (--retries)."
 )]
 struct Args {
     /// Listen on PORT (127.0.0.1) or IP:PORT; `-p 0.0.0.0:8000` listens on all interfaces, `-p 0` picks a free port.

@@ -1,5 +1,6 @@
-//! `lb`: a streaming round-robin HTTP/1.1 load balancer with the command line of the Mongoose
-//! `load_balancer` example, built on hyper.
+//! `lb`: a streaming HTTP/1.1 load balancer with the command line of the Mongoose
+//! `load_balancer` example, built on hyper: round robin by default, as the original, and
+//! load-aware or consistent-hashing strategies with `--balance`.
 //!
 //! The modules follow one request through the balancer, in order (start reading at [`proxy`],
 //! whose [`proxy::handle`] runs steps 2 to 8):
@@ -10,8 +11,8 @@
 //!    of that client connection;
 //! 2. [`proxy`]: check the request;
 //! 3. [`route`]: Host + path -> a group of backends (longest prefix, vhosts first);
-//! 4. [`pick`]: which member goes first (round robin); [`failover`] walks on from there, with
-//!    [`health`] deciding who is skipped;
+//! 4. [`pick`]: the group's strategy orders the members (round robin by default); [`failover`]
+//!    walks that order, with [`health`] deciding who is left out;
 //! 5. [`upstream`]: a pooled (or new) connection to that backend;
 //! 6. [`forward`]: the rewritten request head (hop-by-hop headers, X-Forwarded-For, Via);
 //! 7. send: the request [`body`] streamed up; on a failure before the response, [`retry`] says
