@@ -56,6 +56,30 @@ pub struct Measured {
     /// CPU time (user + system) of the client process itself (in JSON: seconds).
     #[serde(serialize_with = "super::report::secs::serialize")]
     pub client_cpu: Duration,
+    /// Responses per backend, as loadgen counted them from `X-Served-By` (empty for wrk).
+    pub backends: Vec<BackendCount>,
+}
+
+/// How many responses one backend gave.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendCount {
+    /// The `X-Served-By` value: a restful-server's address unless it was given `--name`.
+    pub name: String,
+    pub responses: u64,
+}
+
+impl Measured {
+    /// The fraction (0..=1) of the responses that `backend` gave; `None` without responses.
+    pub fn share_of(&self, backend: &str) -> Option<f64> {
+        let total: u64 = self.backends.iter().map(|b| b.responses).sum();
+        let served = self
+            .backends
+            .iter()
+            .filter(|b| b.name == backend)
+            .map(|b| b.responses)
+            .sum::<u64>();
+        (total > 0).then(|| served as f64 / total as f64)
+    }
 }
 
 /// `loadgen URL -c N -z DUR [-q RATE] [-t THREADS] --output json --quiet`; `threads` defaults to
@@ -130,7 +154,23 @@ pub fn loadgen(
         p99_us: number(&["latency", "p99_us"])?,
         p999_us: Some(number(&["latency", "p999_us"])?),
         client_cpu: done.cpu,
+        backends: backend_counts(&json),
     })
+}
+
+/// loadgen's `backends`: `[{"name": "127.0.0.1:8910", "responses": 123, ...}, ...]`.
+fn backend_counts(json: &serde_json::Value) -> Vec<BackendCount> {
+    let Some(list) = json.get("backends").and_then(|b| b.as_array()) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|b| {
+            Some(BackendCount {
+                name: b.get("name")?.as_str()?.to_string(),
+                responses: b.get("responses")?.as_u64()?,
+            })
+        })
+        .collect()
 }
 
 /// `wrk -t1 -cN -dDs --latency URL` (wrk takes whole seconds).
@@ -187,6 +227,7 @@ fn parse_wrk(text: &str) -> Result<Measured> {
         p99_us: p99.context("no `99%` line (was --latency passed?)")?,
         p999_us: None,
         client_cpu: Duration::ZERO,
+        backends: Vec::new(),
     })
 }
 
@@ -318,6 +359,25 @@ Transfer/sec:     50.00MB
         assert!((m.p50_us - 2050.0).abs() < 1e-6);
         assert!((m.p99_us - 3100.0).abs() < 1e-6);
         assert_eq!(m.p999_us, None);
+    }
+
+    #[test]
+    fn loadgen_s_backend_counts_give_each_backend_s_share() {
+        let json = serde_json::json!({
+            "backends": [
+                {"name": "127.0.0.1:8910", "responses": 600, "share": 0.6},
+                {"name": "127.0.0.1:8911", "responses": 300, "share": 0.3},
+                {"name": "127.0.0.1:8912", "responses": 100, "share": 0.1},
+            ]
+        });
+        let m = Measured {
+            backends: backend_counts(&json),
+            ..parse_wrk(WRK).unwrap()
+        };
+        assert_eq!(m.backends.len(), 3);
+        assert_eq!(m.share_of("127.0.0.1:8912"), Some(0.1));
+        assert_eq!(m.share_of("127.0.0.1:9999"), Some(0.0));
+        assert_eq!(parse_wrk(WRK).unwrap().share_of("127.0.0.1:8910"), None);
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct ClientRun {
 /// Everything one `cargo xtask bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The task's command line after `cargo xtask` (`bench --quick --only slow-backend`).
+    pub command: String,
     pub machine: Machine,
     pub quick: bool,
     pub rounds: u32,
@@ -93,6 +95,192 @@ pub struct Report {
     pub client_targets: Vec<(&'static str, Option<String>)>,
     pub proxy_runs: Vec<ProxyRun>,
     pub client_runs: Vec<ClientRun>,
+    /// The "one slow backend" scenario, if it ran.
+    pub slow_backend: Option<SlowBackend>,
+}
+
+/// The "one slow backend" scenario: three backends, one of them slow, behind each balancing
+/// strategy of lb, nginx and HAProxy.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowBackend {
+    /// The slow backend's `--delay`, as given (`20ms`).
+    pub delay: &'static str,
+    /// The slow backend's delay, as a duration (in JSON: seconds).
+    #[serde(with = "secs")]
+    pub delay_duration: Duration,
+    pub connections: u32,
+    /// The three backends' `X-Served-By` (their addresses), the slow one first.
+    pub backends: Vec<String>,
+    /// The rows of the table, in order, with why one did not run.
+    pub rows: Vec<SlowRow>,
+    pub runs: Vec<ProxyRun>,
+}
+
+/// One way of balancing over the three backends.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowRow {
+    /// The name of its runs (`lb least-conn`, `haproxy leastconn`).
+    pub scenario: &'static str,
+    /// `lb`, `nginx` or `haproxy`.
+    pub proxy: &'static str,
+    /// How the proxy was told to balance, as written in its command line or configuration.
+    pub configuration: String,
+    /// Chooses by load or latency rather than by turns.
+    pub load_aware: bool,
+    /// Why it did not run (`not installed`, `skipped`, ...).
+    pub missing: Option<String>,
+}
+
+impl SlowBackend {
+    /// The slow backend's name in `X-Served-By`.
+    pub fn slow(&self) -> &str {
+        self.backends.first().map_or("", String::as_str)
+    }
+
+    /// Medians over rounds of one row, and the median share of responses the slow backend gave.
+    pub fn summary(&self, scenario: &str) -> Option<(Summary, Option<f64>)> {
+        let runs = || self.runs.iter().filter(move |r| r.scenario == scenario);
+        let summary = summarize(runs().map(|r| {
+            (
+                &r.measured,
+                r.proxy.map(|u| u.cpu),
+                r.proxy.map(|u| u.peak_rss),
+            )
+        }))?;
+        let shares: Vec<f64> = runs()
+            .filter_map(|r| r.measured.share_of(self.slow()))
+            .collect();
+        Some((summary, median(&shares)))
+    }
+
+    /// lb's best load-aware strategy: the one that served the most requests per second.
+    pub fn best_lb(&self) -> Option<(&SlowRow, Summary)> {
+        self.rows
+            .iter()
+            .filter(|row| row.proxy == "lb" && row.load_aware && row.missing.is_none())
+            .filter_map(|row| Some((row, self.summary(row.scenario)?.0)))
+            .max_by(|a, b| a.1.requests_per_sec.total_cmp(&b.1.requests_per_sec))
+    }
+
+    /// The section of the report: the table and how to read it.
+    fn markdown(&self, s: &mut String, duration: Duration, rounds: u32) {
+        let _ = writeln!(s, "\n## One slow backend\n");
+        let _ = writeln!(
+            s,
+            "Three restful-servers behind each proxy, the first (`{}`) started with `--delay {}`, the \
+             other two without; loadgen with {} closed-loop connections, {duration:?} per run, {rounds} \
+             round(s), the rows in turn starting with a different one each round; medians over rounds. \
+             `slow share` is the share of the responses that came from the slow backend (loadgen counts \
+             them by `X-Served-By`).\n",
+            self.slow(),
+            self.delay,
+            self.connections
+        );
+        let _ = writeln!(
+            s,
+            "| proxy | balancing | req/s | req/s range | p50 µs | p99 µs | slow share | errors | proxy CPU µs/req |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for row in &self.rows {
+            let (proxy, configuration) = (row.proxy, &row.configuration);
+            match (&row.missing, self.summary(row.scenario)) {
+                (Some(why), _) => {
+                    let _ = writeln!(s, "| {proxy} | `{configuration}` | {why} | | | | | | |");
+                }
+                (None, None) => {
+                    let _ = writeln!(
+                        s,
+                        "| {proxy} | `{configuration}` | did not run | | | | | | |"
+                    );
+                }
+                (None, Some((x, share))) => {
+                    let _ = writeln!(
+                        s,
+                        "| {proxy} | `{configuration}` | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} |",
+                        x.requests_per_sec,
+                        x.rps_range
+                            .map_or_else(|| "—".into(), |r| format!("{:.0}%", r * 100.0)),
+                        x.p50_us,
+                        x.p99_us,
+                        share.map_or_else(|| "—".into(), |v| format!("{:.1}%", v * 100.0)),
+                        x.errors,
+                        opt(x.cpu_us_per_request, 1),
+                    );
+                }
+            }
+        }
+        // Round robin's ceiling: a third of the requests wait out the delay.
+        let delay_s = self.delay_duration.as_secs_f64().max(1e-9);
+        let ceiling = f64::from(self.connections) * 3.0 / delay_s;
+        let _ = writeln!(
+            s,
+            "\nHow to read it: round robin gives the slow backend a third of the requests however slow it \
+             is (the textbook failure). A third of the requests then wait {delay}, so the mean latency is \
+             at least {delay} / 3 and {connections} connections cannot exceed {connections} × 3 / {delay} ≈ \
+             {ceiling:.0} req/s (Little's law: connections = req/s × mean latency); p99 is the delay itself. A load-aware strategy notices what piles up on the slow \
+             backend (least-conn and P2C count the requests in flight on each backend, EWMA also \
+             measures their latency) and sends it less: its share falls, and req/s rises towards what \
+             the two fast backends serve. p99 falls below {delay} only once the slow backend gets less \
+             than 1% of the requests: until then at least one request in a hundred waits for it.",
+            delay = self.delay,
+            connections = self.connections,
+        );
+    }
+
+    /// The issue's goals for this scenario.
+    fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let name = "lb round-robin sends the slow backend about a third (the textbook failure)";
+        out.push(
+            match self.summary("lb round-robin").and_then(|(_, share)| share) {
+                Some(share) => Target::judged(
+                    name.into(),
+                    format!("{:.1}%", share * 100.0),
+                    (0.30..=0.37).contains(&share),
+                ),
+                None => Target::not_measured(name.into()),
+            },
+        );
+        let peer = "haproxy leastconn";
+        let peer_row = self.rows.iter().find(|r| r.scenario == peer);
+        for (what, relation) in [("req/s", "≥"), ("p99", "≤")] {
+            let name = format!(
+                "lb's best load-aware strategy: {what} {relation} HAProxy leastconn (one slow backend)"
+            );
+            if let Some(why) = peer_row.and_then(|r| r.missing.as_ref()) {
+                out.push(Target {
+                    name,
+                    measured: String::new(),
+                    verdict: format!("n/a (haproxy {why})"),
+                });
+                continue;
+            }
+            let pair = self
+                .best_lb()
+                .zip(self.summary(peer).map(|(summary, _)| summary));
+            out.push(match pair {
+                Some(((row, lb), haproxy)) => {
+                    let (a, b) = if what == "req/s" {
+                        (lb.requests_per_sec, haproxy.requests_per_sec)
+                    } else {
+                        (lb.p99_us, haproxy.p99_us)
+                    };
+                    let met = if what == "req/s" { a >= b } else { a <= b };
+                    Target::judged(
+                        name,
+                        format!(
+                            "{}: {:.2}× ({a:.0} vs {b:.0})",
+                            row.configuration,
+                            a / b.max(1e-9)
+                        ),
+                        met,
+                    )
+                }
+                None => Target::not_measured(name),
+            });
+        }
+        out
+    }
 }
 
 /// Durations in the JSON are seconds (`0.25`), not serde's `{secs, nanos}`.
@@ -212,11 +400,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let m = &self.machine;
-        let _ = writeln!(
-            s,
-            "# cargo xtask bench{}\n",
-            if self.quick { " --quick" } else { "" }
-        );
+        let _ = writeln!(s, "# cargo xtask {}\n", self.command);
         let _ = writeln!(
             s,
             "Machine: {} cores, {}, Linux {}; load average {} before, {} after{}.  ",
@@ -269,6 +453,148 @@ impl Report {
             self.duration, self.rounds
         );
 
+        if !self.loads.is_empty() {
+            self.proxies_markdown(&mut s);
+        }
+        if !self.client_targets.is_empty() {
+            self.clients_markdown(&mut s);
+        }
+        if let Some(slow) = &self.slow_backend {
+            slow.markdown(&mut s, self.duration, self.rounds);
+        }
+        let _ = writeln!(s, "\n## Targets\n");
+        let _ = writeln!(s, "| target | measured | verdict |");
+        let _ = writeln!(s, "|---|---|---|");
+        for t in self.targets() {
+            let _ = writeln!(s, "| {} | {} | {} |", t.name, t.measured, t.verdict);
+        }
+        s
+    }
+
+    /// The issue's targets, each with what was measured and whether it was met.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        if !self.loads.is_empty() {
+            self.proxy_targets(&mut out);
+        }
+        for (target, why) in &self.client_targets {
+            let why = why
+                .clone()
+                .or_else(|| self.wrk_missing.as_ref().map(|w| format!("wrk {w}")));
+            if let Some(why) = why {
+                for what in ["req/s ≥ wrk", "CPU/request ≤ wrk"] {
+                    out.push(Target {
+                        name: format!("loadgen {what} ({target})"),
+                        measured: String::new(),
+                        verdict: format!("n/a ({why})"),
+                    });
+                }
+                continue;
+            }
+            let pair = self
+                .client_summary(target, "loadgen")
+                .zip(self.client_summary(target, "wrk"));
+            let name = format!("loadgen req/s ≥ wrk ({target})");
+            out.push(match pair {
+                Some((lg, wrk)) => Target::judged(
+                    name,
+                    format!(
+                        "{:.2}× ({:.0} vs {:.0})",
+                        lg.requests_per_sec / wrk.requests_per_sec.max(1e-9),
+                        lg.requests_per_sec,
+                        wrk.requests_per_sec
+                    ),
+                    lg.requests_per_sec >= wrk.requests_per_sec,
+                ),
+                None => Target::not_measured(name),
+            });
+            let name = format!("loadgen CPU/request ≤ wrk ({target})");
+            out.push(
+                match pair
+                    .and_then(|(lg, wrk)| Some((lg.cpu_us_per_request?, wrk.cpu_us_per_request?)))
+                {
+                    Some((lg, wrk)) => Target::judged(
+                        name,
+                        format!("{:.2}× ({lg:.1} vs {wrk:.1} µs)", lg / wrk.max(1e-9)),
+                        lg <= wrk,
+                    ),
+                    None => Target::not_measured(name),
+                },
+            );
+        }
+        if let Some(slow) = &self.slow_backend {
+            out.extend(slow.targets());
+        }
+        out
+    }
+
+    /// The targets of the closed and open loops: lb against nginx and HAProxy, lb's added latency
+    /// and memory.
+    fn proxy_targets(&self, out: &mut Vec<Target>) {
+        let find = |connections: u32| {
+            self.loads
+                .iter()
+                .find(|l| matches!(l, Load::Closed { connections: c } if *c == connections))
+                .copied()
+        };
+        let open = self
+            .loads
+            .iter()
+            .find(|l| matches!(l, Load::Open { .. }))
+            .copied();
+        let (c1, c50, c256) = (find(1), find(50), find(256));
+
+        for (load, peer) in [
+            (c50, "nginx"),
+            (c50, "haproxy"),
+            (c256, "nginx"),
+            (c256, "haproxy"),
+        ] {
+            out.push(self.compare(load, peer, "req/s", |x| Some(x.requests_per_sec), true));
+        }
+        for load in [c50, c256, open] {
+            out.push(self.compare(load, "nginx", "p99", |x| Some(x.p99_us), false));
+        }
+        for load in [c50, c256] {
+            out.push(self.compare(
+                load,
+                "nginx",
+                "CPU/request",
+                |x| x.cpu_us_per_request,
+                false,
+            ));
+        }
+
+        let name = "lb adds ≤ 100 µs to p50 over direct at 1 conn".to_string();
+        out.push(
+            match c1.and_then(|l| {
+                Some((
+                    self.proxy_summary(&l, "lb")?,
+                    self.proxy_summary(&l, "direct")?,
+                ))
+            }) {
+                Some((lb, direct)) => {
+                    let added = lb.p50_us - direct.p50_us;
+                    Target::judged(
+                        name,
+                        format!("+{added:.0} µs ({:.0} vs {:.0})", lb.p50_us, direct.p50_us),
+                        added <= 100.0,
+                    )
+                }
+                None => Target::not_measured(name),
+            },
+        );
+        let name = "lb peak RSS ≤ 30 MiB at 256 conns".to_string();
+        out.push(
+            match c256.and_then(|l| self.proxy_summary(&l, "lb")?.peak_rss_mib) {
+                Some(mib) => Target::judged(name, format!("{mib:.1} MiB"), mib <= 30.0),
+                None => Target::not_measured(name),
+            },
+        );
+    }
+
+    /// The main table, one row per load point and scenario, and the ratios lb / peer.
+    fn proxies_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "## Proxies\n");
         let _ = writeln!(
             s,
@@ -339,7 +665,10 @@ impl Report {
                 ratio("haproxy", cpu),
             );
         }
+    }
 
+    /// loadgen against wrk.
+    fn clients_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "\n## loadgen vs wrk (same target, connections, duration and one thread each: `loadgen -t 1`, `wrk -t1`; CPU is the client's own)\n");
         let _ = writeln!(
             s,
@@ -378,126 +707,6 @@ impl Report {
                 ratio(|x| x.cpu_us_per_request),
             );
         }
-
-        let _ = writeln!(s, "\n## Targets\n");
-        let _ = writeln!(s, "| target | measured | verdict |");
-        let _ = writeln!(s, "|---|---|---|");
-        for t in self.targets() {
-            let _ = writeln!(s, "| {} | {} | {} |", t.name, t.measured, t.verdict);
-        }
-        s
-    }
-
-    /// The issue's targets, each with what was measured and whether it was met.
-    pub fn targets(&self) -> Vec<Target> {
-        let mut out = Vec::new();
-        let find = |connections: u32| {
-            self.loads
-                .iter()
-                .find(|l| matches!(l, Load::Closed { connections: c } if *c == connections))
-                .copied()
-        };
-        let open = self
-            .loads
-            .iter()
-            .find(|l| matches!(l, Load::Open { .. }))
-            .copied();
-        let (c1, c50, c256) = (find(1), find(50), find(256));
-
-        for (load, peer) in [
-            (c50, "nginx"),
-            (c50, "haproxy"),
-            (c256, "nginx"),
-            (c256, "haproxy"),
-        ] {
-            out.push(self.compare(load, peer, "req/s", |x| Some(x.requests_per_sec), true));
-        }
-        for load in [c50, c256, open] {
-            out.push(self.compare(load, "nginx", "p99", |x| Some(x.p99_us), false));
-        }
-        for load in [c50, c256] {
-            out.push(self.compare(
-                load,
-                "nginx",
-                "CPU/request",
-                |x| x.cpu_us_per_request,
-                false,
-            ));
-        }
-
-        let name = "lb adds ≤ 100 µs to p50 over direct at 1 conn".to_string();
-        out.push(
-            match c1.and_then(|l| {
-                Some((
-                    self.proxy_summary(&l, "lb")?,
-                    self.proxy_summary(&l, "direct")?,
-                ))
-            }) {
-                Some((lb, direct)) => {
-                    let added = lb.p50_us - direct.p50_us;
-                    Target::judged(
-                        name,
-                        format!("+{added:.0} µs ({:.0} vs {:.0})", lb.p50_us, direct.p50_us),
-                        added <= 100.0,
-                    )
-                }
-                None => Target::not_measured(name),
-            },
-        );
-        let name = "lb peak RSS ≤ 30 MiB at 256 conns".to_string();
-        out.push(
-            match c256.and_then(|l| self.proxy_summary(&l, "lb")?.peak_rss_mib) {
-                Some(mib) => Target::judged(name, format!("{mib:.1} MiB"), mib <= 30.0),
-                None => Target::not_measured(name),
-            },
-        );
-
-        for (target, why) in &self.client_targets {
-            let why = why
-                .clone()
-                .or_else(|| self.wrk_missing.as_ref().map(|w| format!("wrk {w}")));
-            if let Some(why) = why {
-                for what in ["req/s ≥ wrk", "CPU/request ≤ wrk"] {
-                    out.push(Target {
-                        name: format!("loadgen {what} ({target})"),
-                        measured: String::new(),
-                        verdict: format!("n/a ({why})"),
-                    });
-                }
-                continue;
-            }
-            let pair = self
-                .client_summary(target, "loadgen")
-                .zip(self.client_summary(target, "wrk"));
-            let name = format!("loadgen req/s ≥ wrk ({target})");
-            out.push(match pair {
-                Some((lg, wrk)) => Target::judged(
-                    name,
-                    format!(
-                        "{:.2}× ({:.0} vs {:.0})",
-                        lg.requests_per_sec / wrk.requests_per_sec.max(1e-9),
-                        lg.requests_per_sec,
-                        wrk.requests_per_sec
-                    ),
-                    lg.requests_per_sec >= wrk.requests_per_sec,
-                ),
-                None => Target::not_measured(name),
-            });
-            let name = format!("loadgen CPU/request ≤ wrk ({target})");
-            out.push(
-                match pair
-                    .and_then(|(lg, wrk)| Some((lg.cpu_us_per_request?, wrk.cpu_us_per_request?)))
-                {
-                    Some((lg, wrk)) => Target::judged(
-                        name,
-                        format!("{:.2}× ({lg:.1} vs {wrk:.1} µs)", lg / wrk.max(1e-9)),
-                        lg <= wrk,
-                    ),
-                    None => Target::not_measured(name),
-                },
-            );
-        }
-        out
     }
 
     /// lb against `peer` on one figure; `higher_is_better` picks the direction.

@@ -1,0 +1,126 @@
+//! One measurement round, shared by every scenario of the bench: a load point sent to each way
+//! of reaching the backends in turn (starting with a different one each round), with the proxy's
+//! CPU and memory and the machine's other load read from `/proc` around each run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::client::{self, Load};
+use super::procfs;
+use super::report::ProxyRun;
+
+/// One way of reaching the backends.
+pub struct Scenario {
+    pub name: &'static str,
+    /// `None` when it cannot run here (the reason is in `missing`).
+    pub url: Option<String>,
+    /// The proxy process to charge for CPU and memory (`None` for `direct`).
+    pub pid: Option<u32>,
+    pub missing: Option<String>,
+}
+
+/// What every measurement needs.
+#[derive(Clone)]
+pub struct Bench {
+    pub loadgen: PathBuf,
+    pub duration: Duration,
+    pub hz: u64,
+    /// The backends' pids: their CPU is ours, not "other load".
+    pub backend_pids: Vec<u32>,
+}
+
+impl Bench {
+    /// Start counting what other processes on the machine use while `proxy` (if any) is measured.
+    pub fn other_load(&self, proxy: Option<u32>) -> Option<procfs::OtherLoad> {
+        let mut pids = self.backend_pids.clone();
+        if let Some(pid) = proxy {
+            pids.extend(procfs::process_group(pid));
+        }
+        procfs::OtherLoad::start(pids)
+    }
+}
+
+/// A few requests to every scenario before measuring: fills the proxies' connection pools and
+/// faults in their memory, so that the first measured scenario is not the one paying for it.
+pub fn warm_up(
+    bench: &Bench,
+    scenarios: &[&Scenario],
+    connections: u32,
+    warmup: Duration,
+) -> Result<()> {
+    for s in scenarios {
+        let target = s.url.as_deref().unwrap_or_default();
+        let load = Load::Closed { connections };
+        client::loadgen(&bench.loadgen, target, load, warmup, None)
+            .with_context(|| format!("warming up {}", s.name))?;
+    }
+    Ok(())
+}
+
+/// One round of one load point: every runnable scenario in turn, starting at a different one
+/// each round. With `watch`, the progress lines also show that backend's share of the responses.
+pub fn measure_round(
+    bench: &Bench,
+    scenarios: &[&Scenario],
+    load: Load,
+    round: u32,
+    rounds: u32,
+    watch: Option<&str>,
+) -> Result<Vec<ProxyRun>> {
+    let mut runs = Vec::new();
+    let n = scenarios.len();
+    let width = scenarios.iter().map(|s| s.name.len()).fold(8, usize::max);
+    for order in 0..n {
+        let s = scenarios[(round as usize + order) % n];
+        let url = s.url.as_deref().unwrap_or_default();
+        let meter = s
+            .pid
+            .map(|pid| procfs::Meter::start(pid, bench.hz))
+            .transpose()
+            .with_context(|| format!("reading {}'s CPU time", s.name))?;
+        let other = bench.other_load(s.pid);
+        let measured = client::loadgen(&bench.loadgen, url, load, bench.duration, None)
+            .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
+        let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
+        let proxy = meter
+            .map(procfs::Meter::finish)
+            .transpose()
+            .with_context(|| format!("reading {}'s CPU time", s.name))?;
+        let cpu = proxy.map_or_else(
+            || "      —".into(),
+            |u| {
+                format!(
+                    "{:>7.1}",
+                    u.cpu.as_secs_f64() * 1e6 / measured.responses.max(1) as f64
+                )
+            },
+        );
+        let share = match watch.and_then(|b| Some((b, measured.share_of(b)?))) {
+            Some((backend, share)) => format!("  {backend} served {:.1}%", share * 100.0),
+            None => String::new(),
+        };
+        println!(
+            "    round {}/{rounds}  {:<12} {:<width$} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {:>3}  proxy CPU {cpu} µs/req  other load {:>3.0}%{share}",
+            round + 1,
+            load.label(),
+            s.name,
+            measured.requests_per_sec,
+            measured.p50_us,
+            measured.p99_us,
+            measured.errors,
+            other_load.unwrap_or(0.0) * 100.0,
+        );
+        runs.push(ProxyRun {
+            round,
+            load,
+            scenario: s.name,
+            order,
+            measured,
+            proxy,
+            other_load,
+        });
+    }
+    Ok(runs)
+}
