@@ -236,7 +236,7 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     _held: Held,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = stream.set_nodelay(true); // small heads and chunks: never wait for Nagle
     let trace = Trace::new(balancer.trace, id);
     trace.conn_event(format_args!("accepted from {peer}"));
     let info = Arc::new(ConnInfo::new(peer, trace.clone()));
@@ -274,12 +274,7 @@ async fn serve_connection(
             },
         }
     };
-    if let Some(status) = ended.rejected_status() {
-        // hyper answered (or we dropped) a request head that never reached `proxy::handle`: it
-        // still gets its one log line, with `-` for what is unknown.
-        balancer.log.write(&Record::rejected(peer, status));
-    }
-    trace.conn_event(format_args!("closed ({ended})"));
+    ended.record(peer, &balancer, &trace);
 }
 
 /// Why a client connection ended.
@@ -300,6 +295,15 @@ impl Ended {
             Ok(()) => Ended::Closed,
             Err(e) => Ended::Error(e),
         }
+    }
+
+    /// Say how the connection ended: `--trace`, and the log line of a request head that never
+    /// reached `proxy::handle` (hyper answered it, or we dropped it), with `-` for what is unknown.
+    fn record(&self, peer: SocketAddr, balancer: &Balancer, trace: &Trace) {
+        if let Some(status) = self.rejected_status() {
+            balancer.log.write(&Record::rejected(peer, status));
+        }
+        trace.conn_event(format_args!("closed ({self})"));
     }
 
     /// The status of a request head refused before it became a request: hyper answers 431 to an

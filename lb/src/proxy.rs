@@ -98,46 +98,76 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Steps 2 to 7: check, route, pick, connect, rewrite, send; then the response head.
+    /// Steps 2 to 8: check, route, pick, rewrite, connect and send (again elsewhere if the backend
+    /// fails and that is safe), then relay the response head.
     async fn proxy(
         &mut self,
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         check_request(&request)?;
         let group = self.route(&request)?;
-        let trace = &self.conn.trace;
         let original = request
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut walk = self.pick(group, &request, &original);
+        let (member, backend) = walk.next_member().ok_or_else(|| walk.gave_up())?;
+        if member.redirect {
+            return Ok(self.redirect(group, member, &backend, &original));
+        }
+        let upgrade = crate::forward::is_upgrade(request.headers());
+        let target = self.target(group, member, &original)?;
+        let (outgoing, client_upgrade) = self.forward(request, target, &backend);
+        let first = Target {
+            group,
+            member,
+            backend,
+            original: &original,
+        };
+        match self.deliver(&mut walk, first, outgoing, upgrade).await? {
+            Delivered::Answer(response, upstream) => {
+                Ok(self.relay(response, upstream, client_upgrade))
+            }
+            Delivered::Redirect(response) => Ok(response),
+        }
+    }
+
+    /// Step 4: the group's strategy orders its members for this request.
+    fn pick(
+        &self,
+        group: &'a Group,
+        request: &Request<Incoming>,
+        original: &PathAndQuery,
+    ) -> Walk<'a> {
         let keys = RequestInfo {
             client: Some(self.conn.peer.ip()),
             path_and_query: original.as_str(),
             headers: request.headers(),
         };
-        let mut walk = Walk::start(
+        Walk::start(
             group,
             &self.balancer.backends,
             self.balancer.retries,
             &keys,
-            trace,
+            &self.conn.trace,
             self.number,
-        );
-        let Some((mut member, mut backend)) = walk.next_member() else {
-            return Err(walk.gave_up());
-        };
-        if member.redirect {
-            return Ok(self.redirect(group, member, &backend, &original));
-        }
-        let upgrade = crate::forward::is_upgrade(request.headers());
-        let (mut outgoing, client_upgrade) =
-            self.forward(request, self.target(group, member, &original)?, &backend);
-        let replay = if upgrade {
-            None
-        } else {
-            Replay::capture(&mut outgoing, self.balancer.limits.retry_body_bytes)
-        };
+        )
+    }
+
+    /// Steps 5 and 7, as often as the retry rules allow: send `outgoing` to the member in `to`; if
+    /// that backend fails before answering, send it (or its kept copy) to the walk's next member.
+    async fn deliver(
+        &mut self,
+        walk: &mut Walk<'a>,
+        mut to: Target<'a, '_>,
+        mut outgoing: Outgoing,
+        upgrade: bool,
+    ) -> Result<Delivered, ProxyError> {
+        let limit = self.balancer.limits.retry_body_bytes;
+        let replay = (!upgrade)
+            .then(|| Replay::capture(&mut outgoing, limit))
+            .flatten();
         let mut deadline = std::pin::pin!(tokio::time::sleep(self.balancer.timeouts.response));
         let mut deadline = Deadline {
             sleep: deadline.as_mut(),
@@ -145,27 +175,24 @@ impl<'a> Exchange<'a> {
         };
         let mut unsent = Some(outgoing);
         loop {
-            self.completion.backend = Some(backend.clone());
-            let target = self.target(group, member, &original)?;
+            self.completion.backend = Some(to.backend.clone());
+            let target = self.target(to.group, to.member, to.original)?;
             let outgoing = match unsent.take() {
-                Some(mut outgoing) => {
-                    outgoing.redirect_to(target, &backend.name);
-                    outgoing
-                }
-                None => match replay.as_ref().and_then(|r| r.again(target, &backend.name)) {
-                    Some(outgoing) => outgoing,
-                    None => return Err(walk.gave_up()),
-                },
+                Some(outgoing) => outgoing.aimed_at(target, &to.backend.name),
+                None => replay
+                    .as_ref()
+                    .and_then(|r| r.again(target, &to.backend.name))
+                    .ok_or_else(|| walk.gave_up())?,
             };
             // In flight on this backend (what least-conn and p2c compare) until the body ends.
-            let in_flight = backend.load.clone().start_owned();
+            let in_flight = to.backend.load.clone().start_owned();
             match self
-                .attempt(&backend, outgoing, upgrade, &mut deadline)
+                .attempt(&to.backend, outgoing, upgrade, &mut deadline)
                 .await
             {
                 Attempt::Answered(response, upstream) => {
                     self.completion.in_flight_on_backend = Some(in_flight);
-                    return Ok(self.relay(response, upstream, client_upgrade));
+                    return Ok(Delivered::Answer(response, upstream));
                 }
                 Attempt::NotSent(outgoing, why) => {
                     walk.failed(why, false);
@@ -174,11 +201,12 @@ impl<'a> Exchange<'a> {
                 Attempt::Lost(error) if replay.is_some() => walk.failed(error.to_string(), true),
                 Attempt::Lost(error) | Attempt::Fatal(error) => return Err(error),
             }
-            (member, backend) = walk
-                .retry(trace, self.number)
+            (to.member, to.backend) = walk
+                .retry(&self.conn.trace, self.number)
                 .ok_or_else(|| walk.gave_up())?;
-            if member.redirect {
-                return Ok(self.redirect(group, member, &backend, &original));
+            if to.member.redirect {
+                let redirect = self.redirect(to.group, to.member, &to.backend, to.original);
+                return Ok(Delivered::Redirect(redirect));
             }
         }
     }
@@ -426,26 +454,15 @@ impl<'a> Exchange<'a> {
                 Sent::Answered(response, upstream)
             }
             Err(mut error) => match error.take_message() {
-                Some(request) => Sent::NotWritten(
-                    Outgoing {
+                Some(request) => {
+                    let unsent = Outgoing {
                         request,
                         sent,
                         host_added,
-                    },
-                    upstream.id,
-                ),
-                None => {
-                    let error = error.into_error();
-                    match client_body_error(&error) {
-                        Some(client) => Sent::Fatal(client),
-                        None if error.is_parse() => Sent::Fatal(ProxyError::Upstream {
-                            backend: upstream.backend.name.clone(),
-                            what: "sent a malformed response".into(),
-                            source: error,
-                        }),
-                        None => Sent::Failed(error, upstream.was_pooled()),
-                    }
+                    };
+                    Sent::NotWritten(unsent, upstream.id)
                 }
+                None => Sent::failed(error.into_error(), &upstream),
             },
         }
     }
@@ -506,6 +523,23 @@ impl Deadline<'_> {
     }
 }
 
+/// The member a request is on its way to, and what it takes to aim it there.
+struct Target<'g, 'o> {
+    group: &'g Group,
+    member: &'g Member,
+    backend: Arc<Backend>,
+    /// The client's path and query, before `PREFIX=REPLACEMENT`.
+    original: &'o PathAndQuery,
+}
+
+/// How delivering a request ended, short of an error.
+enum Delivered {
+    /// A backend answered with this head; its body follows on the connection.
+    Answer(Response<Incoming>, Upstream),
+    /// The walk reached a `-r` member: lb answers with a redirect itself.
+    Redirect(Response<ResponseBody>),
+}
+
 /// What one attempt on one backend came to.
 enum Attempt {
     /// A response head arrived: that is the answer, whatever its status.
@@ -526,6 +560,22 @@ enum Sent {
     /// The connection failed after the request was written; `bool` = it was a pooled connection.
     Failed(hyper::Error, bool),
     Fatal(ProxyError),
+}
+
+impl Sent {
+    /// Sorting a failure after the request was (at least partly) written: the client's own body
+    /// failing, or a malformed response, ends the request; the connection failing may be retried.
+    fn failed(error: hyper::Error, upstream: &Upstream) -> Sent {
+        match client_body_error(&error) {
+            Some(client) => Sent::Fatal(client),
+            None if error.is_parse() => Sent::Fatal(ProxyError::Upstream {
+                backend: upstream.backend.name.clone(),
+                what: "sent a malformed response".into(),
+                source: error,
+            }),
+            None => Sent::Failed(error, upstream.was_pooled()),
+        }
+    }
 }
 
 /// Why an exchange was lost, as `--trace` and the error page say it.

@@ -1,4 +1,4 @@
-//! Step 6 of a request, when it fails: may it be sent again, to another backend?
+//! Step 7 of a request, when it fails: may it be sent again, to another backend?
 //!
 //! A backend that restarts or dies takes with it the requests it had on its connections. Most of
 //! them can be sent again elsewhere without the client ever knowing, but only when repeating the
@@ -49,13 +49,14 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Aim this (never written) request at another backend: its target and, if lb supplied the
-    /// `Host`, that too.
-    pub fn redirect_to(&mut self, target: Uri, backend: &str) {
+    /// Aim this (never written) request at a backend: its target and, if lb supplied the `Host`,
+    /// that too.
+    pub fn aimed_at(mut self, target: Uri, backend: &str) -> Self {
         *self.request.uri_mut() = target;
         if self.host_added {
             set_host(self.request.headers_mut(), backend);
         }
+        self
     }
 }
 
@@ -106,13 +107,12 @@ impl Replay {
         *request.method_mut() = self.head.method.clone();
         *request.version_mut() = self.head.version;
         *request.headers_mut() = self.head.headers.clone();
-        let mut outgoing = Outgoing {
+        let outgoing = Outgoing {
             request,
             sent,
             host_added: self.host_added,
         };
-        outgoing.redirect_to(target, backend);
-        Some(outgoing)
+        Some(outgoing.aimed_at(target, backend))
     }
 }
 
