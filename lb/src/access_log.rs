@@ -1,4 +1,4 @@
-//! Step 7 of a request: one access-log line once the response is over.
+//! Step 9 of a request: one access-log line once the response is over (or abandoned).
 //!
 //! The default format is byte-compatible with the original balancer:
 //!

@@ -86,7 +86,7 @@ impl<'g> Walk<'g> {
         let why = group.selection.order(request, &view, &mut order);
         if trace.is_enabled() {
             let name = |slot: usize| view.backend(slot).map_or("?", |b| b.name.as_str());
-            trace.event(number, format_args!("pick: {}", why.named(name)));
+            trace.event(4, number, format_args!("pick: {}", why.named(name)));
         }
         let retries = retries.unwrap_or(group.members.len().saturating_sub(1));
         Walk {
@@ -130,6 +130,7 @@ impl<'g> Walk<'g> {
     pub fn retry(&mut self, trace: &Trace, number: u64) -> Option<(&'g Member, Arc<Backend>)> {
         let next = self.next_member()?;
         trace.event(
+            4,
             number,
             format_args!(
                 "retry {}/{} on {} after: {}",

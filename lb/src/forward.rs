@@ -1,5 +1,5 @@
-//! Step 5 of a request: rewrite the client's request into the one the backend sees, and the
-//! backend's response head into the one the client sees.
+//! Step 6 of a request (and 8, on the way back): rewrite the client's request into the one the
+//! backend sees, and the backend's response head into the one the client sees.
 //!
 //! A proxy is two HTTP connections glued together, so headers that describe *one connection* must
 //! not cross over (RFC 9110 §7.6.1): `Connection` and every header it lists, `Keep-Alive`,

@@ -53,7 +53,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             conn.trace
-                .event(exchange.number, format_args!("error: {error}"));
+                .event(8, exchange.number, format_args!("error: {error}"));
             respond::error_response(&error)
         }
     };
@@ -77,6 +77,7 @@ impl<'a> Exchange<'a> {
         if conn.trace.is_enabled() {
             let host = request.headers().get(header::HOST);
             conn.trace.event(
+                1,
                 number,
                 format_args!(
                     "request head read: {} {} {:?} (host {})",
@@ -228,6 +229,7 @@ impl<'a> Exchange<'a> {
             });
         };
         self.conn.trace.event(
+            3,
             self.number,
             format_args!(
                 "route: prefix {} (vhost {}) -> group of {}",
@@ -263,7 +265,7 @@ impl<'a> Exchange<'a> {
         let location = format!("http://{}{}", backend.name, target);
         self.conn
             .trace
-            .event(self.number, format_args!("redirect: 302 to {location}"));
+            .event(8, self.number, format_args!("redirect: 302 to {location}"));
         respond::redirect(&location)
     }
 
@@ -313,6 +315,7 @@ impl<'a> Exchange<'a> {
                 Sent::Answered(response, upstream) => return Attempt::Answered(response, upstream),
                 Sent::NotWritten(unsent, id) if pooled && !fresh_only => {
                     self.conn.trace.event(
+                        5,
                         self.number,
                         format_args!("pooled conn #{id} was closed by the backend; reconnecting"),
                     );
@@ -351,6 +354,7 @@ impl<'a> Exchange<'a> {
                 backend.health.connect_succeeded();
                 match upstream.connect_time {
                     Some(t) => trace.event(
+                        5,
                         self.number,
                         format_args!(
                             "upstream: new conn #{} to {} (connect {:.3}ms)",
@@ -360,6 +364,7 @@ impl<'a> Exchange<'a> {
                         ),
                     ),
                     None => trace.event(
+                        5,
                         self.number,
                         format_args!(
                             "upstream: reusing pooled conn #{} to {}",
@@ -369,7 +374,7 @@ impl<'a> Exchange<'a> {
                 }
             }
             Err(error) => {
-                trace.event(self.number, format_args!("upstream: {error}"));
+                trace.event(5, self.number, format_args!("upstream: {error}"));
                 self.mark_down(backend, error);
             }
         }
@@ -394,6 +399,7 @@ impl<'a> Exchange<'a> {
         let dropped = backend.forget_idle();
         let why = retry_reason(&error, pooled);
         self.conn.trace.event(
+            7,
             self.number,
             format_args!(
                 "{why}; dropped {dropped} idle pooled conn(s) to {}",
@@ -436,6 +442,7 @@ impl<'a> Exchange<'a> {
                 _ = &mut sent, if !deadline.armed => {
                     deadline.arm(timeout);
                     self.conn.trace.event(
+                        7,
                         self.number,
                         format_args!("request sent upstream (body complete); response timeout {timeout:?} starts"),
                     );
@@ -475,6 +482,7 @@ impl<'a> Exchange<'a> {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ResponseBody> {
         self.conn.trace.event(
+            8,
             self.number,
             format_args!("response head received: {}", response.status()),
         );
@@ -665,17 +673,18 @@ fn tunnel(
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
             Err(e) => {
-                trace.event(n, format_args!("upgrade failed: {e}"));
+                trace.event(8, n, format_args!("upgrade failed: {e}"));
                 return;
             }
         };
         let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
         match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             Ok((up, down)) => trace.event(
+                8,
                 n,
                 format_args!("tunnel closed: {up} bytes up, {down} bytes down"),
             ),
-            Err(e) => trace.event(n, format_args!("tunnel closed: {e}")),
+            Err(e) => trace.event(8, n, format_args!("tunnel closed: {e}")),
         }
     });
 }

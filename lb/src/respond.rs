@@ -1,4 +1,4 @@
-//! The answers `lb` writes itself instead of a backend: errors and redirects.
+//! Step 8 of a request, when lb answers itself instead of a backend: errors and redirects.
 //!
 //! This is the only place that decides which status code a failure gets. Every
 //! answer has a short text body saying *why*, because the person reading it is usually debugging

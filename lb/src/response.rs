@@ -98,13 +98,14 @@ impl Completion {
                 _ => "closed (exchange incomplete)",
             };
             self.trace
-                .event(number, format_args!("upstream conn #{id} {what}"));
+                .event(9, number, format_args!("upstream conn #{id} {what}"));
         }
         if end == End::Abandoned {
             self.record.status = CLIENT_CLOSED_REQUEST;
         }
         let duration = self.record.started.elapsed();
         self.trace.event(
+            9,
             number,
             format_args!(
                 "done status={} bytes={} duration={:.3}ms{}",

@@ -1,13 +1,14 @@
 //! `lb --trace`: the life of every request, one greppable line per event on stderr.
 //!
 //! ```text
-//! trace conn=1 +0.000ms accepted from 127.0.0.1:50312
-//! trace conn=1 req=1 +0.210ms request head read: GET / HTTP/1.1 (host 127.0.0.1:8000)
-//! trace conn=1 req=1 +0.231ms route: prefix / (vhost *) -> group of 2
+//! trace conn=1 +0.000ms [1] accepted from 127.0.0.1:50312
+//! trace conn=1 req=1 +0.210ms [1] request head read: GET / HTTP/1.1 (host 127.0.0.1:8000)
+//! trace conn=1 req=1 +0.231ms [3] route: prefix / (vhost *) -> group of 2
 //! ```
 //!
 //! Timestamps are relative to when the connection was accepted, so the gaps between lines show
-//! where time goes. When `--trace` is off a `Trace` is `None` inside and each call is one branch.
+//! where time goes. The number in brackets is the step of a request the line comes from, as
+//! numbered in ARCHITECTURE.md and in each module's opening comment. When `--trace` is off a `Trace` is `None` inside and each call is one branch.
 
 use std::fmt;
 use std::io::Write;
@@ -43,21 +44,23 @@ impl Trace {
     }
 
     /// An event of request number `request` on this connection.
-    pub fn event(&self, request: u64, what: fmt::Arguments<'_>) {
+    /// An event of request number `request` on this connection, at `step` of a request (the
+    /// numbering of ARCHITECTURE.md: 1 accept ... 9 finish).
+    pub fn event(&self, step: u8, request: u64, what: fmt::Arguments<'_>) {
         if let Some(conn) = &self.inner {
             let ms = conn.accepted.elapsed().as_secs_f64() * 1e3;
             line(format_args!(
-                "trace conn={} req={} +{ms:.3}ms {what}",
+                "trace conn={} req={} +{ms:.3}ms [{step}] {what}",
                 conn.id, request
             ));
         }
     }
 
-    /// An event of the connection itself (accept, keep-alive, close).
+    /// An event of the connection itself (accept, keep-alive, close): step 1.
     pub fn conn_event(&self, what: fmt::Arguments<'_>) {
         if let Some(conn) = &self.inner {
             let ms = conn.accepted.elapsed().as_secs_f64() * 1e3;
-            line(format_args!("trace conn={} +{ms:.3}ms {what}", conn.id));
+            line(format_args!("trace conn={} +{ms:.3}ms [1] {what}", conn.id));
         }
     }
 }
