@@ -50,27 +50,112 @@ fn requests_alternate_and_each_log_line_names_the_backend_that_answered() {
     }
 }
 
+/// The fenced `text` blocks of docs/walkthrough.md whose lines start with `prefix`.
+fn documented_lines(doc: &str, prefix: &str) -> Vec<String> {
+    doc.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A line with what differs from run to run made comparable: the real backends' and lb's addresses
+/// become the walkthrough's fixed ones, the client's port `PORT`, timings `T`, byte counts `N` (the
+/// demo page names its backend, so its size depends on the port's digits).
+fn normalized(line: &str, ports: &[(String, &str)]) -> String {
+    let mut line = line.to_string();
+    for (real, documented) in ports {
+        line = line.replace(real.as_str(), documented);
+    }
+    let mut out = String::new();
+    let mut rest = line.as_str();
+    while let Some(c) = rest.chars().next() {
+        let number = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let replacement = if !c.is_ascii_digit() {
+            None
+        } else if ["+", "connect ", "duration="]
+            .iter()
+            .any(|p| out.ends_with(p))
+        {
+            Some("T")
+        } else if out.ends_with("bytes=") {
+            Some("N")
+        } else if out.ends_with("accepted from 127.0.0.1:") {
+            Some("PORT")
+        } else {
+            None
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str(r);
+                rest = &rest[number..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    out
+}
+
+/// Section 3 and 4 of the walkthrough, run for real: the log excerpt and the `--trace` block show
+/// what `lb` prints for the documented commands (three GETs and a POST, `--threads 1`), line by
+/// line, in order.
 #[test]
 fn the_walkthrough_document_shows_what_lb_really_prints() {
     let doc = std::fs::read_to_string(project_root().join("docs/walkthrough.md")).unwrap();
-    let documented: Vec<&str> = doc
-        .lines()
-        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(" backend="))
+    let log_doc: Vec<String> = documented_lines(&doc, "17")
+        .into_iter()
+        .filter(|l| l.contains(" backend="))
         .collect();
+    let trace_doc = documented_lines(&doc, "trace conn=");
     assert!(
-        documented.len() >= 4,
-        "docs/walkthrough.md should show lb's log lines"
+        log_doc.len() == 4 && trace_doc.len() > 10,
+        "docs/walkthrough.md should show lb's log and trace"
     );
 
-    let (mut lb, addr, _backends) = setup(&[]);
-    http_get(addr, "/").unwrap();
-    let real = lb.next_stdout(Duration::from_secs(5)).unwrap();
-    for line in documented {
+    let (mut lb, addr, backends) = setup(&["--trace", "--threads", "1"]);
+    for _ in 0..3 {
+        assert_eq!(http_get(addr, "/").unwrap().0, 200);
+    }
+    let (status, body) = http_post(addr, "/api/v1/sum", "n1=1&n2=2.5");
+    assert_eq!((status, body.as_str()), (200, "{\"result\":3.5}"));
+    let log: Vec<String> = (0..4)
+        .map(|_| {
+            lb.next_stdout(Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("{}", lb.transcript()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let ports = [
+        (backends[0].1.to_string(), "127.0.0.1:8910"),
+        (backends[1].1.to_string(), "127.0.0.1:8911"),
+        (addr.to_string(), "127.0.0.1:8000"),
+    ];
+    for (documented, real) in log_doc.iter().zip(&log) {
         assert_eq!(
-            shape(line.trim()),
-            shape(&real),
-            "documented line {line:?} differs from real output {real:?}"
+            shape(documented),
+            shape(&normalized(real, &ports)),
+            "log line {documented:?} vs real {real:?}"
         );
+    }
+    let real: Vec<String> = lb
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.starts_with("trace conn="))
+        .map(|l| normalized(l, &ports))
+        .collect();
+    // Every documented line, in order, among the real ones.
+    let mut from = 0;
+    for line in &trace_doc {
+        let want = normalized(line, &[]);
+        match real[from..].iter().position(|r| *r == want) {
+            Some(i) => from += i + 1,
+            None => panic!("documented trace line\n  {line}\nis not printed (in this order) by a real run:\n{}", real.join("\n")),
+        }
     }
     let startup = lb.stderr_lines().join("\n");
     assert!(
@@ -86,6 +171,23 @@ fn shape_free_startup(stderr: &str) -> String {
     let (head, tail) = first.split_once("127.0.0.1:").unwrap();
     let tail = tail.split_once(' ').map(|(_, t)| t).unwrap_or_default();
     format!("{head}127.0.0.1:8910 {tail}")
+}
+
+/// `POST path` with a form body on a fresh connection: status and body.
+fn http_post(addr: std::net::SocketAddr, path: &str, form: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
 }
 
 /// `cargo xtask demo` on its real ports, when they are free.
