@@ -1,7 +1,7 @@
 //! Everything that can go wrong with one request, and where it went wrong.
 //!
 //! Each variant records *which side* failed (the client, the route, the upstream) so that exactly one
-//! place, [`crate::respond::error_response`], can turn it into a status code: a bad request is the
+//! place, [`crate::respond::status_for`], can turn it into a status code: a bad request is the
 //! client's fault (4xx), an unreachable or broken backend is a gateway failure (502/504).
 
 use std::time::Duration;
