@@ -416,9 +416,11 @@ impl Report {
                 ))
                 .unwrap_or_default()
         );
+        let slow_runs = self.slow_backend.iter().flat_map(|slow| &slow.runs);
         let other: Vec<f64> = self
             .proxy_runs
             .iter()
+            .chain(slow_runs)
             .filter_map(|r| r.other_load)
             .chain(self.client_runs.iter().filter_map(|r| r.other_load))
             .collect();
