@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::access_log::Record;
 use crate::downstream::ConnInfo;
+use crate::stats::Stats;
 use crate::trace::Trace;
 use crate::watchdog::{Expired, Watchdog, WatchedIo};
 use crate::Balancer;
@@ -189,10 +190,7 @@ fn prepare(
         peer,
         permit,
     } = accepted;
-    let held = Held {
-        _cap: permit,
-        live: live.clone(),
-    };
+    let held = Held::new(permit, live.clone(), balancer.stats.clone());
     let stream = match stream
         .set_nonblocking(true)
         .and_then(|()| TcpStream::from_std(stream))
@@ -214,16 +212,30 @@ fn prepare(
     ))
 }
 
-/// What a connection holds while it lives: its `--max-conns` permit and its place in the
-/// worker's count of live connections.
+/// What a connection holds while it lives: its `--max-conns` permit, its place in the
+/// worker's count of live connections and in `--admin`'s count of open connections.
 struct Held {
     _cap: OwnedSemaphorePermit,
     live: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+}
+
+impl Held {
+    fn new(cap: OwnedSemaphorePermit, live: Arc<AtomicUsize>, stats: Arc<Stats>) -> Self {
+        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        Held {
+            _cap: cap,
+            live,
+            stats,
+        }
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::Relaxed);
+        self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -301,6 +313,7 @@ impl Ended {
     /// reached `proxy::handle` (hyper answered it, or we dropped it), with `-` for what is unknown.
     fn record(&self, peer: SocketAddr, balancer: &Balancer, trace: &Trace) {
         if let Some(status) = self.rejected_status() {
+            balancer.stats.unserved.record(status, Duration::ZERO, 0);
             balancer.log.write(&Record::rejected(peer, status));
         }
         trace.conn_event(format_args!("closed ({self})"));

@@ -192,7 +192,8 @@ impl AccessLog {
         }
     }
 
-    fn dropped(&self) -> u64 {
+    /// Lines dropped so far because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
         self.inner
             .as_ref()
             .map_or(0, |i| i.dropped.load(Ordering::Relaxed))

@@ -174,6 +174,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     health_fall: u32,
 
+    /// Serve Prometheus metrics (/metrics), a JSON status (/status) and a live status page (/) on PORT
+    /// (127.0.0.1) or IP:PORT; never proxies.
+    #[arg(long, value_name = "[IP:]PORT")]
+    admin: Option<String>,
+
     /// Print every step of every request (accept, route, pick, upstream, response, done) on stderr.
     #[arg(long)]
     trace: bool,
@@ -204,7 +209,12 @@ where
             "at least one backend is required: add -b PREFIX HOST:PORT (e.g. -b / 127.0.0.1:8910)",
         )));
     }
-    let listen = parse_listen(&args.port)?;
+    let listen = parse_listen(&args.port, "-p")?;
+    let admin = args
+        .admin
+        .as_deref()
+        .map(|a| parse_listen(a, "--admin"))
+        .transpose()?;
     let log = args.log.map(|l| {
         if l == "-" {
             LogTarget::Stdout
@@ -266,6 +276,7 @@ where
         },
         ewma_decay: args.ewma_decay,
         health_check,
+        admin,
         threads: match args.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -355,14 +366,14 @@ fn rules_from(matches: &clap::ArgMatches, args: &Args) -> Result<Vec<Rule>, CliE
     Ok(rules)
 }
 
-/// `-p 8000` listens on 127.0.0.1:8000; `-p 0.0.0.0:8000` on every interface.
-fn parse_listen(text: &str) -> Result<SocketAddr, CliError> {
+/// `-p 8000` listens on 127.0.0.1:8000; `-p 0.0.0.0:8000` on every interface (`--admin` alike).
+fn parse_listen(text: &str, flag: &str) -> Result<SocketAddr, CliError> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     text.parse::<SocketAddr>().map_err(|_| {
         CliError::Invalid(format!(
-            "invalid -p '{text}': expected PORT or IP:PORT, e.g. -p 8000 or -p 0.0.0.0:8000"
+            "invalid {flag} '{text}': expected PORT or IP:PORT, e.g. {flag} 8000 or {flag} 0.0.0.0:8000"
         ))
     })
 }

@@ -40,6 +40,8 @@ pub struct Config {
     /// Worker threads, each with its own event loop, connections and pools (1 = run on the
     /// caller's runtime).
     pub threads: usize,
+    /// `--admin`: where the metrics, status and live page listen, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 /// One `-b PREFIX[=REPLACEMENT] HOST:PORT`, with the `-r` and `-v` that preceded it.
@@ -160,6 +162,7 @@ impl Config {
             ewma_decay: DEFAULT_EWMA_DECAY,
             health_check: None,
             threads: 1,
+            admin: None,
         }
     }
 }

@@ -25,6 +25,31 @@ pub struct Health {
     /// When (in [`now_ms`] time) the backend last came back after being down; 0 = never down.
     /// Slow start (`--slow-start`) ramps its weight up from then.
     back_since: AtomicU64,
+    /// When (in [`now_ms`] time) it last went down, passively or actively; 0 = never.
+    down_since: AtomicU64,
+}
+
+/// A backend's state as `--admin` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    /// Back after being down, still ramping up to its full weight (`--slow-start`).
+    SlowStart,
+    /// Skipped for `--fail-timeout` after a refused connection.
+    CoolingDown,
+    /// Out of the rotation: it failed `--health-fall` health checks in a row.
+    HealthCheckFailed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::SlowStart => "slow_start",
+            State::CoolingDown => "cooling_down",
+            State::HealthCheckFailed => "down",
+        }
+    }
 }
 
 impl Health {
@@ -40,7 +65,11 @@ impl Health {
         let now = now_ms();
         let until = now + cool_down.as_millis() as u64;
         let before = self.down_until.swap(until, Ordering::Relaxed);
-        before <= now
+        let started = before <= now;
+        if started {
+            self.down_since.store(now, Ordering::Relaxed);
+        }
+        started
     }
 
     /// Record a successful connection: the backend is back (it was back from the moment its
@@ -58,6 +87,34 @@ impl Health {
         let was = self.probe_down.swap(down, Ordering::Relaxed);
         if was && !down {
             self.back_since.store(now_ms(), Ordering::Relaxed);
+        }
+        if !was && down {
+            self.down_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The state `--admin` shows, and since when (in [`now_ms`] time; 0: since start).
+    pub fn state(&self, slow_start: Duration) -> (State, u64) {
+        let now = now_ms();
+        let until = self.down_until.load(Ordering::Relaxed);
+        let down_since = self.down_since.load(Ordering::Relaxed);
+        if self.probe_down.load(Ordering::Relaxed) {
+            return (State::HealthCheckFailed, down_since);
+        }
+        if until > now {
+            return (State::CoolingDown, down_since);
+        }
+        match self.back_for() {
+            Some(back) => {
+                let since = now.saturating_sub(back.as_millis() as u64);
+                let state = if back < slow_start {
+                    State::SlowStart
+                } else {
+                    State::Up
+                };
+                (state, since)
+            }
+            None => (State::Up, 0),
         }
     }
 

@@ -27,6 +27,7 @@
 
 pub mod accept;
 pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -43,6 +44,7 @@ pub mod response;
 pub mod retry;
 pub mod route;
 pub mod shutdown;
+pub mod stats;
 pub mod trace;
 pub mod upstream;
 pub mod watchdog;
@@ -73,6 +75,12 @@ pub struct Balancer {
     pub retries: Option<usize>,
     pub trace: bool,
     pub log: AccessLog,
+    /// Counters for `--admin`, shared with every request's `Completion`.
+    pub stats: Arc<stats::Stats>,
+    /// `--balance`, as given (for `--admin`).
+    pub balance: String,
+    /// `--slow-start` (for `--admin`'s state of a backend).
+    pub slow_start: Duration,
 }
 
 impl Balancer {
@@ -118,6 +126,9 @@ impl Balancer {
             retries: config.retries,
             trace: config.trace,
             log,
+            stats: Arc::new(stats::Stats::default()),
+            balance: config.balance.to_string(),
+            slow_start: config.balance_settings.slow_start,
         })
     }
 }
@@ -148,6 +159,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    run_with_admin(listener, None, config, shutdown).await
+}
+
+/// [`run`], with the `--admin` endpoints served on `admin` (see [`admin`]).
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listen = listener.local_addr()?.to_string();
     let (log, writer) = match &config.log {
         Some(target) => {
             let (log, writer) = AccessLog::start(target, config.log_format)?;
@@ -157,7 +179,10 @@ pub async fn run(
     };
     let balancer = Arc::new(Balancer::new(&config, log)?);
 
-    let background = spawn_background(&balancer, &config);
+    let mut background = spawn_background(&balancer, &config);
+    if let Some(admin) = admin {
+        background.push(tokio::spawn(admin::serve(admin, balancer.clone(), listen)));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let permits = Arc::new(tokio::sync::Semaphore::new(config.limits.max_conns));
     let workers = start_workers(listener, &balancer, stop_rx, permits, config.threads)?;

@@ -39,9 +39,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let admin = match config.admin.map(lb::accept::bind).transpose() {
+            Ok(admin) => admin,
+            Err(e) => {
+                let at = config.admin.map(|a| a.to_string()).unwrap_or_default();
+                eprintln!("lb: cannot listen on {at} for --admin: {e} (is another server using it? pick another port with --admin)");
+                return ExitCode::from(1);
+            }
+        };
         let addr = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
         eprintln!("Starting LB on {addr}");
-        match lb::run(listener, config, lb::shutdown::signal()).await {
+        if let Some(Ok(at)) = admin.as_ref().map(tokio::net::TcpListener::local_addr) {
+            eprintln!("Admin on http://{at}/");
+        }
+        match lb::run_with_admin(listener, admin, config, lb::shutdown::signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lb: {e}");

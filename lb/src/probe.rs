@@ -28,6 +28,11 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
             .map(|b| probe(b, &check.path, check.timeout));
         let results = futures_util::future::join_all(probes).await;
         for ((backend, streak), result) in backends.iter().zip(streaks.iter_mut()).zip(results) {
+            let detail = match &result {
+                Ok(()) => "passed".to_string(),
+                Err(why) => why.clone(),
+            };
+            backend.stats.health_checked(result.is_ok(), detail);
             let down = backend.health.is_probe_down();
             match streak.record(result.is_ok(), down, check.rise, check.fall) {
                 Verdict::WentDown => {

@@ -22,6 +22,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
@@ -89,8 +90,13 @@ impl<'a> Exchange<'a> {
             );
         }
         let record = Record::start(request, number, conn.peer, balancer.log.is_enabled());
-        let completion =
-            Completion::new(record, balancer.log.clone(), conn.trace.clone(), in_flight);
+        let completion = Completion::new(
+            record,
+            balancer.log.clone(),
+            conn.trace.clone(),
+            in_flight,
+            balancer.stats.clone(),
+        );
         Exchange {
             balancer,
             conn,
@@ -196,15 +202,23 @@ impl<'a> Exchange<'a> {
                     return Ok(Delivered::Answer(response, upstream));
                 }
                 Attempt::NotSent(outgoing, why) => {
+                    to.backend.stats.connect_failures.fetch_add(1, Relaxed);
                     walk.failed(why, false);
                     unsent = Some(outgoing);
                 }
-                Attempt::Lost(error) if replay.is_some() => walk.failed(error.to_string(), true),
-                Attempt::Lost(error) | Attempt::Fatal(error) => return Err(error),
+                Attempt::Lost(error) => {
+                    to.backend.stats.lost.fetch_add(1, Relaxed);
+                    if replay.is_none() {
+                        return Err(error);
+                    }
+                    walk.failed(error.to_string(), true);
+                }
+                Attempt::Fatal(error) => return Err(error),
             }
             (to.member, to.backend) = walk
                 .retry(&self.conn.trace, self.number)
                 .ok_or_else(|| walk.gave_up())?;
+            self.balancer.stats.retries.fetch_add(1, Relaxed);
             if to.member.redirect {
                 let redirect = self.redirect(to.group, to.member, &to.backend, to.original);
                 return Ok(Delivered::Redirect(redirect));

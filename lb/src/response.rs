@@ -29,6 +29,7 @@ use crate::body::IdleTimer;
 use crate::downstream::InFlight;
 use crate::error::BoxError;
 use crate::pick::OwnedInFlight;
+use crate::stats::Stats;
 use crate::trace::Trace;
 use crate::upstream::{Backend, Upstream};
 
@@ -59,14 +60,23 @@ pub struct Completion {
     in_flight: Option<InFlight>,
     /// Dropped at the end: the backend's count of requests in flight (`pick/`'s load) goes down.
     pub in_flight_on_backend: Option<OwnedInFlight>,
+    /// Where the request is counted when it ends (`--admin`).
+    stats: Arc<Stats>,
     /// Body bytes sent to the client.
     bytes: u64,
     finished: bool,
 }
 
 impl Completion {
-    pub fn new(record: Record, log: AccessLog, trace: Trace, in_flight: InFlight) -> Self {
+    pub fn new(
+        record: Record,
+        log: AccessLog,
+        trace: Trace,
+        in_flight: InFlight,
+        stats: Arc<Stats>,
+    ) -> Self {
         Completion {
+            stats,
             record,
             backend: None,
             log,
@@ -119,6 +129,11 @@ impl Completion {
                 }
             ),
         );
+        let counted = self
+            .backend
+            .as_ref()
+            .map_or(&self.stats.unserved, |b| &b.stats);
+        counted.record(self.record.status, duration, self.bytes);
         if self.log.is_enabled() {
             self.record.backend = self.backend.as_ref().map(|b| b.name.clone());
             self.record.bytes = self.bytes;

@@ -36,6 +36,7 @@ use crate::body::RequestBody;
 use crate::error::ConnectError;
 use crate::health::Health;
 use crate::pick::Load;
+use crate::stats::BackendStats;
 
 /// The sending half of one HTTP/1.1 connection to a backend.
 pub type Sender = SendRequest<RequestBody>;
@@ -52,6 +53,8 @@ pub struct Backend {
     pub health: Health,
     /// Requests in flight and the latency estimate, shared by every worker and group (`pick/`).
     pub load: Arc<Load>,
+    /// What `--admin` shows of this backend.
+    pub stats: BackendStats,
     /// One pool per worker thread, indexed by [`worker_id`].
     idle: Vec<Mutex<Vec<IdleConn>>>,
     next_id: AtomicU64,
@@ -165,6 +168,7 @@ impl Backend {
             addr,
             health: Health::default(),
             load: Arc::new(load),
+            stats: BackendStats::default(),
             idle: (0..settings.workers.max(1))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
