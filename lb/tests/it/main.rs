@@ -34,5 +34,9 @@ mod failures;
 /// off by shutdown.
 mod logging;
 
+/// `--admin`: exact counters in /metrics and /status, a dead backend's state, /events, a taken
+/// admin port.
+mod admin;
+
 /// Stopping: SIGTERM drains in-flight requests and exits 0; `run`'s shutdown future does the same.
 mod lifecycle;
