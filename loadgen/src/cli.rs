@@ -71,7 +71,8 @@ pub struct LoadArgs {
     #[arg(short = 'c', long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub connections: u64,
     /// Open loop at this many requests per second in total; latency is then measured from the
-    /// scheduled send time (coordinated omission corrected).
+    /// scheduled send time (coordinated omission corrected). The run fails if loadgen itself
+    /// sends so late that the figures would measure it rather than the target.
     #[arg(short = 'q', long, value_parser = plan::parse_rate)]
     pub rate: Option<f64>,
     /// HTTP method.

@@ -7,18 +7,21 @@
 //! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate),
 //!    and which statuses count as success ([`ok_status`]).
 //! 2. [`run`]: one event-loop thread per core, one worker per connection on them, in the
-//!    closed or the open loop.
+//!    closed or the open loop; in the open loop `pace` (private) keeps the schedule with a
+//!    microsecond timer per worker and tells the generator's own lateness from the target's lag.
+//!    Each thread reports its CPU time (`cpu_time`, private).
 //! 3. `conn` (private): one persistent hyper connection per worker; what goes wrong on it is
 //!    sorted into the classes of [`failure`].
 //! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
-//!    merging runs from several machines.
+//!    merging runs from several machines; whether the open loop kept its schedule.
 //! 5. [`check`]: judging `--expect round-robin | even | weights=...` (pure logic).
 //!
 //! **Invariants:** memory does not grow with the number of requests (histograms, never a list of
 //! samples, except the first `Plan::keep_samples`); every request started ends up counted either
 //! as a response or as exactly one error class; a failing server never makes `run` return `Err`
 //! (it makes the report fail: transport errors and responses outside `--ok-status` both count
-//! against `--max-errors`).
+//! against `--max-errors`); in the open loop no request leaves before its scheduled time, and
+//! latency is never measured from later than it.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,8 +38,10 @@
 pub mod check;
 pub mod cli;
 mod conn;
+mod cpu_time;
 pub mod failure;
 pub mod ok_status;
+mod pace;
 pub mod plan;
 pub mod report;
 pub mod run;

@@ -23,13 +23,16 @@
 //! wrk2 applies it): a closed-loop tool that stalls with the server simply stops sending, so the
 //! requests that *would* have waited during the stall are never measured and the percentiles look
 //! fine. Here a stalled server makes the next sends late, and their lateness is counted in their
-//! latency. Both views are reported, with the number of late sends.
+//! latency. Both views are reported. Each worker waits for its slots on a microsecond timer of
+//! its own (`pace.rs`), because tokio's millisecond timer would make every send up to 1 ms late
+//! and count that as the target's latency; how late each send left is reported in two parts,
+//! the generator's own lateness and the target's lag (a connection still busy).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, USER_AGENT};
@@ -37,16 +40,22 @@ use http::Request;
 use http_body_util::Full;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::check::{check_counts, periodic_verdict, Expectation, PeriodicChecker, NO_BACKEND};
 use crate::conn::{Answer, Conn};
 use crate::failure::{ErrorClass, ErrorCounts};
+use crate::pace::{Alarm, Schedule, SendTiming};
 use crate::plan::Plan;
-use crate::report::{BackendReport, Latency, LoadModel, Report, Sample, LATE_AFTER};
+use crate::report::{BackendReport, Latency, LoadModel, Report, Sample};
 
 /// How often the progress bar is refreshed.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+/// The open loop's first slot is due this long after `run` starts, so that the event-loop
+/// threads are up and waiting when it comes: a slot due while a thread is still being created
+/// would leave late, and that lateness would be the generator's.
+const OPEN_LOOP_LEAD: Duration = Duration::from_millis(5);
 
 /// Why a run could not start. Anything that goes wrong *during* the run (refused connections,
 /// timeouts, bad responses) is counted in the report instead.
@@ -75,7 +84,14 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     let threads = plan.thread_count();
     let limit = plan.request_limit();
     let strict_order = connections == 1 && plan.expect == Some(Expectation::RoundRobin);
-    let start = Instant::now();
+    let start = match plan.rate {
+        Some(_) => Instant::now() + OPEN_LOOP_LEAD,
+        None => Instant::now(),
+    };
+    let deadline = plan.duration.map(|d| start + d);
+    let schedule = plan
+        .rate
+        .map(|rate| Schedule::new(start, rate, connections, limit, deadline));
     let ctx = Arc::new(Ctx {
         addr,
         timeout: plan.timeout,
@@ -84,8 +100,8 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         keep_samples: plan.keep_samples as u64,
         limit,
         numbered: limit.is_some() || plan.keep_samples > 0,
-        deadline: plan.duration.map(|d| start + d),
-        rate: plan.rate,
+        deadline,
+        schedule,
         connections,
         threads,
         start,
@@ -162,8 +178,13 @@ fn spawn_thread(
             let checker = runtime.block_on(drive(thread.clone(), id, strict_order));
             // Dropping the runtime drops the worker tasks and with them their connections.
             drop(runtime);
+            let cpu = crate::cpu_time::this_thread();
             let finished = checker.and_then(|checker| match Arc::into_inner(thread) {
-                Some(t) => Ok((t.into_stats(), checker)),
+                Some(t) => {
+                    let mut stats = t.into_stats();
+                    stats.cpu = cpu;
+                    Ok((stats, checker))
+                }
                 None => Err("a worker outlived its thread".to_owned()),
             });
             // The receiver is gone only if `run` itself was dropped: nobody wants the result.
@@ -260,7 +281,8 @@ struct Ctx {
     /// time, for numbers nobody reads.
     numbered: bool,
     deadline: Option<Instant>,
-    rate: Option<f64>,
+    /// Open loop only: when each request is due.
+    schedule: Option<Schedule>,
     connections: usize,
     threads: usize,
     start: Instant,
@@ -331,7 +353,9 @@ impl ThreadState {
         mut deadline: Pin<&mut Sleep>,
     ) -> Result<Answer, ErrorClass> {
         let ctx = &*self.ctx;
-        deadline.as_mut().reset(sent + ctx.timeout);
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(sent + ctx.timeout));
         if conn.as_ref().is_some_and(|c| !c.is_open()) {
             *conn = None;
         }
@@ -358,26 +382,27 @@ impl ThreadState {
 
     /// Counts one finished request in this thread's statistics. `latency` is what the report's
     /// main histogram gets (from the scheduled time in the open loop); `open` carries the open
-    /// loop's uncorrected latency and lateness. Returns, for a response, which backend served it
-    /// (`Some(None)`: no header).
+    /// loop's uncorrected latency and how late the send left. Returns, for a response, which
+    /// backend served it (`Some(None)`: no header).
     fn record(
         &self,
         index: u64,
         connection: usize,
         result: &Result<Answer, ErrorClass>,
         latency: Duration,
-        open: Option<(Duration, bool)>,
+        open: Option<(Duration, SendTiming)>,
     ) -> Option<Option<usize>> {
         let ctx = &*self.ctx;
         let mut guard = self.lock();
         // Borrow the fields separately (through a plain `&mut`, not the guard).
         let s = &mut *guard;
         s.requests += 1;
-        if let Some((uncorrected, late)) = open {
-            if let Some(u) = &mut s.uncorrected {
-                u.record(uncorrected);
+        if let (Some((uncorrected, timing)), Some(o)) = (open, &mut s.open) {
+            o.uncorrected.record(uncorrected);
+            o.send_lateness.record(timing.generator_lateness());
+            if let Some(lag) = timing.target_lag() {
+                o.target_lag.record(lag);
             }
-            s.late += u64::from(late);
         }
         let served = match result {
             Err(class) => {
@@ -458,7 +483,7 @@ async fn worker(
     // One timer per worker, re-armed for every request (cheaper than a fresh timeout each time).
     let deadline = tokio::time::sleep(ctx.timeout);
     tokio::pin!(deadline);
-    match ctx.rate {
+    match &ctx.schedule {
         None => {
             // Closed loop: next number, send, wait for the answer, repeat. One clock read per
             // request: the end of one exchange is the start of the next, so the latency of a
@@ -481,34 +506,26 @@ async fn worker(
                 }
             }
         }
-        Some(rate) => {
+        Some(schedule) => {
             // Open loop: this worker owns every c-th slot of one global schedule.
-            let interval = 1.0 / rate;
-            for slot in (k as u64..).step_by(ctx.connections) {
-                if ctx.limit.is_some_and(|n| slot >= n) {
-                    break;
-                }
-                let due = ctx.start + Duration::from_secs_f64(slot as f64 * interval);
-                if ctx.deadline.is_some_and(|d| due >= d) {
-                    break;
-                }
+            let mut alarm = Alarm::new(schedule.max_margin(ctx.threads));
+            let mut ready = ctx.start;
+            for (slot, due) in schedule.slots(k) {
                 // If the previous request on this connection took longer than the interval,
                 // `due` has already passed and we send at once, late. The time it waited is
-                // part of its latency below: that is the coordinated-omission correction.
-                // tokio's timer ticks in whole milliseconds and rounds a deadline up, so a send
-                // can leave up to ~1 ms after `due` even on an idle machine (wrk2's timers have
-                // the same resolution). That slack is in the corrected latency, which therefore
-                // never under-reports; it matters only when answers take well under 1 ms.
-                tokio::time::sleep_until(due).await;
+                // part of its latency below: that is the coordinated-omission correction, and
+                // `ready` tells that lag apart from the generator's own.
+                alarm.until(due).await;
                 let sent = Instant::now();
                 let result = thread.exchange(&mut conn, sent, deadline.as_mut()).await;
                 let done = Instant::now();
-                let late = sent.saturating_duration_since(due) > LATE_AFTER;
-                let timing = (done - sent, late);
-                let served = thread.record(slot + 1, k, &result, done - due, Some(timing));
+                let timing = SendTiming { due, ready, sent };
+                let open = Some((done - sent, timing));
+                let served = thread.record(slot + 1, k, &result, done - due, open);
                 if let (Some(c), Some(served)) = (&mut checker, served) {
                     c.observe(slot + 1, served.as_ref());
                 }
+                ready = done;
             }
         }
     }
@@ -533,14 +550,27 @@ struct Stats {
     /// Responses per status code; a short list scanned linearly (a run sees few codes).
     status: Vec<(u16, u64)>,
     errors: ErrorCounts,
-    uncorrected: Option<Latency>,
-    late: u64,
+    /// Open loop only.
+    open: Option<OpenStats>,
     /// Backends in the order this thread first saw them; a worker's backend id is an index here.
     /// Looking a header value up compares bytes, so a known backend costs no allocation.
     backends: Vec<BackendStats>,
     /// Responses without the backend header.
     unnamed: Option<BackendStats>,
     samples: Vec<Sample>,
+    /// CPU time of this thread, read when it ends.
+    cpu: Option<Duration>,
+}
+
+/// What only the open loop measures (see [`SendTiming`] for the split of a late send).
+#[derive(Default)]
+struct OpenStats {
+    /// From the moment each request actually left.
+    uncorrected: Latency,
+    /// The generator's own delay of every send.
+    send_lateness: Latency,
+    /// Only sends whose connection was still busy at their time: how long past it.
+    target_lag: Latency,
 }
 
 struct BackendStats {
@@ -567,11 +597,11 @@ impl Stats {
             bytes: 0,
             status: Vec::new(),
             errors: ErrorCounts::default(),
-            uncorrected: open_loop.then(Latency::new),
-            late: 0,
+            open: open_loop.then(OpenStats::default),
             backends: Vec::new(),
             unnamed: None,
             samples: Vec::new(),
+            cpu: None,
         }
     }
 }
@@ -596,9 +626,13 @@ fn build_report(
         keepalive: plan.keepalive,
         duration,
         latency_uncorrected: plan.rate.map(|_| Latency::new()),
+        send_lateness: plan.rate.map(|_| Latency::new()),
+        target_lag: plan.rate.map(|_| Latency::new()),
         backend_header: plan.backend_header.to_string(),
         ok_status: plan.ok_status.clone(),
         max_errors: plan.max_errors,
+        // All of loadgen's own threads, or nothing if one of them could not tell.
+        generator_cpu: threads.iter().map(|s| s.cpu).sum::<Option<Duration>>(),
         ..Report::default()
     };
     // The checker runs with one connection, on the first thread: its backend ids are indexes
@@ -612,10 +646,17 @@ fn build_report(
             *report.status.entry(*code).or_default() += n;
         }
         report.errors.add(&s.errors);
-        if let (Some(all), Some(u)) = (&mut report.latency_uncorrected, &s.uncorrected) {
-            all.add(u);
+        if let Some(o) = &s.open {
+            for (all, this) in [
+                (&mut report.latency_uncorrected, &o.uncorrected),
+                (&mut report.send_lateness, &o.send_lateness),
+                (&mut report.target_lag, &o.target_lag),
+            ] {
+                if let Some(all) = all {
+                    all.add(this);
+                }
+            }
         }
-        report.late_sends += s.late;
         for b in s.backends.iter().chain(&s.unnamed) {
             let name = backend_name(&b.value);
             if i == 0 {

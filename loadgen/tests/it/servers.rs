@@ -4,7 +4,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,6 +13,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 /// A stand-in for "a balancer in front of some backends": answer `i` says `X-Served-By:
 /// pattern[i % len]`, counted across all connections. An empty name sends no header.
@@ -70,6 +72,44 @@ pub async fn status(status: u16) -> SocketAddr {
             let service = service_fn(move |_req: Request<hyper::body::Incoming>| async move {
                 let body = Full::new(Bytes::from(format!("status {status}\n")));
                 Ok::<_, Infallible>(Response::builder().status(status).body(body).unwrap())
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// A fast backend that freezes once, like a process stopped with SIGSTOP: the first request
+/// that arrives `after` the server started opens a window of `stall`, and every request that
+/// arrives within it is answered only when the window closes.
+pub async fn stalling(after: Duration, stall: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let started = Instant::now();
+    let window: Arc<Mutex<Option<Instant>>> = Arc::default();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let window = window.clone();
+            let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let window = window.clone();
+                async move {
+                    let now = Instant::now();
+                    let thaw = {
+                        let mut window = window.lock().unwrap();
+                        if window.is_none() && now >= started + after {
+                            *window = Some(now + stall);
+                        }
+                        window.filter(|end| now < *end)
+                    };
+                    if let Some(end) = thaw {
+                        tokio::time::sleep_until(end).await;
+                    }
+                    let body = Full::new(Bytes::from_static(b"hello\n"));
+                    Ok::<_, Infallible>(Response::new(body))
+                }
             });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
