@@ -400,9 +400,12 @@ impl ThreadState {
         if let (Some((uncorrected, timing)), Some(o)) = (open, &mut s.open) {
             o.uncorrected.record(uncorrected);
             o.send_lateness.record(timing.generator_lateness());
-            if let Some(lag) = timing.target_lag() {
+            let lag = timing.target_lag();
+            if let Some(lag) = lag {
                 o.target_lag.record(lag);
             }
+            o.without_send_lateness
+                .record(uncorrected + lag.unwrap_or_default());
         }
         let served = match result {
             Err(class) => {
@@ -571,6 +574,9 @@ struct OpenStats {
     send_lateness: Latency,
     /// Only sends whose connection was still busy at their time: how long past it.
     target_lag: Latency,
+    /// What the corrected latency would have been had every send left on time: uncorrected
+    /// latency plus target lag.
+    without_send_lateness: Latency,
 }
 
 struct BackendStats {
@@ -628,6 +634,7 @@ fn build_report(
         latency_uncorrected: plan.rate.map(|_| Latency::new()),
         send_lateness: plan.rate.map(|_| Latency::new()),
         target_lag: plan.rate.map(|_| Latency::new()),
+        latency_without_send_lateness: plan.rate.map(|_| Latency::new()),
         backend_header: plan.backend_header.to_string(),
         ok_status: plan.ok_status.clone(),
         max_errors: plan.max_errors,
@@ -651,6 +658,10 @@ fn build_report(
                 (&mut report.latency_uncorrected, &o.uncorrected),
                 (&mut report.send_lateness, &o.send_lateness),
                 (&mut report.target_lag, &o.target_lag),
+                (
+                    &mut report.latency_without_send_lateness,
+                    &o.without_send_lateness,
+                ),
             ] {
                 if let Some(all) = all {
                     all.add(this);
