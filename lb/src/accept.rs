@@ -21,12 +21,15 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::timeout;
 
 use crate::access_log::Record;
 use crate::downstream::ConnInfo;
+use crate::dump::{Leg, Tapped};
 use crate::stats::Stats;
 use crate::trace::Trace;
 use crate::watchdog::{Expired, Watchdog, WatchedIo};
@@ -245,13 +248,50 @@ async fn serve_connection(
     peer: SocketAddr,
     id: u64,
     balancer: Arc<Balancer>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     _held: Held,
 ) {
     let _ = stream.set_nodelay(true); // small heads and chunks: never wait for Nagle
     let trace = Trace::new(balancer.trace, id);
     trace.conn_event(format_args!("accepted from {peer}"));
-    let info = Arc::new(ConnInfo::new(peer, trace.clone()));
+    let scheme = if balancer.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let info = Arc::new(ConnInfo::new(id, peer, scheme, trace.clone()));
+    let tap = || Leg::Client(info.clone());
+    let ended = match &balancer.tls {
+        None => {
+            let io = Tapped::new(stream, &balancer.dump, tap);
+            serve_http(io, &info, &balancer, stop).await
+        }
+        // The handshake is part of reading the first request head: --header-timeout bounds it.
+        Some(tls) => match timeout(balancer.timeouts.header, tls.0.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let io = Tapped::new(stream, &balancer.dump, tap);
+                serve_http(io, &info, &balancer, stop).await
+            }
+            Ok(Err(e)) => Ended::Handshake(e.to_string()),
+            Err(_) => Ended::Handshake(format!(
+                "no TLS handshake within {:?} (--header-timeout)",
+                balancer.timeouts.header
+            )),
+        },
+    };
+    ended.record(peer, &balancer, &trace);
+}
+
+/// Serve HTTP/1.1 on `io` (plain or TLS) until the client closes, idles out, or shutdown ends it.
+async fn serve_http<S>(
+    io: S,
+    info: &Arc<ConnInfo>,
+    balancer: &Arc<Balancer>,
+    mut stop: watch::Receiver<bool>,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
         let (balancer, info) = (balancer.clone(), info.clone());
         service_fn(move |request| crate::proxy::handle(request, balancer.clone(), info.clone()))
@@ -260,33 +300,31 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(None) // the watchdog does it, see `watchdog.rs`
         .max_header_size(balancer.limits.max_header_bytes)
-        .serve_connection(TokioIo::new(WatchedIo::new(stream, info.clone())), service)
+        .serve_connection(TokioIo::new(WatchedIo::new(io, info.clone())), service)
         .with_upgrades();
     tokio::pin!(connection);
     let mut watchdog = Watchdog::new(info.clone(), &balancer.timeouts);
     let stop_signal = stopped(&mut stop);
     tokio::pin!(stop_signal);
-
     let mut stopping = false;
-    let ended = loop {
+    loop {
         tokio::select! {
-            result = connection.as_mut() => break Ended::from_result(result, stopping),
+            result = connection.as_mut() => return Ended::from_result(result, stopping),
             _ = &mut stop_signal, if !stopping => {
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
             expired = watchdog.expired() => match expired {
-                Expired::Head => break Ended::HeadTimeout(balancer.timeouts.header),
-                Expired::Idle if stopping => break Ended::IdleDuringShutdown,
+                Expired::Head => return Ended::HeadTimeout(balancer.timeouts.header),
+                Expired::Idle if stopping => return Ended::IdleDuringShutdown,
                 Expired::Idle => {
-                    trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
+                    info.trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
                     stopping = true;
                     connection.as_mut().graceful_shutdown();
                 }
             },
         }
-    };
-    ended.record(peer, &balancer, &trace);
+    }
 }
 
 /// Why a client connection ended.
@@ -297,6 +335,8 @@ enum Ended {
     IdleDuringShutdown,
     /// A request head started arriving and did not complete in time.
     HeadTimeout(Duration),
+    /// `-s`: the TLS handshake failed (plain HTTP to the TLS port, a bad client) or stalled.
+    Handshake(String),
     Error(hyper::Error),
 }
 
@@ -344,6 +384,7 @@ impl std::fmt::Display for Ended {
                 )
             }
             Ended::Error(e) => write!(f, "error: {e}"),
+            Ended::Handshake(why) => write!(f, "TLS handshake failed: {why}"),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Record {
     /// The request target as the client sent it (the log's path is this without the query).
     pub target: String,
     pub version: Version,
+    /// `http`, or `https` behind `-s`.
+    pub scheme: &'static str,
     /// `None` when no rule matched (`backend=not defined`).
     pub backend: Option<String>,
     pub status: u16,
@@ -58,6 +60,7 @@ impl Record {
         request: &http::Request<B>,
         number: u64,
         client: SocketAddr,
+        scheme: &'static str,
         logged: bool,
     ) -> Self {
         let copied = |name| {
@@ -80,6 +83,7 @@ impl Record {
                 String::new()
             },
             version: request.version(),
+            scheme,
             backend: None,
             status: 0,
             bytes: 0,
@@ -100,6 +104,7 @@ impl Record {
             method: Method::from_bytes(b"-").unwrap_or_default(),
             target: "-".to_string(),
             version: Version::HTTP_11,
+            scheme: "http",
             backend: None,
             status,
             bytes: 0,
@@ -258,6 +263,7 @@ pub fn format_line(format: LogFormat, r: &Record) -> String {
             let mut line = serde_json::json!({
                 "time": r.unix_time,
                 "client": r.client.to_string(),
+                "scheme": r.scheme,
                 "method": r.method.as_str(),
                 "path": r.path(),
                 "target": r.target,
@@ -319,6 +325,7 @@ mod tests {
             method: Method::GET,
             target: "/index.html?q=1".into(),
             version: Version::HTTP_11,
+            scheme: "http",
             backend: Some("127.0.0.1:8910".into()),
             status: 200,
             bytes: 1930,

@@ -13,6 +13,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
 use crate::config::{Config, HealthCheck, Limits, LogFormat, LogTarget, Rule, Timeouts};
 use crate::pick::{self, Balance, Settings};
+use crate::tls::TlsFiles;
 
 /// What went wrong with the command line; every message names the flag and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +40,7 @@ impl CliError {
     name = "lb",
     version,
     about = "A streaming HTTP/1.1 load balancer with the Mongoose load_balancer command line",
-    override_usage = "lb [-p [IP:]PORT] [-l FILE|-] [-k] [--balance STRATEGY] [[-r] [-v VHOST] [-w N] -b PREFIX[=REPLACEMENT] HOST:PORT]...",
+    override_usage = "lb [-p [IP:]PORT] [-l FILE|-] [-s CERT] [-D FILE|-] [-k] [--balance STRATEGY] [[-r] [-v VHOST] [-w N] -b PREFIX[=REPLACEMENT] HOST:PORT]...",
     after_help = "Examples:\n  lb -p 8000 -l - -b / 127.0.0.1:8910 -b / 127.0.0.1:8911\n  \
                   lb -p 0 -b /api/=/v1/ 127.0.0.1:9000 -v example.com -b / 127.0.0.1:9001 -r -b /old/ 127.0.0.1:9002\n  \
                   lb -p 8000 --balance least-conn -w 2 -b / 127.0.0.1:8910 -b / 127.0.0.1:8911\n\n\
@@ -174,6 +175,18 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     health_fall: u32,
 
+    /// Speak HTTPS on the listener, with the certificate chain and private key in this PEM file.
+    #[arg(short = 's', value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key for -s, when it is not in the certificate's file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Hexdump every byte crossing the balancer, both legs, to FILE (`-` = stderr).
+    #[arg(short = 'D', value_name = "FILE|-")]
+    dump: Option<String>,
+
     /// Serve Prometheus metrics (/metrics), a JSON status (/status) and a live status page (/) on PORT
     /// (127.0.0.1) or IP:PORT; never proxies.
     #[arg(long, value_name = "[IP:]PORT")]
@@ -210,6 +223,14 @@ where
         )));
     }
     let listen = parse_listen(&args.port, "-p")?;
+    let tls = args.tls_cert.map(|cert| TlsFiles {
+        cert,
+        key: args.tls_key,
+    });
+    if let Some(files) = &tls {
+        // Check the files now: a bad certificate is a usage error, reported before listening.
+        crate::tls::acceptor(files).map_err(|e| CliError::Invalid(e.to_string()))?;
+    }
     let admin = args
         .admin
         .as_deref()
@@ -277,6 +298,14 @@ where
         ewma_decay: args.ewma_decay,
         health_check,
         admin,
+        tls,
+        dump: args.dump.map(|d| {
+            if d == "-" {
+                LogTarget::Stdout
+            } else {
+                LogTarget::File(PathBuf::from(d))
+            }
+        }),
         threads: match args.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

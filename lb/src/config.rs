@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::pick::load::DEFAULT_EWMA_DECAY;
 use crate::pick::{Balance, Settings};
+use crate::tls::TlsFiles;
 
 /// Everything `lb` needs to run.
 #[derive(Debug, Clone)]
@@ -42,6 +43,10 @@ pub struct Config {
     pub threads: usize,
     /// `--admin`: where the metrics, status and live page listen, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// `-s FILE` (and `--tls-key FILE`): the listener speaks HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// `-D FILE|-`: where the hexdump of all traffic goes, if anywhere (`-` = stderr).
+    pub dump: Option<LogTarget>,
 }
 
 /// One `-b PREFIX[=REPLACEMENT] HOST:PORT`, with the `-r` and `-v` that preceded it.
@@ -163,6 +168,8 @@ impl Config {
             health_check: None,
             threads: 1,
             admin: None,
+            tls: None,
+            dump: None,
         }
     }
 }

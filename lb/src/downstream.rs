@@ -19,7 +19,11 @@ use crate::trace::Trace;
 /// What the request path knows about the client connection it arrived on.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// The connection's number (`conn=` in `--trace` and `-D`).
+    pub id: u64,
     pub peer: SocketAddr,
+    /// `http`, or `https` behind `-s`: what `X-Forwarded-Proto` says.
+    pub scheme: &'static str,
     pub trace: Trace,
     requests: AtomicU64,
     in_flight: AtomicUsize,
@@ -33,10 +37,12 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// The state of a connection just accepted from `peer`.
-    pub fn new(peer: SocketAddr, trace: Trace) -> Self {
+    /// The state of connection number `id`, just accepted from `peer`.
+    pub fn new(id: u64, peer: SocketAddr, scheme: &'static str, trace: Trace) -> Self {
         ConnInfo {
+            id,
             peer,
+            scheme,
             trace,
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),

@@ -8,8 +8,8 @@
 //! `Transfer-Encoding` is safe: the body is re-encoded on the way out.
 //!
 //! What we add: `X-Forwarded-For` (the client address appended to any list the client sent; lb does
-//! not trust or interpret inbound values, it only extends them), `X-Forwarded-Proto: http`
-//! (overwritten: we know the truth), and `Via: 1.1 lb` (RFC 9110 §7.6.3). The client's `Host` is
+//! not trust or interpret inbound values, it only extends them), `X-Forwarded-Proto: http` (or
+//! `https` behind `-s`; overwritten: we know the truth), and `Via: 1.1 lb` (RFC 9110 §7.6.3). The client's `Host` is
 //! kept, as in the original.
 
 use std::net::SocketAddr;
@@ -38,7 +38,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Turn the client's request head into the backend's: new target, HTTP/1.1, proxy headers.
-pub fn request(parts: &mut request::Parts, target: Uri, client: SocketAddr, backend: &str) {
+pub fn request(
+    parts: &mut request::Parts,
+    target: Uri,
+    client: SocketAddr,
+    scheme: &'static str,
+    backend: &str,
+) {
     let upgrade = is_upgrade(&parts.headers);
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     let via = via_value(parts.version);
@@ -61,7 +67,7 @@ pub fn request(parts: &mut request::Parts, target: Uri, client: SocketAddr, back
     append_forwarded_for(&mut parts.headers, client);
     parts
         .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     parts.headers.append(header::VIA, via);
 }
 
@@ -164,6 +170,7 @@ mod tests {
             &mut p,
             Uri::from_static("/y"),
             "10.0.0.1:1".parse().unwrap(),
+            "http",
             "b:1",
         );
         for gone in [
@@ -188,6 +195,7 @@ mod tests {
             p,
             Uri::from_static("/"),
             "127.0.0.1:9".parse().unwrap(),
+            "http",
             "b:1",
         );
     }

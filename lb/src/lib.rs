@@ -32,6 +32,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod downstream;
+pub mod dump;
 pub mod error;
 pub mod failover;
 pub mod forward;
@@ -45,6 +46,7 @@ pub mod retry;
 pub mod route;
 pub mod shutdown;
 pub mod stats;
+pub mod tls;
 pub mod trace;
 pub mod upstream;
 pub mod watchdog;
@@ -60,6 +62,7 @@ pub use config::Config;
 
 use access_log::AccessLog;
 use config::{Limits, Timeouts};
+use dump::Dump;
 use route::Router;
 use upstream::{Backend, PoolSettings};
 
@@ -81,11 +84,15 @@ pub struct Balancer {
     pub balance: String,
     /// `--slow-start` (for `--admin`'s state of a backend).
     pub slow_start: Duration,
+    /// `-s`: the TLS handshake for each client connection.
+    pub tls: Option<Tls>,
+    /// `-D`: where the bytes of both legs are copied.
+    pub dump: Dump,
 }
 
 impl Balancer {
     /// Resolve every backend address once and group the rules.
-    pub fn new(config: &Config, log: AccessLog) -> std::io::Result<Self> {
+    pub fn new(config: &Config, log: AccessLog, dump: Dump) -> std::io::Result<Self> {
         let settings = PoolSettings {
             workers: config.threads.max(1),
             connect_timeout: config.timeouts.connect,
@@ -109,6 +116,7 @@ impl Balancer {
                 addr,
                 settings,
                 load,
+                dump.clone(),
             )));
         }
         let router = Router::new(
@@ -129,7 +137,21 @@ impl Balancer {
             stats: Arc::new(stats::Stats::default()),
             balance: config.balance.to_string(),
             slow_start: config.balance_settings.slow_start,
+            tls: match &config.tls {
+                Some(files) => Some(Tls(tls::acceptor(files).map_err(std::io::Error::other)?)),
+                None => None,
+            },
+            dump,
         })
+    }
+}
+
+/// The TLS acceptor (`-s`), shown as `Tls` in debug output (rustls' acceptor has no `Debug`).
+pub struct Tls(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
     }
 }
 
@@ -177,7 +199,14 @@ pub async fn run_with_admin(
         }
         None => (AccessLog::default(), None),
     };
-    let balancer = Arc::new(Balancer::new(&config, log)?);
+    let (dump, dump_writer) = match &config.dump {
+        Some(target) => {
+            let (dump, writer) = Dump::start(target)?;
+            (dump, Some(writer))
+        }
+        None => (Dump::default(), None),
+    };
+    let balancer = Arc::new(Balancer::new(&config, log, dump)?);
 
     let mut background = spawn_background(&balancer, &config);
     if let Some(admin) = admin {
@@ -199,6 +228,14 @@ pub async fn run_with_admin(
         task.abort();
     }
     drop(balancer);
+    if let Some(writer) = dump_writer {
+        let dropped = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(std::io::Error::other)??;
+        if dropped > 0 {
+            eprintln!("lb: {dropped} -D chunks were dropped because the dump could not keep up");
+        }
+    }
     if let Some(writer) = writer {
         let dropped = tokio::task::spawn_blocking(move || writer.finish())
             .await

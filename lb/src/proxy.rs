@@ -89,7 +89,13 @@ impl<'a> Exchange<'a> {
                 ),
             );
         }
-        let record = Record::start(request, number, conn.peer, balancer.log.is_enabled());
+        let record = Record::start(
+            request,
+            number,
+            conn.peer,
+            conn.scheme,
+            balancer.log.is_enabled(),
+        );
         let completion = Completion::new(
             record,
             balancer.log.clone(),
@@ -298,7 +304,13 @@ impl<'a> Exchange<'a> {
             hyper::upgrade::on(probe)
         });
         let host_added = !parts.headers.contains_key(header::HOST);
-        crate::forward::request(&mut parts, target, self.conn.peer, &backend.name);
+        crate::forward::request(
+            &mut parts,
+            target,
+            self.conn.peer,
+            self.conn.scheme,
+            &backend.name,
+        );
         let (body, sent) = crate::body::RequestBody::new(body, self.balancer.timeouts.body_idle);
         let outgoing = Outgoing {
             request: Request::from_parts(parts, body),
@@ -446,6 +458,11 @@ impl<'a> Exchange<'a> {
             host_added,
         } = outgoing;
         let timeout = self.balancer.timeouts.response;
+        if let Some(user) = &upstream.user {
+            // `-D` labels this connection's bytes with the request it carries now.
+            user.0.store(self.conn.id, Relaxed);
+            user.1.store(self.number, Relaxed);
+        }
         let started = std::time::Instant::now();
         let response = upstream.sender.try_send_request(request);
         tokio::pin!(response);

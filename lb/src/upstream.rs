@@ -33,6 +33,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::dump::{Dump, Leg, Tapped};
 use crate::error::ConnectError;
 use crate::health::Health;
 use crate::pick::Load;
@@ -42,7 +43,10 @@ use crate::stats::BackendStats;
 pub type Sender = SendRequest<RequestBody>;
 
 /// The I/O half of one HTTP/1.1 connection: a future that reads and writes the socket when polled.
-pub type Driver = Pin<Box<Connection<TokioIo<TcpStream>, RequestBody>>>;
+pub type Driver = Pin<Box<Connection<Io, RequestBody>>>;
+
+/// The socket under an upstream connection: TCP, tapped for `-D` when it is on.
+pub type Io = TokioIo<Tapped<TcpStream>>;
 
 /// One backend server and its pool of idle connections.
 #[derive(Debug)]
@@ -59,6 +63,8 @@ pub struct Backend {
     idle: Vec<Mutex<Vec<IdleConn>>>,
     next_id: AtomicU64,
     settings: PoolSettings,
+    /// `-D`: where this backend's connections copy their bytes.
+    dump: Dump,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +81,7 @@ struct IdleConn {
     driver: Driver,
     id: u64,
     since: Instant,
+    user: Option<Arc<(AtomicU64, AtomicU64)>>,
 }
 
 impl std::fmt::Debug for IdleConn {
@@ -95,6 +102,9 @@ pub struct Upstream {
     pub id: u64,
     /// How long connecting took, or `None` for a reused pooled connection.
     pub connect_time: Option<Duration>,
+    /// With `-D`: the client connection and request this connection carries now (for the dump's
+    /// labels); the request path sets it.
+    pub user: Option<Arc<(AtomicU64, AtomicU64)>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -130,10 +140,11 @@ impl Upstream {
             sender,
             driver,
             id,
+            user,
             ..
         } = self;
         match driver {
-            Some(driver) => backend.checkin(sender, driver, id),
+            Some(driver) => backend.checkin(sender, driver, id, user),
             None => false,
         }
     }
@@ -162,7 +173,13 @@ fn has_ended(driver: &mut Driver) -> bool {
 }
 
 impl Backend {
-    pub fn new(name: String, addr: SocketAddr, settings: PoolSettings, load: Load) -> Self {
+    pub fn new(
+        name: String,
+        addr: SocketAddr,
+        settings: PoolSettings,
+        load: Load,
+        dump: Dump,
+    ) -> Self {
         Backend {
             name,
             addr,
@@ -174,6 +191,7 @@ impl Backend {
                 .collect(),
             next_id: AtomicU64::new(1),
             settings,
+            dump,
         }
     }
 
@@ -194,6 +212,7 @@ impl Backend {
                     driver: Some(idle.driver),
                     id: idle.id,
                     connect_time: None,
+                    user: idle.user,
                 });
             }
         }
@@ -222,7 +241,7 @@ impl Backend {
     /// TCP connect (bounded by `--connect-timeout`), then the HTTP/1.1 handshake.
     async fn open(
         self: &Arc<Self>,
-    ) -> Result<(Upstream, Connection<TokioIo<TcpStream>, RequestBody>), ConnectError> {
+    ) -> Result<(Upstream, Connection<Io, RequestBody>), ConnectError> {
         let started = Instant::now();
         let timeout = self.settings.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
@@ -242,6 +261,13 @@ impl Backend {
         };
         // Proxies write small heads and forward small chunks: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let user = self.dump.is_enabled().then(Arc::default);
+        let stream = Tapped::new(stream, &self.dump, || Leg::Backend {
+            id,
+            backend: self.name.clone(),
+            user: user.clone().unwrap_or_default(),
+        });
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -249,19 +275,25 @@ impl Backend {
                 backend: self.name.clone(),
                 source,
             })?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let upstream = Upstream {
             backend: self.clone(),
             sender,
             driver: None,
             id,
             connect_time: Some(started.elapsed()),
+            user,
         };
         Ok((upstream, connection))
     }
 
     /// Return a connection whose exchange completed cleanly (see [`Upstream::check_in`]).
-    fn checkin(&self, sender: Sender, mut driver: Driver, id: u64) -> bool {
+    fn checkin(
+        &self,
+        sender: Sender,
+        mut driver: Driver,
+        id: u64,
+        user: Option<Arc<(AtomicU64, AtomicU64)>>,
+    ) -> bool {
         // Let hyper see the end of the exchange it just carried; then it accepts the next request.
         if has_ended(&mut driver) || !sender.is_ready() {
             return false;
@@ -277,6 +309,7 @@ impl Backend {
             sender,
             driver,
             id,
+            user,
             since: Instant::now(),
         });
         true

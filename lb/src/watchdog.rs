@@ -26,7 +26,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::config::Timeouts;
@@ -121,18 +120,18 @@ fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
 }
 
 /// The client socket, noting when the first byte of a request head arrives.
-pub struct WatchedIo {
-    inner: TcpStream,
+pub struct WatchedIo<S> {
+    inner: S,
     conn: Arc<ConnInfo>,
 }
 
-impl WatchedIo {
-    pub fn new(inner: TcpStream, conn: Arc<ConnInfo>) -> Self {
+impl<S> WatchedIo<S> {
+    pub fn new(inner: S, conn: Arc<ConnInfo>) -> Self {
         WatchedIo { inner, conn }
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -147,7 +146,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -46,7 +46,7 @@ fuzz_target!(|input: (Fields, Fields, bool, u16, u16, String)| {
     request.headers = header_map(request_fields);
     let upgrade = lb::forward::is_upgrade(&request.headers);
     let client = SocketAddr::from(([127, 0, 0, 1], port));
-    lb::forward::request(&mut request, Uri::from_static("/x"), client, &backend);
+    lb::forward::request(&mut request, Uri::from_static("/x"), client, "http", &backend);
 
     assert_eq!(request.version, Version::HTTP_11);
     assert_eq!(request.uri, "/x");

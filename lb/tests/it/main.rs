@@ -38,5 +38,9 @@ mod logging;
 /// admin port.
 mod admin;
 
+/// `-s` (HTTPS in front, certificate problems, plain HTTP and stalled handshakes) and `-D` (the
+/// hexdump of both legs).
+mod tls;
+
 /// Stopping: SIGTERM drains in-flight requests and exits 0; `run`'s shutdown future does the same.
 mod lifecycle;
