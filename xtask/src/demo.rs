@@ -13,6 +13,10 @@
 //! the slow one gets far less than its half. With `--balance round-robin` the same step shows
 //! the textbook failure instead: half of the requests still go to the slow backend. Without
 //! either flag the demo is the article's, unchanged.
+//!
+//! `--keep-running` leaves the servers up afterwards and starts lb with `--admin 8001` too, so
+//! that lb's live status page (docs/admin.md) can be watched beside the demo page while you send
+//! traffic of your own.
 
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -32,9 +36,13 @@ pub struct Args {
     /// The two backends' ports, comma-separated.
     #[arg(long, default_value = "8910,8911", value_delimiter = ',', num_args = 1..)]
     backend_ports: Vec<u16>,
-    /// Leave the three servers running afterwards (open the page in a browser); Ctrl-C stops them.
+    /// Leave the three servers running afterwards (open the page in a browser), lb with its live
+    /// status page on `--admin-port`; Ctrl-C stops them.
     #[arg(long)]
     keep_running: bool,
+    /// With --keep-running: the port of lb's live status page (`lb --admin`).
+    #[arg(long, default_value_t = 8001)]
+    admin_port: u16,
     /// Build and run optimized binaries.
     #[arg(long)]
     release: bool,
@@ -93,11 +101,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     });
 
-    for port in args.backend_ports.iter().chain([&args.lb_port]) {
+    // The admin listener only runs with --keep-running: the plain demo needs no more free ports
+    // than the article's three.
+    let admin_port = args.keep_running.then_some(args.admin_port);
+    for port in args
+        .backend_ports
+        .iter()
+        .chain([&args.lb_port])
+        .chain(&admin_port)
+    {
         if port_is_taken(*port) {
             bail!(
                 "port {port} on 127.0.0.1 is already taken (another demo or server running?): stop it, or choose \
-                 other ports with --lb-port PORT / --backend-ports PORT,PORT"
+                 other ports with --lb-port PORT / --backend-ports PORT,PORT / --admin-port PORT"
             );
         }
     }
@@ -114,6 +130,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     ];
     if let Some(strategy) = &args.balance {
         lb_args.extend(["--balance".into(), strategy.clone()]);
+    }
+    if let Some(port) = admin_port {
+        lb_args.extend(["--admin".into(), port.to_string()]);
     }
     for (n, port) in args.backend_ports.iter().enumerate() {
         let port_text = port.to_string();
@@ -138,6 +157,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let lb_args: Vec<&str> = lb_args.iter().map(String::as_str).collect();
     let (mut lb, lb_addr) = start_lb(&bins.join("lb"), &lb_args)?;
+    // lb prints `Admin on http://127.0.0.1:8001/` right after `Starting LB on ...`.
+    let admin_url = match admin_port {
+        Some(_) => {
+            let line = lb.wait_stderr("Admin on ", Duration::from_secs(5))?;
+            line.split_once("Admin on ")
+                .map(|(_, url)| url.trim().to_string())
+        }
+        None => None,
+    };
     let how = match &args.balance {
         None => "every `-b / HOST:PORT` joins the rotation for prefix `/`".to_string(),
         Some(strategy) => format!(
@@ -146,8 +174,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             describe(strategy)
         ),
     };
+    let admin = if admin_port.is_some() {
+        "; `--admin` serves lb's live status page"
+    } else {
+        ""
+    };
     step(&format!(
-        "Terminal {}: `{}` — {how}; `-l -` prints one log line per request on stdout.",
+        "Terminal {}: `{}` — {how}; `-l -` prints one log line per request on stdout{admin}.",
         backends.len() + 1,
         lb.command()
     ));
@@ -208,7 +241,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     if args.keep_running {
-        step(&format!("Still running: open http://{lb_addr}/ in a browser and reload it to watch the backends take turns. Ctrl-C stops all three."));
+        let admin = admin_url.map_or_else(String::new, |url| {
+            format!(
+                ", and {url} for lb's live status page (each backend's share, latency and state, \
+                 updated every second)"
+            )
+        });
+        step(&format!(
+            "Still running: open http://{lb_addr}/ in a browser and reload it to watch the backends take \
+             turns{admin}. Ctrl-C stops all three."
+        ));
         let _ = interrupt_rx.recv();
         while let Some(line) = lb.next_stdout(Duration::from_millis(10)) {
             println!("{line}");
@@ -478,6 +520,7 @@ mod verdicts {
             lb_port: 8000,
             backend_ports: vec![8910, 8911],
             keep_running: false,
+            admin_port: 8001,
             release: false,
             balance: balance.map(str::to_string),
             slow,
