@@ -1,15 +1,17 @@
-//! Expectations about how a balancer spreads requests (`--expect round-robin|even|weights=...`)
-//! and the pure logic that judges them. Nothing here does I/O or knows about HTTP: the workers
-//! feed in backend names, these functions answer with a [`Verdict`].
+//! Expectations about how a balancer spreads requests (`--expect round-robin|even|weights=...|
+//! sticky=HEADER`) and the pure logic that judges them. Nothing here does I/O or knows about
+//! HTTP: the workers feed in backend names, these functions answer with a [`Verdict`].
 //!
-//! Two kinds of check:
+//! Three kinds of check:
 //! - [`PeriodicChecker`] watches the *order* of backends on one connection, online, in constant
 //!   memory: it learns the first period and then only compares each new entry with the one the
 //!   period predicts, keeping a small ring of recent entries to explain a failure.
 //! - [`check_counts`] judges the *totals* (several connections interleave, so their order means
 //!   nothing; only the counts do).
+//! - [`check_sticky`] judges a [`KeySpread`], which backends served each value of a request
+//!   header: a balancer that hashes on the header sends every value to one backend.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 
@@ -35,6 +37,8 @@ pub enum Expectation {
     Even,
     /// Shares proportional to these weights, within the tolerance.
     Weights(Vec<(String, u32)>),
+    /// Every value of this request header (lower case) is always served by the same backend.
+    Sticky(String),
 }
 
 impl fmt::Display for Expectation {
@@ -50,6 +54,7 @@ impl fmt::Display for Expectation {
                 }
                 Ok(())
             }
+            Expectation::Sticky(header) => write!(f, "sticky={header}"),
         }
     }
 }
@@ -63,7 +68,13 @@ impl FromStr for Expectation {
             "even" => return Ok(Expectation::Even),
             _ => {}
         }
-        let usage = "expected round-robin, even or weights=NAME:W,NAME:W...";
+        let usage = "expected round-robin, even, weights=NAME:W,NAME:W... or sticky=HEADER";
+        if let Some(header) = s.strip_prefix("sticky=") {
+            let name = http::HeaderName::from_bytes(header.trim().as_bytes()).map_err(|_| {
+                format!("`{header}` in `{s}` is not a header name; write it like sticky=X-User")
+            })?;
+            return Ok(Expectation::Sticky(name.as_str().to_owned()));
+        }
         let list = s
             .strip_prefix("weights=")
             .ok_or_else(|| format!("unknown expectation `{s}`; {usage}"))?;
@@ -347,6 +358,8 @@ pub fn check_counts(
                 list(counts)
             )
         }
+        // Judged per key by `check_sticky`; the totals say nothing about it.
+        Expectation::Sticky(_) => format!("counts: {}", list(counts)),
         Expectation::Weights(weights) => {
             let sum: u32 = weights.iter().map(|(_, w)| w).sum();
             for (n, w) in weights {
@@ -381,6 +394,125 @@ pub fn check_counts(
     } else {
         fail(problems.join("; "))
     }
+}
+
+/// Which backends served each value of a request header (`--expect sticky=HEADER`): value ->
+/// backend name -> responses. Memory is one entry per key and backend, bounded by `--keys`. It
+/// travels in the JSON report whole, so that `loadgen merge` judges stickiness across machines
+/// exactly: a key that one machine saw on `a` and another on `b` moved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeySpread {
+    /// The request header (lower case).
+    pub header: String,
+    pub keys: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl KeySpread {
+    pub fn new(header: &str) -> KeySpread {
+        KeySpread {
+            header: header.to_owned(),
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// Counts `responses` for `key` served by `backend`.
+    pub fn count(&mut self, key: &str, backend: &str, responses: u64) {
+        let backends = match self.keys.get_mut(key) {
+            Some(b) => b,
+            None => self.keys.entry(key.to_owned()).or_default(),
+        };
+        *backends.entry(backend.to_owned()).or_default() += responses;
+    }
+
+    /// Adds every count of `other` (a run on another machine).
+    pub fn add(&mut self, other: &KeySpread) {
+        for (key, backends) in &other.keys {
+            for (backend, n) in backends {
+                self.count(key, backend, *n);
+            }
+        }
+    }
+
+    /// The keys served by more than one backend, in key order.
+    pub fn moved(&self) -> impl Iterator<Item = (&String, &BTreeMap<String, u64>)> {
+        self.keys.iter().filter(|(_, backends)| backends.len() > 1)
+    }
+}
+
+/// Examples of moved keys a failed sticky verdict names.
+const MOVED_EXAMPLES: usize = 3;
+
+/// Judges `--expect sticky=HEADER`: passes when every key was served by one backend only.
+///
+/// ```text
+///   key   backends seen        verdict
+///   7     a a a a              stays
+///   12    b b b                stays
+///   3     a b a                moved: fails, naming key 3 and a (2), b (1)
+/// ```
+pub fn check_sticky(spread: &KeySpread) -> Verdict {
+    let expectation = Expectation::Sticky(spread.header.clone());
+    let header = &spread.header;
+    let keys = spread.keys.len();
+    let fail = |detail: String| Verdict {
+        expectation: expectation.clone(),
+        passed: false,
+        detail,
+        first_violation: None,
+    };
+    if keys == 0 {
+        return fail("no responses to judge".to_owned());
+    }
+    let unnamed: u64 = spread.keys.values().filter_map(|b| b.get(NO_BACKEND)).sum();
+    if unnamed > 0 {
+        return fail(format!(
+            "{unnamed} responses did not say which backend served them"
+        ));
+    }
+    let moved: Vec<_> = spread.moved().collect();
+    if moved.is_empty() {
+        let mut per_backend: BTreeMap<&str, u64> = BTreeMap::new();
+        for backends in spread.keys.values() {
+            for b in backends.keys() {
+                *per_backend.entry(b).or_default() += 1;
+            }
+        }
+        let spread_list = per_backend
+            .iter()
+            .map(|(b, n)| format!("{b}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Verdict {
+            expectation,
+            passed: true,
+            detail: format!(
+                "{keys} keys ({header} values), 0 moved: each always on the same backend; \
+                 keys per backend: {spread_list}"
+            ),
+            first_violation: None,
+        };
+    }
+    let examples = moved
+        .iter()
+        .take(MOVED_EXAMPLES)
+        .map(|(key, backends)| {
+            let seen = backends
+                .iter()
+                .map(|(b, n)| format!("{b} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{header}: {key} was served by {seen}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let more = match moved.len().saturating_sub(MOVED_EXAMPLES) {
+        0 => String::new(),
+        n => format!("; and {n} more"),
+    };
+    fail(format!(
+        "{} of {keys} keys ({header} values) moved between backends: {examples}{more}",
+        moved.len()
+    ))
 }
 
 fn within(name: &str, share: f64, target: f64, tolerance: f64, problems: &mut Vec<String>) {
@@ -510,5 +642,57 @@ mod tests {
         assert!("weights=a".parse::<Expectation>().is_err());
         assert!("weights=a:0".parse::<Expectation>().is_err());
         assert!("random".parse::<Expectation>().is_err());
+        assert_eq!(
+            "sticky=X-User".parse(),
+            Ok(Expectation::Sticky("x-user".into()))
+        );
+        assert_eq!(
+            Expectation::Sticky("x-user".into()).to_string(),
+            "sticky=x-user"
+        );
+        assert!("sticky=".parse::<Expectation>().is_err());
+        assert!("sticky=a b".parse::<Expectation>().is_err());
+    }
+
+    #[test]
+    fn sticky_fails_naming_a_key_that_moved() {
+        let mut spread = KeySpread::new("x-user");
+        //   key   served by
+        //   1     a a a
+        //   2     b b
+        for (key, backend) in [("1", "a"), ("1", "a"), ("2", "b"), ("1", "a"), ("2", "b")] {
+            spread.count(key, backend, 1);
+        }
+        let v = check_sticky(&spread);
+        assert!(v.passed, "{}", v.detail);
+        assert_eq!(
+            v.detail,
+            "2 keys (x-user values), 0 moved: each always on the same backend; \
+             keys per backend: a=1 b=1"
+        );
+
+        //   3     a b a   moved
+        let mut other = KeySpread::new("x-user");
+        other.count("3", "a", 2);
+        other.count("3", "b", 1);
+        spread.add(&other);
+        let v = check_sticky(&spread);
+        assert!(!v.passed);
+        assert_eq!(
+            v.detail,
+            "1 of 3 keys (x-user values) moved between backends: \
+             x-user: 3 was served by a (2), b (1)"
+        );
+
+        // Two machines that each saw key 1 on one backend, but not the same one.
+        let mut elsewhere = KeySpread::new("x-user");
+        elsewhere.count("1", "c", 1);
+        spread.add(&elsewhere);
+        assert!(check_sticky(&spread).detail.starts_with("2 of 3 keys"));
+
+        assert!(!check_sticky(&KeySpread::new("x-user")).passed);
+        let mut unnamed = KeySpread::new("x-user");
+        unnamed.count("1", NO_BACKEND, 2);
+        assert!(!check_sticky(&unnamed).passed);
     }
 }

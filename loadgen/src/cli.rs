@@ -78,9 +78,14 @@ pub struct LoadArgs {
     /// HTTP method.
     #[arg(short = 'm', long, default_value = "GET", value_parser = parse_method)]
     pub method: Method,
-    /// Extra request header, 'Name: value' (repeatable).
-    #[arg(short = 'H', long = "header", value_parser = plan::parse_header)]
+    /// Extra request header, 'Name: value' (repeatable). `{n}` in the value is replaced by
+    /// each request's key, one of --keys N drawn at random (reproducibly: request #i always gets
+    /// the same key), e.g. -H 'X-User: user-{n}'.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = plan::parse_header)]
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How many distinct keys `{n}` takes in -H values [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: Option<u64>,
     /// Request body.
     #[arg(short = 'd', long, conflicts_with = "body_file")]
     pub body: Option<String>,
@@ -93,7 +98,9 @@ pub struct LoadArgs {
     /// Open a new connection for every request (and send `Connection: close`).
     #[arg(long)]
     pub no_keepalive: bool,
-    /// Check the spread over backends: round-robin, even, or weights=NAME:W,NAME:W...
+    /// Check the spread over backends: round-robin, even, weights=NAME:W,NAME:W..., or
+    /// sticky=HEADER (every value of request header HEADER, sent with -H 'HEADER: {n}', is always
+    /// served by the same backend).
     #[arg(long, value_parser = clap::value_parser!(Expectation))]
     pub expect: Option<Expectation>,
     /// Allowed relative deviation of shares for `even` and `weights=`, in percent.
@@ -159,6 +166,7 @@ impl LoadArgs {
         plan.rate = self.rate;
         plan.method = self.method.clone();
         plan.headers = self.headers.clone();
+        plan.keys = self.keys.unwrap_or(crate::keys::DEFAULT_KEYS);
         plan.body = match (&self.body, &self.body_file) {
             (Some(b), _) => Bytes::from(b.clone()),
             (None, Some(path)) => Bytes::from(
@@ -181,6 +189,36 @@ impl LoadArgs {
 }
 
 impl Cli {
+    /// Checks what each flag's parser cannot see alone (e.g. `--expect sticky=X-User` without
+    /// `-H 'X-User: ...'`); the error is a usage error (exit 2), like clap's own.
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        use clap::CommandFactory as _;
+        if self.command.is_some() {
+            return Ok(());
+        }
+        let usage = |message: String| {
+            Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message)
+        };
+        if let Some(Expectation::Sticky(header)) = &self.load.expect {
+            if !self.load.headers.iter().any(|(n, _)| n.as_str() == header) {
+                return Err(usage(
+                    plan::PlanError::StickyHeaderNotSent(header.clone()).to_string(),
+                ));
+            }
+        }
+        let templated = self
+            .load
+            .headers
+            .iter()
+            .any(|(_, v)| v.as_bytes().windows(3).any(|w| w == b"{n}"));
+        if self.load.keys.is_some() && !templated {
+            return Err(usage(
+                "--keys N needs a header whose value holds {n}, e.g. -H 'X-User: {n}'".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Event-loop threads the run asks for: `--threads`, else one per core (the run never uses
     /// more than one per connection, see [`Plan::thread_count`]).
     pub fn threads(&self) -> usize {

@@ -5,7 +5,8 @@
 //! Read the modules in this order, which is also the life of a run:
 //!
 //! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate),
-//!    and which statuses count as success ([`ok_status`]).
+//!    which statuses count as success ([`ok_status`]), and the per-request keys that `{n}` in a
+//!    header stands for ([`keys`]).
 //! 2. [`run`]: one event-loop thread per core, one worker per connection on them, in the
 //!    closed or the open loop; in the open loop `pace` (private) keeps the schedule with a
 //!    microsecond timer per worker and tells the generator's own lateness from the target's lag.
@@ -14,7 +15,8 @@
 //!    sorted into the classes of [`failure`].
 //! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
 //!    merging runs from several machines; whether the open loop kept its schedule.
-//! 5. [`check`]: judging `--expect round-robin | even | weights=...` (pure logic).
+//! 5. [`check`]: judging `--expect round-robin | even | weights=... | sticky=HEADER` (pure
+//!    logic).
 //!
 //! **Invariants:** memory does not grow with the number of requests (histograms, never a list of
 //! samples, except the first `Plan::keep_samples`); every request started ends up counted either
@@ -40,6 +42,7 @@ pub mod cli;
 mod conn;
 mod cpu_time;
 pub mod failure;
+pub mod keys;
 pub mod ok_status;
 mod pace;
 pub mod plan;

@@ -46,8 +46,13 @@ pub struct Plan {
     /// Total requests per second (`-q`): switches from the closed loop to the open loop.
     pub rate: Option<f64>,
     pub method: Method,
-    /// Extra request headers (`-H`), sent in this order after `Host` and `User-Agent`.
+    /// Extra request headers (`-H`), sent in this order after `Host` and `User-Agent`. A value
+    /// holding `{n}` is a template: each request replaces `{n}` with its key (see [`Plan::keys`]).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How many distinct keys `{n}` takes in `-H` values (`--keys`, default
+    /// [`crate::keys::DEFAULT_KEYS`]): request number `i` carries a key drawn reproducibly from
+    /// `0..keys` (see `keys.rs`).
+    pub keys: u64,
     /// Request body (`-d` / `-D`); empty means no body.
     pub body: Bytes,
     /// Limit for one request, from the moment it is sent (or its connection is opened) to the
@@ -88,6 +93,13 @@ pub enum PlanError {
     UnsupportedScheme(String),
     #[error("`{0}` has no host; write it as http://host:port/path")]
     MissingHost(String),
+    #[error(
+        "--expect sticky={0} needs requests that carry {0}; send it with -H '{0}: {{n}}' \
+         (each request gets one of --keys N values)"
+    )]
+    StickyHeaderNotSent(String),
+    #[error("--keys must be at least 1")]
+    NoKeys,
 }
 
 impl Plan {
@@ -104,6 +116,7 @@ impl Plan {
             rate: None,
             method: Method::GET,
             headers: Vec::new(),
+            keys: crate::keys::DEFAULT_KEYS,
             body: Bytes::new(),
             timeout: DEFAULT_TIMEOUT,
             keepalive: true,
@@ -125,6 +138,27 @@ impl Plan {
             (None, Some(_)) => None,
             (None, None) => Some(DEFAULT_REQUESTS),
         }
+    }
+
+    /// True if some `-H` value holds `{n}`, i.e. requests carry keys.
+    pub fn has_keys(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(_, v)| v.as_bytes().windows(3).any(|w| w == b"{n}"))
+    }
+
+    /// Checks that the parts of the plan fit together, beyond what each field's parser checks:
+    /// `--expect sticky=HEADER` needs HEADER among the `-H` headers, `--keys` needs a `{n}`.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        if let Some(Expectation::Sticky(header)) = &self.expect {
+            if !self.headers.iter().any(|(n, _)| n.as_str() == header) {
+                return Err(PlanError::StickyHeaderNotSent(header.clone()));
+            }
+        }
+        if self.keys == 0 {
+            return Err(PlanError::NoKeys);
+        }
+        Ok(())
     }
 
     /// How many threads the run uses: [`Plan::threads`], else one per core, at least 1 and at
@@ -158,7 +192,7 @@ pub fn parse_url(url: &str) -> Result<Uri, PlanError> {
 pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = s
         .split_once(':')
-        .ok_or_else(|| format!("`{s}` is not a header; write it as 'Name: value'"))?;
+        .ok_or_else(|| format!("`{s}` has no colon; write a header as -H 'Name: value'"))?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("`{}` is not a valid header name", name.trim()))?;
     let value = HeaderValue::from_str(value.trim())
@@ -209,9 +243,25 @@ mod tests {
         let (n, v) = parse_header("X-Thing:  a b ").unwrap();
         assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-thing", "a b"));
         assert!(parse_header("nocolon").is_err());
+        let (_, v) = parse_header("X-User: {n}").unwrap();
+        assert_eq!(v, "{n}");
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("fast").is_err());
         assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn sticky_needs_its_header_sent() {
+        let mut p = Plan::new("http://h/").unwrap();
+        assert!(!p.has_keys());
+        p.expect = Some(Expectation::Sticky("x-user".into()));
+        assert!(matches!(
+            p.validate(),
+            Err(PlanError::StickyHeaderNotSent(h)) if h == "x-user"
+        ));
+        p.headers.push(parse_header("X-User: u{n}").unwrap());
+        assert!(p.validate().is_ok());
+        assert!(p.has_keys());
     }
 
     #[test]

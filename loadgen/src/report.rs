@@ -17,7 +17,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::check::Verdict;
+use crate::check::{check_sticky, Expectation, KeySpread, Verdict};
 // The error classes are part of the report's vocabulary (its `errors` field counts them), so
 // they can be named from here too.
 pub use crate::failure::{ErrorClass, ErrorCounts};
@@ -279,6 +279,9 @@ pub struct Report {
     /// Per-backend counts, shares and latency, most responses first.
     pub backends: Vec<BackendReport>,
     pub verdict: Option<Verdict>,
+    /// `--expect sticky=HEADER` only: which backends served each value of HEADER.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<KeySpread>,
     /// The `--max-errors` this run was judged against: the most failed requests (transport
     /// errors plus failed responses) it may have and still pass.
     pub max_errors: u64,
@@ -410,11 +413,23 @@ impl Report {
                     None => out.backends.push(b),
                 }
             }
+            match (&mut out.sticky, &r.sticky) {
+                (Some(a), Some(b)) => a.add(b),
+                (a @ None, Some(b)) => *a = Some(b.clone()),
+                _ => {}
+            }
             out.max_errors += r.max_errors;
             out.samples.extend(r.samples);
             verdicts.push(r.verdict);
         }
         out.verdict = merge_verdicts(verdicts);
+        // Stickiness is judged on the merged keys: a key that two runs saw on two different
+        // backends moved, even if each run alone saw it on one.
+        if let (Some(v), Some(spread)) = (&mut out.verdict, &out.sticky) {
+            if matches!(v.expectation, Expectation::Sticky(_)) {
+                *v = check_sticky(spread);
+            }
+        }
         out.finish();
         out
     }

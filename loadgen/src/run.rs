@@ -42,9 +42,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use crate::check::{check_counts, periodic_verdict, Expectation, PeriodicChecker, NO_BACKEND};
+use crate::check::{
+    check_counts, check_sticky, periodic_verdict, Expectation, KeySpread, PeriodicChecker,
+    NO_BACKEND,
+};
 use crate::conn::{Answer, Conn};
 use crate::failure::{ErrorClass, ErrorCounts};
+use crate::keys::{KeyedHeader, Template};
 use crate::pace::{Alarm, Schedule, SendTiming};
 use crate::plan::Plan;
 use crate::report::{BackendReport, Latency, LoadModel, Report, Sample};
@@ -92,6 +96,10 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     let schedule = plan
         .rate
         .map(|rate| Schedule::new(start, rate, connections, limit, deadline));
+    let sticky = match &plan.expect {
+        Some(Expectation::Sticky(header)) => KeyedHeader::find(&plan.headers, header),
+        _ => None,
+    };
     let ctx = Arc::new(Ctx {
         addr,
         timeout: plan.timeout,
@@ -99,7 +107,10 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         backend_header: plan.backend_header.clone(),
         keep_samples: plan.keep_samples as u64,
         limit,
-        numbered: limit.is_some() || plan.keep_samples > 0,
+        // Keys are drawn from request numbers, which must then be unique across workers.
+        numbered: limit.is_some() || plan.keep_samples > 0 || plan.has_keys(),
+        keys: plan.keys.max(1),
+        sticky,
         deadline,
         schedule,
         connections,
@@ -118,6 +129,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         let thread = Arc::new(ThreadState {
             ctx: ctx.clone(),
             head: request_head(&plan),
+            templates: key_templates(&plan),
             // A copy, not a clone: a clone would share one reference count between threads.
             body: Bytes::copy_from_slice(&plan.body),
             stats: Mutex::new(Stats::new(plan.rate.is_some())),
@@ -267,6 +279,19 @@ fn request_head(plan: &Plan) -> http::request::Parts {
     head
 }
 
+/// The `-H` headers whose value holds `{n}`, to be rendered for each request.
+fn key_templates(plan: &Plan) -> Vec<(HeaderName, Template)> {
+    plan.headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let template = Template::parse(&String::from_utf8_lossy(value.as_bytes()))?;
+            // A copy of the name, as in `request_head`.
+            let name = HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
+            Some((name, template))
+        })
+        .collect()
+}
+
 /// What every thread shares, read-only apart from the ticket counter.
 struct Ctx {
     addr: SocketAddr,
@@ -288,6 +313,10 @@ struct Ctx {
     start: Instant,
     /// Closed loop: the next request number to hand out (`-n` is a total across workers).
     tickets: AtomicU64,
+    /// How many keys `{n}` takes (`--keys`).
+    keys: u64,
+    /// `--expect sticky=HEADER`: how that header is sent, to tell which key a request carried.
+    sticky: Option<KeyedHeader>,
 }
 
 impl Ctx {
@@ -313,6 +342,8 @@ impl Ctx {
 struct ThreadState {
     ctx: Arc<Ctx>,
     head: http::request::Parts,
+    /// `-H` values with `{n}`, rendered into each request's head.
+    templates: Vec<(HeaderName, Template)>,
     body: Bytes,
     /// Only this thread's tasks touch it, so the lock is never contended: locking is one atomic
     /// instruction on a cache line this core already holds. (`tokio::spawn` needs `Send` tasks,
@@ -323,8 +354,20 @@ struct ThreadState {
 }
 
 impl ThreadState {
-    fn request(&self) -> Request<Full<Bytes>> {
-        Request::from_parts(self.head.clone(), Full::new(self.body.clone()))
+    /// Request number `index`: the thread's head and body, with `{n}` replaced by the
+    /// request's key in the headers that hold it.
+    fn request(&self, index: u64) -> Request<Full<Bytes>> {
+        let mut head = self.head.clone();
+        if !self.templates.is_empty() {
+            let key = crate::keys::key_of(index, self.ctx.keys);
+            for (name, template) in &self.templates {
+                // Digits in place of `{n}` in a value that was valid with it: still valid.
+                if let Ok(value) = HeaderValue::from_str(&template.render(key)) {
+                    head.headers.insert(name.clone(), value);
+                }
+            }
+        }
+        Request::from_parts(head, Full::new(self.body.clone()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Stats> {
@@ -348,6 +391,7 @@ impl ThreadState {
     /// the connection is dropped and the next request opens a fresh one.
     async fn exchange(
         &self,
+        index: u64,
         conn: &mut Option<Conn>,
         sent: Instant,
         mut deadline: Pin<&mut Sleep>,
@@ -372,7 +416,7 @@ impl ThreadState {
                 conn.insert(opened?)
             }
         };
-        let result = c.send(self.request(), deadline).await;
+        let result = c.send(self.request(index), deadline).await;
         match &result {
             Ok(answer) if ctx.keepalive && !answer.closes_connection() => {}
             _ => *conn = None,
@@ -448,6 +492,9 @@ impl ThreadState {
                 // of recorded a second time here.
                 backend.responses += 1;
                 backend.latency.record(latency);
+                if let Some(sticky) = &ctx.sticky {
+                    s.keys.count(sticky.key(index, ctx.keys), id);
+                }
                 Some(id)
             }
         };
@@ -501,7 +548,9 @@ async fn worker(
                     break;
                 };
                 let sent = now;
-                let result = thread.exchange(&mut conn, sent, deadline.as_mut()).await;
+                let result = thread
+                    .exchange(index, &mut conn, sent, deadline.as_mut())
+                    .await;
                 now = Instant::now();
                 let served = thread.record(index, k, &result, now - sent, None);
                 if let (Some(c), Some(served)) = (&mut checker, served) {
@@ -520,7 +569,9 @@ async fn worker(
                 // `ready` tells that lag apart from the generator's own.
                 alarm.until(due).await;
                 let sent = Instant::now();
-                let result = thread.exchange(&mut conn, sent, deadline.as_mut()).await;
+                let result = thread
+                    .exchange(slot + 1, &mut conn, sent, deadline.as_mut())
+                    .await;
                 let done = Instant::now();
                 let timing = SendTiming { due, ready, sent };
                 let open = Some((done - sent, timing));
@@ -561,8 +612,36 @@ struct Stats {
     /// Responses without the backend header.
     unnamed: Option<BackendStats>,
     samples: Vec<Sample>,
+    /// `--expect sticky`: which backends served each key.
+    keys: KeyCounts,
     /// CPU time of this thread, read when it ends.
     cpu: Option<Duration>,
+}
+
+/// One thread's view of `--expect sticky`: for each key (an index here), the backend ids (as in
+/// [`Stats::backends`], `None` for a response without the backend header) that served it and
+/// how often. Almost always one entry per key, so a short list beats a map.
+#[derive(Default)]
+struct KeyCounts {
+    per_key: Vec<Vec<(Option<usize>, u64)>>,
+}
+
+impl KeyCounts {
+    fn count(&mut self, key: u64, backend: Option<usize>) {
+        let Ok(key) = usize::try_from(key) else {
+            return;
+        };
+        if self.per_key.len() <= key {
+            self.per_key.resize_with(key + 1, Vec::new);
+        }
+        let Some(seen) = self.per_key.get_mut(key) else {
+            return;
+        };
+        match seen.iter_mut().find(|(b, _)| *b == backend) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((backend, 1)),
+        }
+    }
 }
 
 /// What only the open loop measures (see [`SendTiming`] for the split of a late send).
@@ -607,6 +686,7 @@ impl Stats {
             backends: Vec::new(),
             unnamed: None,
             samples: Vec::new(),
+            keys: KeyCounts::default(),
             cpu: None,
         }
     }
@@ -645,6 +725,10 @@ fn build_report(
     // The checker runs with one connection, on the first thread: its backend ids are indexes
     // into that thread's list.
     let mut first_names: Vec<String> = Vec::new();
+    let sticky = match &plan.expect {
+        Some(Expectation::Sticky(header)) => KeyedHeader::find(&plan.headers, header),
+        _ => None,
+    };
     for (i, s) in threads.iter().enumerate() {
         report.requests += s.requests;
         report.responses += s.responses;
@@ -688,6 +772,19 @@ fn build_report(
             }
         }
         report.samples.extend(s.samples.iter().cloned());
+        if let (Some(sticky), Some(Expectation::Sticky(header))) = (&sticky, &plan.expect) {
+            let spread = report.sticky.get_or_insert_with(|| KeySpread::new(header));
+            for (key, seen) in s.keys.per_key.iter().enumerate() {
+                let value = sticky.value(key as u64);
+                for (id, n) in seen {
+                    let backend = match id.and_then(|id| s.backends.get(id)) {
+                        Some(b) => backend_name(&b.value),
+                        None => NO_BACKEND.to_owned(),
+                    };
+                    spread.count(&value, &backend, *n);
+                }
+            }
+        }
     }
     report.samples.sort_by_key(|s| s.index);
     report.finish();
@@ -698,14 +795,28 @@ fn build_report(
                 .cloned()
                 .unwrap_or_else(|| format!("#{id}"))
         }),
-        None => {
-            let counts: Vec<(String, u64)> = report
-                .backends
-                .iter()
-                .map(|b| (b.name.clone(), b.responses))
-                .collect();
-            check_counts(expect, &counts, plan.tolerance, report.connections)
-        }
+        None => match (expect, &report.sticky) {
+            (Expectation::Sticky(_), Some(spread)) => check_sticky(spread),
+            (Expectation::Sticky(header), None) => match sticky {
+                Some(_) => check_sticky(&KeySpread::new(header)),
+                // `Plan::validate` catches this on the command line; a library caller may not
+                // have asked it.
+                None => crate::Verdict {
+                    expectation: expect.clone(),
+                    passed: false,
+                    detail: crate::PlanError::StickyHeaderNotSent(header.clone()).to_string(),
+                    first_violation: None,
+                },
+            },
+            _ => {
+                let counts: Vec<(String, u64)> = report
+                    .backends
+                    .iter()
+                    .map(|b| (b.name.clone(), b.responses))
+                    .collect();
+                check_counts(expect, &counts, plan.tolerance, report.connections)
+            }
+        },
     });
     report
 }

@@ -238,3 +238,87 @@ async fn usage_errors_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("https is not supported"), "{err}");
 }
+
+#[tokio::test]
+async fn sticky_verdicts_from_the_command_line() {
+    let server = servers::sticky("x-user", &["a", "b"]).await;
+    let url = server.url();
+    let args = [
+        url.as_str(),
+        "-n",
+        "100",
+        "-c",
+        "2",
+        "-H",
+        "X-User: {n}",
+        "--keys",
+        "10",
+        "--expect",
+        "sticky=X-User",
+    ];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Expect sticky=x-user: PASS: 10 keys (x-user values), 0 moved"),
+        "{}",
+        show(&args, &out)
+    );
+
+    let round_robin = servers::backends(&["a", "b"]).await;
+    let url = round_robin.url();
+    let args = [
+        url.as_str(),
+        "-n",
+        "100",
+        "-H",
+        "X-User: {n}",
+        "--keys",
+        "10",
+        "--expect",
+        "sticky=X-User",
+    ];
+    let out = loadgen(&args).await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Expect sticky=x-user: FAIL: 10 of 10 keys (x-user values) moved"),
+        "{}",
+        show(&args, &out)
+    );
+}
+
+/// A header without a colon, a sticky header that is never sent, `--keys` with no `{n}`: each
+/// is a usage error (exit 2) that names the flag and shows the right form.
+#[tokio::test]
+async fn bad_headers_and_keys_are_usage_errors() {
+    for (args, needles) in [
+        (
+            &["http://127.0.0.1:1/", "-H", "X-User 7"][..],
+            &["--header", "no colon", "-H 'Name: value'"][..],
+        ),
+        (
+            &["http://127.0.0.1:1/", "--expect", "sticky=X-User"],
+            &["--expect sticky=x-user", "-H 'x-user: {n}'"],
+        ),
+        (
+            &["http://127.0.0.1:1/", "-H", "X-User: 1", "--keys", "5"],
+            &["--keys", "{n}"],
+        ),
+        (
+            &["http://127.0.0.1:1/", "-H", "X-User: {n}", "--keys", "0"],
+            &["--keys"],
+        ),
+    ] {
+        let out = loadgen(args).await;
+        assert_eq!(out.status.code(), Some(2), "{}", show(args, &out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in needles {
+            assert!(
+                err.contains(needle),
+                "missing {needle:?}\n{}",
+                show(args, &out)
+            );
+        }
+    }
+}

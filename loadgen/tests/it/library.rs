@@ -169,3 +169,57 @@ async fn first_samples_are_kept() {
         .iter()
         .all(|s| s.error == Some(ErrorClass::ConnectRefused)));
 }
+
+fn sticky_plan(url: &str, requests: u64, keys: u64) -> Plan {
+    let mut plan = plan(url, requests);
+    plan.connections = 4;
+    plan.headers
+        .push(loadgen::plan::parse_header("X-User: user-{n}").unwrap());
+    plan.headers
+        .push(loadgen::plan::parse_header("X-Team: red").unwrap());
+    plan.keys = keys;
+    plan.expect = Some("sticky=X-User".parse().unwrap());
+    plan
+}
+
+/// `-H 'X-User: user-{n}' --keys 20`: every request carries one of 20 values, and a target that
+/// hashes on the header keeps each on one backend. Keys are drawn from request numbers, so 400
+/// requests always send the same 20 values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_target_passes_sticky() {
+    let server = servers::sticky("x-user", &["a", "b", "c"]).await;
+    let report = loadgen::run(sticky_plan(&server.url(), 400, 20))
+        .await
+        .unwrap();
+    assert!(report.passed(), "{}", report.render_text());
+    let seen = server.seen.lock().unwrap().clone();
+    let expected: std::collections::BTreeSet<String> =
+        (0..20).map(|k| format!("user-{k}")).collect();
+    assert_eq!(seen, expected);
+    let spread = report.sticky.as_ref().unwrap();
+    assert_eq!(spread.keys.len(), 20);
+    assert_eq!(spread.moved().count(), 0);
+    let detail = &report.verdict.as_ref().unwrap().detail;
+    assert!(
+        detail.starts_with("20 keys (x-user values), 0 moved"),
+        "{detail}"
+    );
+    // The per-backend table is there as for every run.
+    assert_eq!(report.backends.len(), 3, "{}", report.render_text());
+}
+
+/// A round robin ignores the header: keys land on both backends, and the verdict names one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_robin_target_fails_sticky_naming_a_key() {
+    let server = servers::backends(&["a", "b"]).await;
+    let report = loadgen::run(sticky_plan(&server.url(), 200, 10))
+        .await
+        .unwrap();
+    assert!(!report.passed(), "{}", report.render_text());
+    let detail = &report.verdict.as_ref().unwrap().detail;
+    assert!(
+        detail.starts_with("10 of 10 keys (x-user values) moved between backends: x-user: user-0 was served by a ("),
+        "{detail}"
+    );
+    assert!(detail.contains("), b ("), "{detail}");
+}

@@ -2,8 +2,10 @@
 //! small HTTP servers on `127.0.0.1:0` inside the test process and points loadgen at them.
 //!
 //! - `servers`: the test servers (a backend pattern like `a,b` or `a,a,b`, one answering a fixed
-//!   status, one that freezes for a while, one that never answers, a port nobody listens on).
-//! - `library`: `loadgen::run` driven directly: counts, open-loop pacing, errors, samples.
+//!   status, one that freezes for a while, one that never answers, a port nobody listens on, one
+//!   that hashes a request header to a backend name like a sticky balancer).
+//! - `library`: `loadgen::run` driven directly: counts, open-loop pacing, errors, samples,
+//!   per-request keys and `--expect sticky`.
 //! - `command`: the `loadgen` binary: exit codes, text report, JSON output and `merge`.
 //! - `pacing`: the open loop keeps its schedule to tens of microseconds, and a stalled target
 //!   still shows its stall in the corrected latency.

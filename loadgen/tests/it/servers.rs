@@ -1,6 +1,7 @@
 //! Test servers bound on `127.0.0.1:0`, living as tasks of the test's runtime (they stop when the
 //! test ends).
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,4 +138,53 @@ pub async fn silent() -> SocketAddr {
 pub async fn refused() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
+}
+
+/// A stand-in for a balancer that hashes on a request header (`lb --balance hash:header:NAME`):
+/// the answer's `X-Served-By` is `names[hash(value) % len]`, so a value always gets the same
+/// name. Every value received is kept in `seen`.
+pub struct Sticky {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Sticky {
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+pub async fn sticky(header: &'static str, names: &[&'static str]) -> Sticky {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let names: Arc<[&'static str]> = names.into();
+    let seen: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (names, kept) = (names.clone(), kept.clone());
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let value = req
+                    .headers()
+                    .get(header)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                // FNV-1a: any hash will do, as long as it depends on the value only.
+                let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                let name = names[(hash % names.len() as u64) as usize];
+                kept.lock().unwrap().insert(value);
+                let response = Response::builder()
+                    .header("X-Served-By", name)
+                    .body(Full::new(Bytes::from_static(b"hello\n")));
+                async move { Ok::<_, Infallible>(response.unwrap()) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    Sticky { addr, seen }
 }
