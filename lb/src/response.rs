@@ -114,11 +114,15 @@ impl Completion {
             self.record.status = CLIENT_CLOSED_REQUEST;
         }
         let duration = self.record.started.elapsed();
+        let asked = match (&self.backend, end) {
+            (Some(backend), End::Abandoned) => format!(" while {} was being asked", backend.name),
+            _ => String::new(),
+        };
         self.trace.event(
             9,
             number,
             format_args!(
-                "done status={} bytes={} duration={:.3}ms{}",
+                "done status={} bytes={} duration={:.3}ms{}{asked}",
                 self.record.status,
                 self.bytes,
                 duration.as_secs_f64() * 1e3,
