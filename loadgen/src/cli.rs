@@ -3,7 +3,7 @@
 //! parsing can be unit-tested.
 //!
 //! Exit codes: 0 everything passed; 1 an expectation failed, errors exceeded `--max-errors`, or
-//! the run could not happen; 2 usage error (clap's convention, including an `https://` URL).
+//! the run could not happen; 2 usage error (clap's convention, and [`Cli::validate`]'s).
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -20,6 +20,7 @@ use crate::check::Expectation;
 use crate::ok_status::OkStatus;
 use crate::plan::{self, Plan};
 use crate::report::Report;
+use crate::tls::Trust;
 
 /// An HTTP/1.1 load generator: measures throughput and latency, checks how a balancer spreads
 /// the load over its backends.
@@ -58,7 +59,7 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Target URL, http:// only (e.g. http://127.0.0.1:8080/).
+    /// Target URL, http:// or https:// (e.g. http://127.0.0.1:8080/).
     #[arg(required = true, value_parser = check_url)]
     pub url: Option<String>,
     /// Total number of requests, across all connections [default: 200 unless -z is given].
@@ -95,9 +96,17 @@ pub struct LoadArgs {
     /// Give up on a request (connect included) after this long; counted as a timeout error.
     #[arg(long, default_value = "5s", value_parser = plan::parse_duration)]
     pub timeout: Duration,
-    /// Open a new connection for every request (and send `Connection: close`).
+    /// Open a new connection for every request (and send `Connection: close`); over HTTPS each
+    /// request is then a full TLS handshake, reported apart.
     #[arg(long)]
     pub no_keepalive: bool,
+    /// https://: trust the server certificates that chain to the PEM certificates in FILE,
+    /// instead of Mozilla's roots (webpki-roots).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+    /// https://: accept any server certificate, unverified (the traffic is still encrypted).
+    #[arg(long)]
+    pub insecure: bool,
     /// Check the spread over backends: round-robin, even, weights=NAME:W,NAME:W..., or
     /// sticky=HEADER (every value of request header HEADER, sent with -H 'HEADER: {n}', is always
     /// served by the same backend).
@@ -177,6 +186,11 @@ impl LoadArgs {
         };
         plan.timeout = self.timeout;
         plan.keepalive = !self.no_keepalive;
+        plan.trust = match (&self.cacert, self.insecure) {
+            (Some(file), _) => Trust::CaFile(file.clone()),
+            (None, true) => Trust::Insecure,
+            (None, false) => Trust::WebPkiRoots,
+        };
         plan.expect = self.expect.clone();
         plan.tolerance = self.tolerance;
         plan.backend_header = self.backend_header.clone();
@@ -199,18 +213,23 @@ impl Cli {
         let usage = |message: String| {
             Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message)
         };
-        if let Some(Expectation::Sticky(header)) = &self.load.expect {
-            if !self.load.headers.iter().any(|(n, _)| n.as_str() == header) {
-                return Err(usage(
-                    plan::PlanError::StickyHeaderNotSent(header.clone()).to_string(),
-                ));
-            }
+        plan::check_sticky_header(self.load.expect.as_ref(), &self.load.headers)
+            .map_err(|e| usage(e.to_string()))?;
+        let templated = self.load.headers.iter().any(|(_, v)| plan::is_template(v));
+        let https = self.load.url.as_deref().is_some_and(|u| {
+            u.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        });
+        if !https && (self.load.cacert.is_some() || self.load.insecure) {
+            let flag = if self.load.insecure {
+                "--insecure"
+            } else {
+                "--cacert"
+            };
+            return Err(usage(format!(
+                "{flag} applies to https:// URLs only; this URL is plain http://"
+            )));
         }
-        let templated = self
-            .load
-            .headers
-            .iter()
-            .any(|(_, v)| v.as_bytes().windows(3).any(|w| w == b"{n}"));
         if self.load.keys.is_some() && !templated {
             return Err(usage(
                 "--keys N needs a header whose value holds {n}, e.g. -H 'X-User: {n}'".to_owned(),
@@ -249,6 +268,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         None => {
             let plan = cli.load.to_plan()?;
+            if plan.is_https() && plan.trust == Trust::Insecure {
+                eprintln!(
+                    "loadgen: --insecure: the server's certificate is not verified (the traffic \
+                     is encrypted, but to whoever answers)"
+                );
+            }
             let report = crate::run(plan).await?;
             if let Some(path) = &cli.load.json_out {
                 let json = serde_json::to_string_pretty(&report)?;
@@ -307,7 +332,8 @@ mod tests {
     fn usage_errors() {
         for args in [
             vec!["loadgen"],
-            vec!["loadgen", "https://127.0.0.1/"],
+            vec!["loadgen", "ftp://127.0.0.1/"],
+            vec!["loadgen", "https://h/", "--insecure", "--cacert", "ca.pem"],
             vec!["loadgen", "http://h/", "-n", "5", "-z", "1s"],
             vec!["loadgen", "http://h/", "-c", "0"],
             vec!["loadgen", "http://h/", "--expect", "random"],

@@ -8,6 +8,9 @@
 //! that future as a task of its own (the usual pattern), [`Conn::send`] polls it together with the
 //! request in the worker's task, so one request/response costs no cross-task wake-ups, and
 //! through a [`Relay`] waker, so the two halves waking each other costs no extra task polls either.
+//!
+//! For an `https://` target the socket is wrapped in TLS before hyper sees it ([`Stream`]); the
+//! handshake's duration is handed back with the connection, for the report's own block.
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -25,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::failure::{classify_hyper, classify_io, ErrorClass};
+use crate::tls::{describe_handshake_error, Stream, Tls};
 
 /// What a worker keeps of a response: the head (status, headers; moving it out of the response
 /// allocates nothing) and the number of body bytes, which were read and dropped frame by frame.
@@ -49,7 +54,7 @@ impl Answer {
 
 pub(crate) struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    conn: Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    conn: Connection<TokioIo<Stream>, Full<Bytes>>,
     /// The `Connection` future completed (the server closed or an error ended it); it must not be
     /// polled again, and the connection cannot carry another request.
     done: bool,
@@ -97,14 +102,43 @@ impl Wake for Relay {
     }
 }
 
+/// Why a connection could not be opened: the class the report counts, and for a failed TLS
+/// handshake a sentence saying why (the report shows the first one).
+#[derive(Debug)]
+pub(crate) struct OpenError {
+    pub class: ErrorClass,
+    pub tls: Option<String>,
+}
+
+impl From<ErrorClass> for OpenError {
+    fn from(class: ErrorClass) -> Self {
+        OpenError { class, tls: None }
+    }
+}
+
 impl Conn {
     /// Connects with `TCP_NODELAY` on: a request head is one small write, and Nagle's algorithm
-    /// would hold it back waiting for an ACK, adding up to 40 ms to a keep-alive request.
-    pub async fn open(addr: SocketAddr) -> Result<Conn, ErrorClass> {
-        let stream = TcpStream::connect(addr)
+    /// would hold it back waiting for an ACK, adding up to 40 ms to a keep-alive request. With
+    /// `tls`, the TLS handshake follows, and its duration comes back with the connection.
+    pub async fn open(
+        addr: SocketAddr,
+        tls: Option<&Tls>,
+    ) -> Result<(Conn, Option<Duration>), OpenError> {
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| classify_io(&e))?;
-        stream.set_nodelay(true).map_err(|e| classify_io(&e))?;
+        tcp.set_nodelay(true).map_err(|e| classify_io(&e))?;
+        let (stream, handshake) = match tls {
+            None => (Stream::Plain(tcp), None),
+            Some(tls) => {
+                let started = Instant::now();
+                let stream = tls.connect(tcp).await.map_err(|e| OpenError {
+                    class: ErrorClass::Tls,
+                    tls: Some(describe_handshake_error(&e)),
+                })?;
+                (stream, Some(started.elapsed()))
+            }
+        };
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| classify_hyper(&e))?;
@@ -113,13 +147,14 @@ impl Conn {
             woken: AtomicBool::new(false),
             task: Mutex::new(None),
         });
-        Ok(Conn {
+        let conn = Conn {
             sender,
             conn,
             done: false,
             relay_waker: Waker::from(relay.clone()),
             relay,
-        })
+        };
+        Ok((conn, handshake))
     }
 
     /// True while the connection can carry another request.
@@ -190,7 +225,7 @@ impl Conn {
 fn poll_once(
     exchange: Pin<&mut impl std::future::Future<Output = Result<Answer, hyper::Error>>>,
     deadline: Pin<&mut Sleep>,
-    conn: &mut Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    conn: &mut Connection<TokioIo<Stream>, Full<Bytes>>,
     done: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Answer, ErrorClass>> {

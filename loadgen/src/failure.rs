@@ -23,16 +23,20 @@ pub enum ErrorClass {
     Reset,
     /// The bytes that came back are not a valid HTTP/1.1 response.
     InvalidResponse,
+    /// The TLS handshake failed (an untrusted certificate, a plain HTTP server on the port...);
+    /// the report says why.
+    Tls,
     /// Anything else (no route to host, too many open files, ...).
     Other,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 5] = [
+    pub const ALL: [ErrorClass; 6] = [
         ErrorClass::ConnectRefused,
         ErrorClass::Timeout,
         ErrorClass::Reset,
         ErrorClass::InvalidResponse,
+        ErrorClass::Tls,
         ErrorClass::Other,
     ];
 
@@ -42,6 +46,7 @@ impl ErrorClass {
             ErrorClass::Timeout => "timeout",
             ErrorClass::Reset => "reset",
             ErrorClass::InvalidResponse => "invalid response",
+            ErrorClass::Tls => "tls handshake",
             ErrorClass::Other => "other",
         }
     }
@@ -54,6 +59,9 @@ pub struct ErrorCounts {
     pub timeout: u64,
     pub reset: u64,
     pub invalid_response: u64,
+    /// Absent from reports written before loadgen spoke HTTPS.
+    #[serde(default)]
+    pub tls: u64,
     pub other: u64,
 }
 
@@ -68,6 +76,7 @@ impl ErrorCounts {
             ErrorClass::Timeout => self.timeout,
             ErrorClass::Reset => self.reset,
             ErrorClass::InvalidResponse => self.invalid_response,
+            ErrorClass::Tls => self.tls,
             ErrorClass::Other => self.other,
         }
     }
@@ -78,6 +87,7 @@ impl ErrorCounts {
             ErrorClass::Timeout => &mut self.timeout,
             ErrorClass::Reset => &mut self.reset,
             ErrorClass::InvalidResponse => &mut self.invalid_response,
+            ErrorClass::Tls => &mut self.tls,
             ErrorClass::Other => &mut self.other,
         }
     }

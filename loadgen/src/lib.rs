@@ -11,8 +11,9 @@
 //!    closed or the open loop; in the open loop `pace` (private) keeps the schedule with a
 //!    microsecond timer per worker and tells the generator's own lateness from the target's lag.
 //!    Each thread reports its CPU time (`cpu_time`, private).
-//! 3. `conn` (private): one persistent hyper connection per worker; what goes wrong on it is
-//!    sorted into the classes of [`failure`].
+//! 3. `conn` (private): one persistent hyper connection per worker, over plain TCP or over
+//!    [`tls`] for an `https://` URL; what goes wrong on it is sorted into the classes of
+//!    [`failure`].
 //! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
 //!    merging runs from several machines; whether the open loop kept its schedule.
 //! 5. [`check`]: judging `--expect round-robin | even | weights=... | sticky=HEADER` (pure
@@ -48,6 +49,7 @@ mod pace;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod tls;
 
 pub use check::{Expectation, Verdict};
 pub use failure::ErrorClass;
@@ -55,3 +57,4 @@ pub use ok_status::OkStatus;
 pub use plan::{Plan, PlanError};
 pub use report::{Report, Sample};
 pub use run::{run, RunError};
+pub use tls::Trust;

@@ -13,6 +13,7 @@ use http::{Method, Uri};
 
 use crate::check::Expectation;
 use crate::ok_status::OkStatus;
+use crate::tls::Trust;
 
 /// Requests sent when neither a count (`-n`) nor a duration (`-z`) is given.
 pub const DEFAULT_REQUESTS: u64 = 200;
@@ -30,7 +31,8 @@ pub const DEFAULT_TOLERANCE: f64 = 0.10;
 /// Everything a run needs to know. Build it with [`Plan::new`] and adjust the public fields.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The target, always `http://host[:port]/path?query` (checked by [`Plan::new`]).
+    /// The target, always `http://` or `https://host[:port]/path?query` (checked by
+    /// [`Plan::new`]).
     pub url: Uri,
     /// Total requests across all connections (`-n`). `None` with no `duration` means
     /// [`DEFAULT_REQUESTS`].
@@ -59,8 +61,11 @@ pub struct Plan {
     /// last byte of the response body.
     pub timeout: Duration,
     /// `false` (`--no-keepalive`) opens a new connection for every request and sends
-    /// `Connection: close`.
+    /// `Connection: close`. Over HTTPS, every request then pays a full TLS handshake.
     pub keepalive: bool,
+    /// `https://` only: which server certificates to accept (`--cacert`, `--insecure`; default
+    /// Mozilla's roots).
+    pub trust: Trust,
     /// What the distribution over backends must look like (`--expect`).
     pub expect: Option<Expectation>,
     /// Relative tolerance of `even` and `weights=` (0.10 = 10%).
@@ -86,10 +91,8 @@ pub enum PlanError {
     #[error("`{0}` is not a valid URL: {1}")]
     InvalidUrl(String, String),
     #[error(
-        "`{0}`: https is not supported; loadgen speaks plain HTTP/1.1 only, use an http:// URL"
+        "`{0}`: only http:// and https:// URLs are supported (write it as http://host:port/path)"
     )]
-    Https(String),
-    #[error("`{0}`: only http:// URLs are supported (write it as http://host:port/path)")]
     UnsupportedScheme(String),
     #[error("`{0}` has no host; write it as http://host:port/path")]
     MissingHost(String),
@@ -120,6 +123,7 @@ impl Plan {
             body: Bytes::new(),
             timeout: DEFAULT_TIMEOUT,
             keepalive: true,
+            trust: Trust::default(),
             expect: None,
             tolerance: DEFAULT_TOLERANCE,
             backend_header: HeaderName::from_static(DEFAULT_BACKEND_HEADER),
@@ -140,21 +144,26 @@ impl Plan {
         }
     }
 
+    /// True for an `https://` URL.
+    pub fn is_https(&self) -> bool {
+        self.url.scheme() == Some(&http::uri::Scheme::HTTPS)
+    }
+
+    /// The port to connect to: the URL's, else 443 for https and 80 for http.
+    pub fn port(&self) -> u16 {
+        let default = if self.is_https() { 443 } else { 80 };
+        self.url.port_u16().unwrap_or(default)
+    }
+
     /// True if some `-H` value holds `{n}`, i.e. requests carry keys.
     pub fn has_keys(&self) -> bool {
-        self.headers
-            .iter()
-            .any(|(_, v)| v.as_bytes().windows(3).any(|w| w == b"{n}"))
+        self.headers.iter().any(|(_, v)| is_template(v))
     }
 
     /// Checks that the parts of the plan fit together, beyond what each field's parser checks:
     /// `--expect sticky=HEADER` needs HEADER among the `-H` headers, `--keys` needs a `{n}`.
     pub fn validate(&self) -> Result<(), PlanError> {
-        if let Some(Expectation::Sticky(header)) = &self.expect {
-            if !self.headers.iter().any(|(n, _)| n.as_str() == header) {
-                return Err(PlanError::StickyHeaderNotSent(header.clone()));
-            }
-        }
+        check_sticky_header(self.expect.as_ref(), &self.headers)?;
         if self.keys == 0 {
             return Err(PlanError::NoKeys);
         }
@@ -171,15 +180,32 @@ impl Plan {
     }
 }
 
-/// Checks that `url` is an absolute `http://` URL with a host; a missing path becomes `/`.
+/// `--expect sticky=HEADER` judges the values of a request header: HEADER must be sent.
+pub fn check_sticky_header(
+    expect: Option<&Expectation>,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Result<(), PlanError> {
+    match expect {
+        Some(Expectation::Sticky(header)) if !headers.iter().any(|(n, _)| n.as_str() == header) => {
+            Err(PlanError::StickyHeaderNotSent(header.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// True if a `-H` value holds `{n}`.
+pub fn is_template(value: &HeaderValue) -> bool {
+    value.as_bytes().windows(3).any(|w| w == b"{n}")
+}
+
+/// Checks that `url` is an absolute `http://` or `https://` URL with a host; a missing path
+/// becomes `/`.
 pub fn parse_url(url: &str) -> Result<Uri, PlanError> {
     let uri: Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| PlanError::InvalidUrl(url.to_owned(), e.to_string()))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some(s) if s.eq_ignore_ascii_case("https") => return Err(PlanError::Https(url.to_owned())),
-        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
         _ => return Err(PlanError::UnsupportedScheme(url.to_owned())),
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -223,10 +249,10 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(parse_url("http://127.0.0.1:8080").unwrap().path(), "/");
-        assert!(matches!(
-            parse_url("https://example.com/"),
-            Err(PlanError::Https(_))
-        ));
+        let https = Plan::new("https://example.com/").unwrap();
+        assert!(https.is_https());
+        assert_eq!(https.port(), 443);
+        assert_eq!(Plan::new("HTTP://example.com/").unwrap().port(), 80);
         assert!(matches!(
             parse_url("ftp://x/"),
             Err(PlanError::UnsupportedScheme(_))

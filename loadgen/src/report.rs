@@ -270,6 +270,15 @@ pub struct Report {
     /// against [`LAG_WARNING`] and [`LAG_UNTRUSTWORTHY_SHARE`] (derived by [`Report::finish`]).
     #[serde(default)]
     pub pacing: Option<Pacing>,
+    /// `https://` only: how long each TLS handshake took, from the established TCP connection to
+    /// the end of the handshake. One per connection opened: one per request with
+    /// `--no-keepalive`. The handshake is also part of the latency of the request that opened
+    /// the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshake: Option<Latency>,
+    /// The first failed TLS handshake's explanation (e.g. an untrusted certificate, and the fix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_error: Option<String>,
     /// CPU time (user + system) of loadgen's own threads during the run, in JSON seconds;
     /// `None` where the kernel does not tell (see `cpu_time.rs`).
     #[serde(default, with = "opt_secs_f64")]
@@ -396,12 +405,16 @@ impl Report {
                     &mut out.latency_without_send_lateness,
                     &r.latency_without_send_lateness,
                 ),
+                (&mut out.tls_handshake, &r.tls_handshake),
             ] {
                 match (a, b) {
                     (Some(a), Some(b)) => a.add(b),
                     (a @ None, Some(b)) => *a = Some(b.clone()),
                     _ => {}
                 }
+            }
+            if out.tls_error.is_none() {
+                out.tls_error = r.tls_error;
             }
             out.generator_cpu = out.generator_cpu.zip(r.generator_cpu).map(|(a, b)| a + b);
             for b in r.backends {
@@ -508,11 +521,31 @@ impl Report {
                 errors.join(", ")
             }
         );
+        if let Some(why) = &self.tls_error {
+            let _ = writeln!(s, "  TLS error:    {why}");
+        }
         let _ = writeln!(
             s,
             "  Failed responses: {} (status outside {})",
             self.failed_responses, self.ok_status
         );
+        match &self.tls_handshake {
+            Some(h) if h.count() == 0 => {
+                let _ = writeln!(s, "  TLS handshakes: none completed");
+            }
+            Some(h) => {
+                let _ = writeln!(
+                    s,
+                    "  TLS handshakes: {}, p50 {}, p99 {}, max {} (after the TCP connect; \
+                     also in the latency of the request that opened the connection)",
+                    h.count(),
+                    fmt_duration(h.quantile(0.5)),
+                    fmt_duration(h.quantile(0.99)),
+                    fmt_duration(h.max()),
+                );
+            }
+            None => {}
+        }
         if let Some(l) = &self.send_lateness {
             let _ = writeln!(
                 s,

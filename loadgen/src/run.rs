@@ -46,12 +46,13 @@ use crate::check::{
     check_counts, check_sticky, periodic_verdict, Expectation, KeySpread, PeriodicChecker,
     NO_BACKEND,
 };
-use crate::conn::{Answer, Conn};
+use crate::conn::{Answer, Conn, OpenError};
 use crate::failure::{ErrorClass, ErrorCounts};
 use crate::keys::{KeyedHeader, Template};
 use crate::pace::{Alarm, Schedule, SendTiming};
-use crate::plan::Plan;
+use crate::plan::{Plan, PlanError};
 use crate::report::{BackendReport, Latency, LoadModel, Report, Sample};
+use crate::tls::{Tls, TlsError};
 
 /// How often the progress bar is refreshed.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
@@ -73,6 +74,10 @@ pub enum RunError {
     },
     #[error("`{0}` resolved to no address")]
     NoAddress(String),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("a worker stopped unexpectedly: {0}")]
     Worker(String),
 }
@@ -83,7 +88,12 @@ pub enum RunError {
 /// any runtime, single- or multi-threaded: the caller's runtime only resolves the host, draws
 /// the progress bar and waits for the threads' results.
 pub async fn run(plan: Plan) -> Result<Report, RunError> {
+    plan.validate()?;
     let addr = resolve(&plan).await?;
+    let tls = match plan.is_https() {
+        true => Some(Tls::new(plan.url.host().unwrap_or_default(), &plan.trust)?),
+        false => None,
+    };
     let connections = plan.connections.max(1);
     let threads = plan.thread_count();
     let limit = plan.request_limit();
@@ -102,6 +112,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     };
     let ctx = Arc::new(Ctx {
         addr,
+        tls,
         timeout: plan.timeout,
         keepalive: plan.keepalive,
         backend_header: plan.backend_header.clone(),
@@ -228,7 +239,7 @@ async fn resolve(plan: &Plan) -> Result<SocketAddr, RunError> {
     let host = plan.url.host().unwrap_or_default();
     // `[::1]` arrives with its brackets; lookup_host wants them off.
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = plan.url.port_u16().unwrap_or(80);
+    let port = plan.port();
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|source| RunError::Resolve {
@@ -295,6 +306,8 @@ fn key_templates(plan: &Plan) -> Vec<(HeaderName, Template)> {
 /// What every thread shares, read-only apart from the ticket counter.
 struct Ctx {
     addr: SocketAddr,
+    /// `https://` only: the TLS client every connection of the run shares.
+    tls: Option<Tls>,
     timeout: Duration,
     keepalive: bool,
     backend_header: HeaderName,
@@ -410,10 +423,23 @@ impl ThreadState {
                 // keeps the future that every request builds small.
                 let opened = tokio::select! {
                     biased;
-                    opened = Box::pin(Conn::open(ctx.addr)) => opened,
-                    () = deadline.as_mut() => Err(ErrorClass::Timeout),
+                    opened = Box::pin(Conn::open(ctx.addr, ctx.tls.as_ref())) => opened,
+                    () = deadline.as_mut() => Err(OpenError::from(ErrorClass::Timeout)),
                 };
-                conn.insert(opened?)
+                match opened {
+                    Ok((c, handshake)) => {
+                        if let Some(handshake) = handshake {
+                            self.lock().tls_handshake.record(handshake);
+                        }
+                        conn.insert(c)
+                    }
+                    Err(OpenError { class, tls }) => {
+                        if let Some(why) = tls {
+                            self.lock().tls_error.get_or_insert(why);
+                        }
+                        return Err(class);
+                    }
+                }
             }
         };
         let result = c.send(self.request(index), deadline).await;
@@ -614,6 +640,10 @@ struct Stats {
     samples: Vec<Sample>,
     /// `--expect sticky`: which backends served each key.
     keys: KeyCounts,
+    /// `https://` only: how long each TLS handshake took (from the TCP connection to its end).
+    tls_handshake: Latency,
+    /// The first failed TLS handshake's explanation.
+    tls_error: Option<String>,
     /// CPU time of this thread, read when it ends.
     cpu: Option<Duration>,
 }
@@ -687,6 +717,8 @@ impl Stats {
             unnamed: None,
             samples: Vec::new(),
             keys: KeyCounts::default(),
+            tls_handshake: Latency::new(),
+            tls_error: None,
             cpu: None,
         }
     }
@@ -715,6 +747,7 @@ fn build_report(
         send_lateness: plan.rate.map(|_| Latency::new()),
         target_lag: plan.rate.map(|_| Latency::new()),
         latency_without_send_lateness: plan.rate.map(|_| Latency::new()),
+        tls_handshake: plan.is_https().then(Latency::new),
         backend_header: plan.backend_header.to_string(),
         ok_status: plan.ok_status.clone(),
         max_errors: plan.max_errors,
@@ -772,6 +805,12 @@ fn build_report(
             }
         }
         report.samples.extend(s.samples.iter().cloned());
+        if let Some(all) = &mut report.tls_handshake {
+            all.add(&s.tls_handshake);
+        }
+        if report.tls_error.is_none() {
+            report.tls_error.clone_from(&s.tls_error);
+        }
         if let (Some(sticky), Some(Expectation::Sticky(header))) = (&sticky, &plan.expect) {
             let spread = report.sticky.get_or_insert_with(|| KeySpread::new(header));
             for (key, seen) in s.keys.per_key.iter().enumerate() {
@@ -797,17 +836,8 @@ fn build_report(
         }),
         None => match (expect, &report.sticky) {
             (Expectation::Sticky(_), Some(spread)) => check_sticky(spread),
-            (Expectation::Sticky(header), None) => match sticky {
-                Some(_) => check_sticky(&KeySpread::new(header)),
-                // `Plan::validate` catches this on the command line; a library caller may not
-                // have asked it.
-                None => crate::Verdict {
-                    expectation: expect.clone(),
-                    passed: false,
-                    detail: crate::PlanError::StickyHeaderNotSent(header.clone()).to_string(),
-                    first_violation: None,
-                },
-            },
+            // Nothing answered.
+            (Expectation::Sticky(header), None) => check_sticky(&KeySpread::new(header)),
             _ => {
                 let counts: Vec<(String, u64)> = report
                     .backends

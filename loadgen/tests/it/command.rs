@@ -225,7 +225,7 @@ async fn json_reports_round_trip_and_merge_adds_up() {
 #[tokio::test]
 async fn usage_errors_exit_2() {
     for args in [
-        &["https://127.0.0.1:1/"][..],
+        &["ftp://127.0.0.1:1/"][..],
         &[],
         &["http://127.0.0.1:1/", "-n", "5", "-z", "1s"],
         &["http://127.0.0.1:1/", "--expect", "sometimes"],
@@ -234,9 +234,9 @@ async fn usage_errors_exit_2() {
         let out = loadgen(args).await;
         assert_eq!(out.status.code(), Some(2), "{}", show(args, &out));
     }
-    let out = loadgen(&["https://127.0.0.1:1/"]).await;
+    let out = loadgen(&["ftp://127.0.0.1:1/"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("https is not supported"), "{err}");
+    assert!(err.contains("only http:// and https:// URLs"), "{err}");
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 //! - `library`: `loadgen::run` driven directly: counts, open-loop pacing, errors, samples,
 //!   per-request keys and `--expect sticky`.
 //! - `command`: the `loadgen` binary: exit codes, text report, JSON output and `merge`.
+//! - `tls`: `https://` targets: `--cacert`, an unknown certificate, `--insecure`, a handshake per
+//!   request with `--no-keepalive`.
 //! - `pacing`: the open loop keeps its schedule to tens of microseconds, and a stalled target
 //!   still shows its stall in the corrected latency.
 
@@ -14,3 +16,4 @@ mod command;
 mod library;
 mod pacing;
 mod servers;
+mod tls;

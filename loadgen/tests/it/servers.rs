@@ -188,3 +188,71 @@ pub async fn sticky(header: &'static str, names: &[&'static str]) -> Sticky {
     });
     Sticky { addr, seen }
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made for each test with `rcgen`: the
+/// certificate's PEM (also the CA to trust) and the server.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    pub cert_pem: String,
+    /// TLS handshakes completed.
+    pub handshakes: Arc<AtomicUsize>,
+}
+
+impl TlsBackend {
+    /// `https://127.0.0.1:PORT/` (the certificate names 127.0.0.1 too).
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.addr.port())
+    }
+}
+
+/// An HTTPS server (tokio-rustls, ring, ALPN http/1.1) answering `X-Served-By: tls`.
+pub async fn tls() -> TlsBackend {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert_pem = made.cert.pem();
+    let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(made.signing_key.serialize_pem().as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                // A client that rejects the certificate aborts the handshake: not an error here.
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    let response = Response::builder()
+                        .header("X-Served-By", "tls")
+                        .body(Full::new(Bytes::from_static(b"hello over tls\n")));
+                    Ok::<_, Infallible>(response.unwrap())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    TlsBackend {
+        addr,
+        cert_pem,
+        handshakes,
+    }
+}
