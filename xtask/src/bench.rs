@@ -11,11 +11,13 @@
 //! 3. *open loop* at 70% of lb's measured peak, the same for all scenarios: latency under a load
 //!    the proxies can sustain, coordinated omission corrected ([`client::Load::Open`]);
 //! 4. loadgen against wrk on the same targets ([`client`] explains how their CPU is measured);
-//! 5. *one slow backend*: three backends, one of them 20 ms slow, behind lb with each balancing
+//! 5. *admin cost*: lb with and without `--admin` at 50 connections, a live page subscribed and
+//!    `/metrics` scraped during the "with" runs ([`admin_cost`]);
+//! 6. *one slow backend*: three backends, one of them 20 ms slow, behind lb with each balancing
 //!    strategy and behind nginx's and HAProxy's load-aware ones ([`slow_backend`]);
-//! 6. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`.
+//! 7. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`.
 //!
-//! `--only proxies,clients,slow-backend` runs a part of it (steps 2-3, 4, 5).
+//! `--only proxies,clients,admin,slow-backend` runs a part of it (steps 2-3, 4, 5, 6).
 //!
 //! The proxy's CPU time and peak memory come from `/proc` ([`procfs`]). Everything runs on the
 //! same cores, so only medians and ratios are reported, never one lone absolute number.
@@ -24,6 +26,7 @@
 //! every run got responses and lb answered without errors (and round robin gave the slow backend
 //! its third). It makes no timing assertion.
 
+mod admin_cost;
 mod client;
 mod measure;
 mod peers;
@@ -60,7 +63,7 @@ pub struct Args {
     /// Leave these peers out even if installed, e.g. `--skip nginx,wrk` (their rows say "skipped").
     #[arg(long, value_enum, value_delimiter = ',')]
     skip: Vec<PeerName>,
-    /// Run only these parts, e.g. `--only slow-backend` [default: all three].
+    /// Run only these parts, e.g. `--only slow-backend` [default: all of them].
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
 }
@@ -72,6 +75,8 @@ enum Part {
     Proxies,
     /// loadgen beside wrk.
     Clients,
+    /// lb with and without `--admin`, watched ([`admin_cost`]).
+    Admin,
     /// Three backends, one slow, behind each balancing strategy ([`slow_backend`]).
     SlowBackend,
 }
@@ -114,7 +119,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("--duration {duration:?} is too short to measure anything; use at least 1s");
     }
     let parts = if args.only.is_empty() {
-        vec![Part::Proxies, Part::Clients, Part::SlowBackend]
+        vec![Part::Proxies, Part::Clients, Part::Admin, Part::SlowBackend]
     } else {
         args.only.clone()
     };
@@ -170,6 +175,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         proxy_runs: Vec::new(),
         client_runs: Vec::new(),
         slow_backend: None,
+        admin: None,
     };
     if parts.contains(&Part::Proxies) || parts.contains(&Part::Clients) {
         let main = Main {
@@ -185,6 +191,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
             clients: parts.contains(&Part::Clients),
         };
         main_scenarios(&bench, &main, &mut report)?;
+    }
+    if parts.contains(&Part::Admin) {
+        step(&format!(
+            "lb with and without --admin: {} connections, {rounds} round(s) of the pair in both orders, \
+             {duration:?} per run; during the --admin runs a client reads /events and scrapes /metrics \
+             once a second.",
+            admin_cost::CONNECTIONS
+        ));
+        report.admin = Some(admin_cost::run(&bench, &bins, rounds, warmup)?);
     }
     if parts.contains(&Part::SlowBackend) {
         step(&format!(
@@ -557,6 +572,9 @@ fn everything_ran(report: &Report) -> Vec<String> {
     }
     if let Some(slow) = &report.slow_backend {
         problems.extend(slow_backend_ran(slow));
+    }
+    if let Some(admin) = &report.admin {
+        problems.extend(admin.problems());
     }
     for r in &report.client_runs {
         if r.measured.responses == 0 {

@@ -58,6 +58,14 @@ pub struct Measured {
     pub client_cpu: Duration,
     /// Responses per backend, as loadgen counted them from `X-Served-By` (empty for wrk).
     pub backends: Vec<BackendCount>,
+    /// Open loop only: the p99 of how late loadgen itself sent its requests (its timer, its
+    /// CPU), apart from waiting for a busy connection. It is part of the corrected latency, so
+    /// it must stay small next to it (`None` in the closed loop, for wrk, and for a loadgen too
+    /// old to report it).
+    pub send_lateness_p99_us: Option<f64>,
+    /// Open loop only: loadgen's verdict on its own pacing: `on_time`, `lagged` (a warning) or
+    /// `untrustworthy` (its lateness moved the latency figures).
+    pub pacing: Option<String>,
 }
 
 /// How many responses one backend gave.
@@ -155,6 +163,14 @@ pub fn loadgen(
         p999_us: Some(number(&["latency", "p999_us"])?),
         client_cpu: done.cpu,
         backends: backend_counts(&json),
+        send_lateness_p99_us: json
+            .get("send_lateness")
+            .and_then(|l| l.get("p99_us"))
+            .and_then(serde_json::Value::as_f64),
+        pacing: json
+            .get("pacing")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -228,6 +244,8 @@ fn parse_wrk(text: &str) -> Result<Measured> {
         p999_us: None,
         client_cpu: Duration::ZERO,
         backends: Vec::new(),
+        send_lateness_p99_us: None,
+        pacing: None,
     })
 }
 

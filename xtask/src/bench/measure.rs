@@ -74,53 +74,78 @@ pub fn measure_round(
     let width = scenarios.iter().map(|s| s.name.len()).fold(8, usize::max);
     for order in 0..n {
         let s = scenarios[(round as usize + order) % n];
-        let url = s.url.as_deref().unwrap_or_default();
-        let meter = s
-            .pid
-            .map(|pid| procfs::Meter::start(pid, bench.hz))
-            .transpose()
-            .with_context(|| format!("reading {}'s CPU time", s.name))?;
-        let other = bench.other_load(s.pid);
-        let measured = client::loadgen(&bench.loadgen, url, load, bench.duration, None)
-            .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
-        let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
-        let proxy = meter
-            .map(procfs::Meter::finish)
-            .transpose()
-            .with_context(|| format!("reading {}'s CPU time", s.name))?;
-        let cpu = proxy.map_or_else(
-            || "      —".into(),
-            |u| {
-                format!(
-                    "{:>7.1}",
-                    u.cpu.as_secs_f64() * 1e6 / measured.responses.max(1) as f64
-                )
-            },
-        );
-        let share = match watch.and_then(|b| Some((b, measured.share_of(b)?))) {
+        let run = measure(bench, s, load, round, order)?;
+        let share = match watch.and_then(|b| Some((b, run.measured.share_of(b)?))) {
             Some((backend, share)) => format!("  {backend} served {:.1}%", share * 100.0),
             None => String::new(),
         };
-        println!(
-            "    round {}/{rounds}  {:<12} {:<width$} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {:>3}  proxy CPU {cpu} µs/req  other load {:>3.0}%{share}",
-            round + 1,
-            load.label(),
-            s.name,
-            measured.requests_per_sec,
-            measured.p50_us,
-            measured.p99_us,
-            measured.errors,
-            other_load.unwrap_or(0.0) * 100.0,
-        );
-        runs.push(ProxyRun {
-            round,
-            load,
-            scenario: s.name,
-            order,
-            measured,
-            proxy,
-            other_load,
-        });
+        println!("{}{share}", progress_line(&run, rounds, width));
+        runs.push(run);
     }
     Ok(runs)
+}
+
+/// One run of one scenario: loadgen sends `load` for the bench's duration, while the proxy's CPU
+/// and memory and the machine's other load are read from `/proc`. `order` is its position in
+/// its round.
+pub fn measure(
+    bench: &Bench,
+    s: &Scenario,
+    load: Load,
+    round: u32,
+    order: usize,
+) -> Result<ProxyRun> {
+    let url = s.url.as_deref().unwrap_or_default();
+    let meter = s
+        .pid
+        .map(|pid| procfs::Meter::start(pid, bench.hz))
+        .transpose()
+        .with_context(|| format!("reading {}'s CPU time", s.name))?;
+    let other = bench.other_load(s.pid);
+    let measured = client::loadgen(&bench.loadgen, url, load, bench.duration, None)
+        .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
+    let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
+    let proxy = meter
+        .map(procfs::Meter::finish)
+        .transpose()
+        .with_context(|| format!("reading {}'s CPU time", s.name))?;
+    Ok(ProxyRun {
+        round,
+        load,
+        scenario: s.name,
+        order,
+        measured,
+        proxy,
+        other_load,
+    })
+}
+
+/// The line printed after each run; `width` aligns the scenario names of one table.
+pub fn progress_line(run: &ProxyRun, rounds: u32, width: usize) -> String {
+    let m = &run.measured;
+    let cpu = run.proxy.map_or_else(
+        || "      —".into(),
+        |u| {
+            format!(
+                "{:>7.1}",
+                u.cpu.as_secs_f64() * 1e6 / m.responses.max(1) as f64
+            )
+        },
+    );
+    // The open loop's own lateness: how far the generator itself was behind its schedule.
+    let lateness = m
+        .send_lateness_p99_us
+        .map(|us| format!("  send lateness p99 {us:.0} µs"))
+        .unwrap_or_default();
+    format!(
+        "    round {}/{rounds}  {:<12} {:<width$} {:>9.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {:>3}  proxy CPU {cpu} µs/req  other load {:>3.0}%{lateness}",
+        run.round + 1,
+        run.load.label(),
+        run.scenario,
+        m.requests_per_sec,
+        m.p50_us,
+        m.p99_us,
+        m.errors,
+        run.other_load.unwrap_or(0.0) * 100.0,
+    )
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::admin_cost::AdminCost;
 use super::client::{Load, Measured};
 use super::procfs::Usage;
 
@@ -97,6 +98,8 @@ pub struct Report {
     pub client_runs: Vec<ClientRun>,
     /// The "one slow backend" scenario, if it ran.
     pub slow_backend: Option<SlowBackend>,
+    /// lb with and without `--admin`, if it ran.
+    pub admin: Option<AdminCost>,
 }
 
 /// The "one slow backend" scenario: three backends, one of them slow, behind each balancing
@@ -328,7 +331,7 @@ fn per_request_us(cpu: Duration, responses: u64) -> Option<f64> {
     (responses > 0).then(|| cpu.as_secs_f64() * 1e6 / responses as f64)
 }
 
-fn summarize<'a>(
+pub fn summarize<'a>(
     runs: impl Iterator<Item = (&'a Measured, Option<Duration>, Option<u64>)>,
 ) -> Option<Summary> {
     let runs: Vec<_> = runs.collect();
@@ -417,10 +420,12 @@ impl Report {
                 .unwrap_or_default()
         );
         let slow_runs = self.slow_backend.iter().flat_map(|slow| &slow.runs);
+        let admin_runs = self.admin.iter().flat_map(|admin| &admin.runs);
         let other: Vec<f64> = self
             .proxy_runs
             .iter()
             .chain(slow_runs)
+            .chain(admin_runs)
             .filter_map(|r| r.other_load)
             .chain(self.client_runs.iter().filter_map(|r| r.other_load))
             .collect();
@@ -458,6 +463,9 @@ impl Report {
         if !self.loads.is_empty() {
             self.proxies_markdown(&mut s);
         }
+        if let Some(admin) = &self.admin {
+            admin.markdown(&mut s, self.duration, self.rounds);
+        }
         if !self.client_targets.is_empty() {
             self.clients_markdown(&mut s);
         }
@@ -478,6 +486,9 @@ impl Report {
         let mut out = Vec::new();
         if !self.loads.is_empty() {
             self.proxy_targets(&mut out);
+        }
+        if let Some(admin) = &self.admin {
+            out.extend(admin.targets());
         }
         for (target, why) in &self.client_targets {
             let why = why
@@ -760,7 +771,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn judged(name: String, measured: String, met: bool) -> Target {
+    pub fn judged(name: String, measured: String, met: bool) -> Target {
         let verdict = if met { "met" } else { "**missed**" };
         Target {
             name,
@@ -769,7 +780,7 @@ impl Target {
         }
     }
 
-    fn not_measured(name: String) -> Target {
+    pub fn not_measured(name: String) -> Target {
         Target {
             name,
             measured: String::new(),
@@ -778,7 +789,7 @@ impl Target {
     }
 }
 
-fn opt(value: Option<f64>, digits: usize) -> String {
+pub fn opt(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
 }
 
