@@ -13,11 +13,13 @@
 //! 4. loadgen against wrk on the same targets ([`client`] explains how their CPU is measured);
 //! 5. *admin cost*: lb with and without `--admin` at 50 connections, a live page subscribed and
 //!    `/metrics` scraped during the "with" runs ([`admin_cost`]);
-//! 6. *one slow backend*: three backends, one of them 20 ms slow, behind lb with each balancing
+//! 6. *TLS*: lb `-s`, nginx `ssl` and HAProxy `ssl crt` with the same ECDSA P-256 certificate,
+//!    kept-alive connections and a new connection per request ([`tls`]);
+//! 7. *one slow backend*: three backends, one of them 20 ms slow, behind lb with each balancing
 //!    strategy and behind nginx's and HAProxy's load-aware ones ([`slow_backend`]);
-//! 7. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`.
+//! 8. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`.
 //!
-//! `--only proxies,clients,admin,slow-backend` runs a part of it (steps 2-3, 4, 5, 6).
+//! `--only proxies,clients,admin,tls,slow-backend` runs a part of it (steps 2-3, 4, 5, 6, 7).
 //!
 //! The proxy's CPU time and peak memory come from `/proc` ([`procfs`]). Everything runs on the
 //! same cores, so only medians and ratios are reported, never one lone absolute number.
@@ -33,6 +35,7 @@ mod peers;
 mod procfs;
 mod report;
 mod slow_backend;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,7 +46,7 @@ use anyhow::{bail, Context, Result};
 use tests::{build_binaries, start_backend, start_lb, Proc};
 
 use client::Load;
-use measure::{measure_round, warm_up, Bench, Scenario};
+use measure::{measure_round, warm_up, Bench, PeerBins, Plan, Scenario};
 use report::{ClientRun, Machine, ProxyRun, Report};
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +80,8 @@ enum Part {
     Clients,
     /// lb with and without `--admin`, watched ([`admin_cost`]).
     Admin,
+    /// lb `-s`, nginx and HAProxy terminating TLS ([`tls`]).
+    Tls,
     /// Three backends, one slow, behind each balancing strategy ([`slow_backend`]).
     SlowBackend,
 }
@@ -119,7 +124,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("--duration {duration:?} is too short to measure anything; use at least 1s");
     }
     let parts = if args.only.is_empty() {
-        vec![Part::Proxies, Part::Clients, Part::Admin, Part::SlowBackend]
+        vec![
+            Part::Proxies,
+            Part::Clients,
+            Part::Admin,
+            Part::Tls,
+            Part::SlowBackend,
+        ]
     } else {
         args.only.clone()
     };
@@ -133,6 +144,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         duration,
         hz: procfs::clock_ticks(),
         backend_pids: Vec::new(),
+        loadgen_args: Vec::new(),
     };
     let tmp = tempfile::Builder::new()
         .prefix("xtask-bench-")
@@ -176,6 +188,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         client_runs: Vec::new(),
         slow_backend: None,
         admin: None,
+        tls: None,
+    };
+    let plan = Plan {
+        bins: &bins,
+        tmp: tmp.path(),
+        peers: PeerBins {
+            nginx: available(&nginx),
+            haproxy: available(&haproxy),
+        },
+        cores,
+        rounds,
+        warmup,
     };
     if parts.contains(&Part::Proxies) || parts.contains(&Part::Clients) {
         let main = Main {
@@ -201,23 +225,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ));
         report.admin = Some(admin_cost::run(&bench, &bins, rounds, warmup)?);
     }
+    if parts.contains(&Part::Tls) {
+        step(&format!(
+            "TLS termination: lb -s, nginx ssl and HAProxy ssl crt with one ECDSA P-256 certificate; \
+             {} connections kept alive, then a new connection (and handshake) per request; \
+             {rounds} round(s) of {duration:?} per row.",
+            tls::CONNECTIONS
+        ));
+        report.tls = Some(tls::run(&bench, &plan)?);
+    }
     if parts.contains(&Part::SlowBackend) {
         step(&format!(
             "One slow backend: three backends, one with --delay {}; {} connections, {rounds} round(s) of {duration:?} per row.",
             slow_backend::DELAY,
             slow_backend::CONNECTIONS
         ));
-        let plan = slow_backend::Plan {
-            bins: &bins,
-            tmp: tmp.path(),
-            peers: slow_backend::PeerBins {
-                nginx: available(&nginx),
-                haproxy: available(&haproxy),
-            },
-            cores,
-            rounds,
-            warmup,
-        };
         report.slow_backend = Some(slow_backend::run(&bench, &plan)?);
     }
     report.machine.load_average_after = procfs::load_average();
@@ -291,6 +313,7 @@ fn main_scenarios(bench: &Bench, main: &Main, report: &mut Report) -> Result<()>
         backends: &backend_addrs,
         workers: main.cores,
         balance: "",
+        tls: None,
     };
     let nginx = nginx_bin
         .as_deref()
@@ -482,7 +505,14 @@ fn loadgen_vs_wrk(
                             connections: OPEN_CONNECTIONS,
                         };
                         // One thread, as `wrk -t1`: the same means, so CPU per request compares.
-                        client::loadgen(&bench.loadgen, &target.url, load, bench.duration, Some(1))?
+                        client::loadgen(
+                            &bench.loadgen,
+                            &target.url,
+                            load,
+                            bench.duration,
+                            Some(1),
+                            &[],
+                        )?
                     }
                     (_, Some(wrk)) => {
                         client::wrk(wrk, &target.url, OPEN_CONNECTIONS, bench.duration)?
@@ -575,6 +605,9 @@ fn everything_ran(report: &Report) -> Vec<String> {
     }
     if let Some(admin) = &report.admin {
         problems.extend(admin.problems());
+    }
+    if let Some(tls) = &report.tls {
+        problems.extend(tls.problems());
     }
     for r in &report.client_runs {
         if r.measured.responses == 0 {

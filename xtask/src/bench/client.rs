@@ -29,6 +29,9 @@ pub enum Load {
     /// `rate` requests per second in total whatever the proxy does; latency is measured from
     /// the scheduled send time (coordinated omission corrected).
     Open { connections: u32, rate: f64 },
+    /// Closed loop with a new connection for every request (`loadgen --no-keepalive`): over
+    /// HTTPS, one full TLS handshake per request, so requests/s are handshakes/s.
+    NewConnections { connections: u32 },
 }
 
 impl Load {
@@ -38,6 +41,9 @@ impl Load {
             Load::Closed { connections: 1 } => "1 conn".into(),
             Load::Closed { connections } => format!("{connections} conns"),
             Load::Open { rate, .. } => format!("open {rate:.0}/s"),
+            Load::NewConnections { connections } => {
+                format!("{connections} conns, no keep-alive")
+            }
         }
     }
 }
@@ -66,6 +72,9 @@ pub struct Measured {
     /// Open loop only: loadgen's verdict on its own pacing: `on_time`, `lagged` (a warning) or
     /// `untrustworthy` (its lateness moved the latency figures).
     pub pacing: Option<String>,
+    /// HTTPS only: the TLS handshakes' p50 and p99, timed apart by loadgen (one per connection).
+    pub tls_handshake_p50_us: Option<f64>,
+    pub tls_handshake_p99_us: Option<f64>,
 }
 
 /// How many responses one backend gave.
@@ -90,14 +99,16 @@ impl Measured {
     }
 }
 
-/// `loadgen URL -c N -z DUR [-q RATE] [-t THREADS] --output json --quiet`; `threads` defaults to
-/// one per core (the comparison with `wrk -t1` passes 1).
+/// `loadgen URL -c N -z DUR [-q RATE | --no-keepalive] [-t THREADS] [EXTRA...] --output json
+/// --quiet`; `threads` defaults to one per core (the comparison with `wrk -t1` passes 1), `extra`
+/// is for options such as `--cacert FILE`.
 pub fn loadgen(
     bin: &Path,
     url: &str,
     load: Load,
     duration: Duration,
     threads: Option<u32>,
+    extra: &[String],
 ) -> Result<Measured> {
     let millis = format!("{}ms", duration.as_millis().max(1));
     let mut args: Vec<String> = vec![url.into(), "-z".into(), millis];
@@ -110,7 +121,12 @@ pub fn loadgen(
             args.extend(["-q".into(), format!("{rate:.1}")]);
             connections
         }
+        Load::NewConnections { connections } => {
+            args.push("--no-keepalive".into());
+            connections
+        }
     };
+    args.extend(extra.iter().cloned());
     args.extend([
         "-c".into(),
         connections.to_string(),
@@ -163,15 +179,20 @@ pub fn loadgen(
         p999_us: Some(number(&["latency", "p999_us"])?),
         client_cpu: done.cpu,
         backends: backend_counts(&json),
-        send_lateness_p99_us: json
-            .get("send_lateness")
-            .and_then(|l| l.get("p99_us"))
-            .and_then(serde_json::Value::as_f64),
+        send_lateness_p99_us: optional(&json, "send_lateness", "p99_us"),
         pacing: json
             .get("pacing")
             .and_then(serde_json::Value::as_str)
             .map(str::to_string),
+        tls_handshake_p50_us: optional(&json, "tls_handshake", "p50_us"),
+        tls_handshake_p99_us: optional(&json, "tls_handshake", "p99_us"),
     })
+}
+
+/// `json[section][field]` as a number, if loadgen reported that section (`send_lateness` in the
+/// open loop, `tls_handshake` over HTTPS).
+fn optional(json: &serde_json::Value, section: &str, field: &str) -> Option<f64> {
+    json.get(section)?.get(field)?.as_f64()
 }
 
 /// loadgen's `backends`: `[{"name": "127.0.0.1:8910", "responses": 123, ...}, ...]`.
@@ -246,6 +267,8 @@ fn parse_wrk(text: &str) -> Result<Measured> {
         backends: Vec::new(),
         send_lateness_p99_us: None,
         pacing: None,
+        tls_handshake_p50_us: None,
+        tls_handshake_p99_us: None,
     })
 }
 

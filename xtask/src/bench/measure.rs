@@ -2,7 +2,7 @@
 //! of reaching the backends in turn (starting with a different one each round), with the proxy's
 //! CPU and memory and the machine's other load read from `/proc` around each run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -29,6 +29,8 @@ pub struct Bench {
     pub hz: u64,
     /// The backends' pids: their CPU is ours, not "other load".
     pub backend_pids: Vec<u32>,
+    /// Given to every loadgen run after the load's own options (`--cacert FILE` for HTTPS).
+    pub loadgen_args: Vec<String>,
 }
 
 impl Bench {
@@ -42,6 +44,26 @@ impl Bench {
     }
 }
 
+/// Where the peers are, or why they are not there (`not installed`, `skipped`).
+pub struct PeerBins<'a> {
+    pub nginx: Result<&'a Path, &'a str>,
+    pub haproxy: Result<&'a Path, &'a str>,
+}
+
+/// What a part of the bench that starts its own backends and proxies needs besides the
+/// measuring setup ([`Bench`]).
+pub struct Plan<'a> {
+    /// Where the release binaries are.
+    pub bins: &'a Path,
+    /// A temporary directory for the peers' configurations.
+    pub tmp: &'a Path,
+    pub peers: PeerBins<'a>,
+    /// nginx workers and HAProxy threads.
+    pub cores: usize,
+    pub rounds: u32,
+    pub warmup: Duration,
+}
+
 /// A few requests to every scenario before measuring: fills the proxies' connection pools and
 /// faults in their memory, so that the first measured scenario is not the one paying for it.
 pub fn warm_up(
@@ -53,8 +75,15 @@ pub fn warm_up(
     for s in scenarios {
         let target = s.url.as_deref().unwrap_or_default();
         let load = Load::Closed { connections };
-        client::loadgen(&bench.loadgen, target, load, warmup, None)
-            .with_context(|| format!("warming up {}", s.name))?;
+        client::loadgen(
+            &bench.loadgen,
+            target,
+            load,
+            warmup,
+            None,
+            &bench.loadgen_args,
+        )
+        .with_context(|| format!("warming up {}", s.name))?;
     }
     Ok(())
 }
@@ -102,8 +131,15 @@ pub fn measure(
         .transpose()
         .with_context(|| format!("reading {}'s CPU time", s.name))?;
     let other = bench.other_load(s.pid);
-    let measured = client::loadgen(&bench.loadgen, url, load, bench.duration, None)
-        .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
+    let measured = client::loadgen(
+        &bench.loadgen,
+        url,
+        load,
+        bench.duration,
+        None,
+        &bench.loadgen_args,
+    )
+    .with_context(|| format!("measuring {} at {}", s.name, load.label()))?;
     let other_load = other.and_then(|o| o.finish(measured.client_cpu, bench.hz));
     let proxy = meter
         .map(procfs::Meter::finish)

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::admin_cost::AdminCost;
 use super::client::{Load, Measured};
 use super::procfs::Usage;
+use super::tls::TlsBench;
 
 /// The machine and the software the numbers came from.
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +101,8 @@ pub struct Report {
     pub slow_backend: Option<SlowBackend>,
     /// lb with and without `--admin`, if it ran.
     pub admin: Option<AdminCost>,
+    /// TLS termination, if it ran.
+    pub tls: Option<TlsBench>,
 }
 
 /// The "one slow backend" scenario: three backends, one of them slow, behind each balancing
@@ -310,6 +313,13 @@ pub struct Summary {
     /// The proxy's (or for client runs, the client's) CPU microseconds per response.
     pub cpu_us_per_request: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// Open loop: the p99 of loadgen's own send lateness (see [`Measured::send_lateness_p99_us`]).
+    pub send_lateness_p99_us: Option<f64>,
+    /// Open loop: runs whose pacing loadgen judged other than `on_time`, with the worst verdict.
+    pub late_runs: Option<(usize, &'static str)>,
+    /// HTTPS: the TLS handshakes' p50 and p99.
+    pub handshake_p50_us: Option<f64>,
+    pub handshake_p99_us: Option<f64>,
 }
 
 /// The median; the mean of the two middle values for an even count.
@@ -348,6 +358,18 @@ pub fn summarize<'a>(
         .filter_map(|(_, _, rss)| Some(rss.as_ref().copied()? as f64 / (1024.0 * 1024.0)))
         .collect();
     let p999: Vec<f64> = runs.iter().filter_map(|(m, _, _)| m.p999_us).collect();
+    let some = |f: &dyn Fn(&Measured) -> Option<f64>| {
+        median(&runs.iter().filter_map(|(m, _, _)| f(m)).collect::<Vec<_>>())
+    };
+    let late: Vec<&str> = runs
+        .iter()
+        .filter_map(|(m, _, _)| m.pacing.as_deref())
+        .filter(|&p| p != "on_time")
+        .collect();
+    let worst = ["untrustworthy", "lagged"]
+        .into_iter()
+        .find(|w| late.contains(w))
+        .or((!late.is_empty()).then_some("late"));
     let rps = col(&|m| m.requests_per_sec);
     let requests_per_sec = median(&rps).unwrap_or(0.0);
     let (lo, hi) = rps
@@ -362,6 +384,10 @@ pub fn summarize<'a>(
         errors: runs.iter().map(|(m, _, _)| m.errors).sum(),
         cpu_us_per_request: median(&cpu),
         peak_rss_mib: median(&rss),
+        send_lateness_p99_us: some(&|m| m.send_lateness_p99_us),
+        late_runs: worst.map(|w| (late.len(), w)),
+        handshake_p50_us: some(&|m| m.tls_handshake_p50_us),
+        handshake_p99_us: some(&|m| m.tls_handshake_p99_us),
     })
 }
 
@@ -421,11 +447,13 @@ impl Report {
         );
         let slow_runs = self.slow_backend.iter().flat_map(|slow| &slow.runs);
         let admin_runs = self.admin.iter().flat_map(|admin| &admin.runs);
+        let tls_runs = self.tls.iter().flat_map(|tls| &tls.runs);
         let other: Vec<f64> = self
             .proxy_runs
             .iter()
             .chain(slow_runs)
             .chain(admin_runs)
+            .chain(tls_runs)
             .filter_map(|r| r.other_load)
             .chain(self.client_runs.iter().filter_map(|r| r.other_load))
             .collect();
@@ -466,6 +494,9 @@ impl Report {
         if let Some(admin) = &self.admin {
             admin.markdown(&mut s, self.duration, self.rounds);
         }
+        if let Some(tls) = &self.tls {
+            tls.markdown(&mut s, self.duration, self.rounds);
+        }
         if !self.client_targets.is_empty() {
             self.clients_markdown(&mut s);
         }
@@ -489,6 +520,9 @@ impl Report {
         }
         if let Some(admin) = &self.admin {
             out.extend(admin.targets());
+        }
+        if let Some(tls) = &self.tls {
+            out.extend(tls.targets());
         }
         for (target, why) in &self.client_targets {
             let why = why
@@ -611,23 +645,24 @@ impl Report {
         let _ = writeln!(s, "## Proxies\n");
         let _ = writeln!(
             s,
-            "| load | scenario | req/s | req/s range | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | proxy peak RSS MiB |"
+            "| load | scenario | req/s | req/s range | p50 µs | p99 µs | p99.9 µs | errors | proxy CPU µs/req | proxy peak RSS MiB | send lateness p99 µs |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for load in &self.loads {
             for (scenario, _) in &self.scenarios {
                 let label = load.label();
                 match (self.skipped(scenario), self.proxy_summary(load, scenario)) {
                     (Some(why), _) => {
-                        let _ = writeln!(s, "| {label} | {scenario} | {why} | | | | | | | |");
+                        let _ = writeln!(s, "| {label} | {scenario} | {why} | | | | | | | | |");
                     }
                     (None, None) => {
-                        let _ = writeln!(s, "| {label} | {scenario} | did not run | | | | | | | |");
+                        let _ =
+                            writeln!(s, "| {label} | {scenario} | did not run | | | | | | | | |");
                     }
                     (None, Some(x)) => {
                         let _ = writeln!(
                             s,
-                            "| {label} | {scenario} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {} |",
+                            "| {label} | {scenario} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
                             x.requests_per_sec,
                             x.rps_range.map_or_else(|| "—".into(), |r| format!("{:.0}%", r * 100.0)),
                             x.p50_us,
@@ -636,10 +671,21 @@ impl Report {
                             x.errors,
                             opt(x.cpu_us_per_request, 1),
                             opt(x.peak_rss_mib, 1),
+                            lateness(&x, self.rounds),
                         );
                     }
                 }
             }
+        }
+        if self.loads.iter().any(|l| matches!(l, Load::Open { .. })) {
+            let _ = writeln!(
+                s,
+                "\n`send lateness` (open loop only) is how late loadgen itself sent its requests, its timer \
+                 and its CPU, apart from waiting for a busy connection; it is part of the corrected \
+                 latency, so it should stay small next to p50. Runs where loadgen judged its own pacing \
+                 `lagged` (p99 above 50 µs) or `untrustworthy` (it moved the latency figures) are counted \
+                 beside it."
+            );
         }
 
         let _ = writeln!(
@@ -786,6 +832,17 @@ impl Target {
             measured: String::new(),
             verdict: "not measured".into(),
         }
+    }
+}
+
+/// The send-lateness cell: the median p99, and how many runs loadgen judged late.
+fn lateness(x: &Summary, rounds: u32) -> String {
+    let Some(p99) = x.send_lateness_p99_us else {
+        return "—".into();
+    };
+    match x.late_runs {
+        Some((n, worst)) => format!("{p99:.0} ({n}/{rounds} {worst})"),
+        None => format!("{p99:.0}"),
     }
 }
 

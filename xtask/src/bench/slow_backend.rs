@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use tests::{start_backend, start_lb, Proc};
 
 use super::client::Load;
-use super::measure::{measure_round, warm_up, Bench, Scenario};
+use super::measure::{measure_round, warm_up, Bench, Plan, Scenario};
 use super::peers::{self, Peer};
 use super::report::{SlowBackend, SlowRow};
 
@@ -111,25 +111,6 @@ impl Contender {
             Proxy::Haproxy => format!("balance {}", self.balance),
         }
     }
-}
-
-/// Where the peers are, or why they are not there (`not installed`, `skipped`).
-pub struct PeerBins<'a> {
-    pub nginx: Result<&'a Path, &'a str>,
-    pub haproxy: Result<&'a Path, &'a str>,
-}
-
-/// What `run` needs besides the measuring setup.
-pub struct Plan<'a> {
-    /// Where the release binaries are.
-    pub bins: &'a Path,
-    /// A temporary directory for the peers' configurations.
-    pub tmp: &'a Path,
-    pub peers: PeerBins<'a>,
-    /// nginx workers and HAProxy threads.
-    pub cores: usize,
-    pub rounds: u32,
-    pub warmup: Duration,
 }
 
 /// Start the three backends and every proxy that can run here, measure them in rounds, stop
@@ -275,6 +256,7 @@ fn start_peer(bin: &Path, plan: &Plan, c: &Contender, backends: &[SocketAddr]) -
         backends,
         workers: plan.cores,
         balance: c.balance,
+        tls: None,
     };
     let (peer, fix) = if c.proxy == Proxy::Nginx {
         (peers::start_nginx(bin, plan.tmp, &setup), "--skip nginx")
