@@ -48,6 +48,9 @@ pub enum Command {
         files: Vec<PathBuf>,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Also print the per-second table (text output).
+        #[arg(long)]
+        series: bool,
     },
 }
 
@@ -139,6 +142,10 @@ pub struct LoadArgs {
     /// core].
     #[arg(short = 't', long, value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
+    /// Also print the per-second table (text output): sent, answered, statuses, errors,
+    /// latency and backend shares for each second.
+    #[arg(long)]
+    pub series: bool,
     /// Keep the first N requests individually in the JSON report (for per-request tables).
     #[arg(long, default_value_t = 0)]
     pub samples: usize,
@@ -250,8 +257,12 @@ impl Cli {
 
 /// Runs what the command line asked for and returns the exit code.
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (report, output) = match cli.command {
-        Some(Command::Merge { files, output }) => {
+    let (report, output, series) = match cli.command {
+        Some(Command::Merge {
+            files,
+            output,
+            series,
+        }) => {
             let mut reports = Vec::with_capacity(files.len());
             for path in &files {
                 let text = std::fs::read_to_string(path)
@@ -264,7 +275,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
                 reports.push(report);
             }
-            (Report::merge(reports), output)
+            (Report::merge(reports), output, series)
         }
         None => {
             let plan = cli.load.to_plan()?;
@@ -280,11 +291,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::fs::write(path, json + "\n")
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            (report, cli.load.output)
+            (report, cli.load.output, cli.load.series)
         }
     };
     match output {
-        Output::Text => print!("{}", report.render_text()),
+        Output::Text => {
+            // The table first, so that the verdict stays the last line.
+            if series {
+                println!("{}", report.render_series());
+            }
+            print!("{}", report.render_text());
+        }
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(if report.passed() {

@@ -20,7 +20,8 @@
 //!    logic).
 //!
 //! **Invariants:** memory does not grow with the number of requests (histograms, never a list of
-//! samples, except the first `Plan::keep_samples`); every request started ends up counted either
+//! samples, except the first `Plan::keep_samples`; the [`series`] grows with the run's duration,
+//! about a kilobyte per second and backend); every request started ends up counted either
 //! as a response or as exactly one error class; a failing server never makes `run` return `Err`
 //! (it makes the report fail: transport errors and responses outside `--ok-status` both count
 //! against `--max-errors`); in the open loop no request leaves before its scheduled time, and
@@ -49,6 +50,7 @@ mod pace;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod series;
 pub mod tls;
 
 pub use check::{Expectation, Verdict};

@@ -22,6 +22,7 @@ use crate::check::{check_sticky, Expectation, KeySpread, Verdict};
 // they can be named from here too.
 pub use crate::failure::{ErrorClass, ErrorCounts};
 use crate::ok_status::OkStatus;
+use crate::series::{merge_series, Second};
 
 /// Smallest latency the histograms track, in microseconds.
 const LOWEST_US: u64 = 1;
@@ -222,6 +223,10 @@ pub struct Report {
     pub model: LoadModel,
     pub connections: usize,
     pub keepalive: bool,
+    /// When the run started, in Unix seconds (for `merge` to align the series); `None` in
+    /// reports written before there was a series.
+    #[serde(default)]
+    pub started_at: Option<f64>,
     /// Wall time from the first send to the last answer (in JSON: seconds).
     #[serde(with = "secs_f64")]
     pub duration: Duration,
@@ -296,6 +301,9 @@ pub struct Report {
     pub max_errors: u64,
     /// The first `Plan::keep_samples` requests, by index.
     pub samples: Vec<Sample>,
+    /// One entry per second of the run (see [`crate::series`]).
+    #[serde(default)]
+    pub series: Vec<Second>,
 }
 
 impl Report {
@@ -431,6 +439,7 @@ impl Report {
                 (a @ None, Some(b)) => *a = Some(b.clone()),
                 _ => {}
             }
+            out.started_at = merge_series(&mut out.series, out.started_at, &r.series, r.started_at);
             out.max_errors += r.max_errors;
             out.samples.extend(r.samples);
             verdicts.push(r.verdict);
@@ -677,6 +686,68 @@ impl Report {
             "  Result: {}",
             if self.passed() { "PASS" } else { "FAIL" }
         );
+        s
+    }
+}
+
+impl Report {
+    /// The series as a compact table, one line per second (`--series`): what was sent and
+    /// answered, the status classes, errors, latency percentiles and each backend's share.
+    pub fn render_series(&self) -> String {
+        let mut s = String::new();
+        if self.series.is_empty() {
+            s.push_str("  Series: no seconds recorded\n");
+            return s;
+        }
+        let classes: Vec<u16> = (1..10)
+            .filter(|c| self.series.iter().any(|sec| sec.class(*c) > 0))
+            .collect();
+        let names: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        let _ = write!(
+            s,
+            "  {:>6}{:>8}{:>9}{:>6}",
+            "second", "sent", "answered", "conns"
+        );
+        for c in &classes {
+            let _ = write!(s, "{:>7}", format!("{c}xx"));
+        }
+        let _ = write!(
+            s,
+            "{:>7}{:>9}{:>9}{:>9}{:>9}",
+            "errors", "p50", "p90", "p99", "max"
+        );
+        if !names.is_empty() {
+            let _ = write!(s, "  share: {}", names.join(" / "));
+        }
+        s.push('\n');
+        for sec in &self.series {
+            let l = &sec.latency;
+            let _ = write!(
+                s,
+                "  {:>6}{:>8}{:>9}{:>6}",
+                sec.second, sec.sent, sec.responses, sec.connections
+            );
+            for c in &classes {
+                let _ = write!(s, "{:>7}", sec.class(*c));
+            }
+            let _ = write!(
+                s,
+                "{:>7}{:>9}{:>9}{:>9}{:>9}",
+                sec.errors,
+                fmt_duration(l.quantile(0.5)),
+                fmt_duration(l.quantile(0.9)),
+                fmt_duration(l.quantile(0.99)),
+                fmt_duration(l.max()),
+            );
+            if !names.is_empty() {
+                let shares: Vec<String> = names
+                    .iter()
+                    .map(|n| format!("{:.0}%", sec.share(n) * 100.0))
+                    .collect();
+                let _ = write!(s, "  {}", shares.join(" / "));
+            }
+            s.push('\n');
+        }
         s
     }
 }

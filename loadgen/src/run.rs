@@ -52,6 +52,7 @@ use crate::keys::{KeyedHeader, Template};
 use crate::pace::{Alarm, Schedule, SendTiming};
 use crate::plan::{Plan, PlanError};
 use crate::report::{BackendReport, Latency, LoadModel, Report, Sample};
+use crate::series::{add_series, Outcome, Recorder};
 use crate::tls::{Tls, TlsError};
 
 /// How often the progress bar is refreshed.
@@ -143,7 +144,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
             templates: key_templates(&plan),
             // A copy, not a clone: a clone would share one reference count between threads.
             body: Bytes::copy_from_slice(&plan.body),
-            stats: Mutex::new(Stats::new(plan.rate.is_some())),
+            stats: Mutex::new(Stats::new(plan.rate.is_some(), start, connections)),
             progress: counter,
         });
         match spawn_thread(id, thread, strict_order) {
@@ -168,6 +169,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         }
     }
     let duration = start.elapsed();
+    let started_at = unix_time(start);
     if let Some((bar, ticker)) = progress {
         ticker.abort();
         bar.finish_and_clear();
@@ -175,7 +177,13 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
     if let Some(e) = failure {
         return Err(RunError::Worker(e));
     }
-    Ok(build_report(&plan, &stats, duration, checker.as_ref()))
+    Ok(build_report(
+        &plan,
+        stats,
+        started_at,
+        duration,
+        checker.as_ref(),
+    ))
 }
 
 /// What one thread hands back: its statistics and, if it ran the round-robin order check, the
@@ -233,6 +241,20 @@ async fn drive(
         checker = checker.or(w.await.map_err(|e| e.to_string())?);
     }
     Ok(checker)
+}
+
+/// `when` as Unix time in seconds (for `loadgen merge` to align runs by wall-clock second).
+fn unix_time(when: Instant) -> f64 {
+    let (wall, now) = (std::time::SystemTime::now(), Instant::now());
+    let wall = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    if when <= now {
+        wall - (now - when).as_secs_f64()
+    } else {
+        wall + (when - now).as_secs_f64()
+    }
 }
 
 async fn resolve(plan: &Plan) -> Result<SocketAddr, RunError> {
@@ -450,19 +472,20 @@ impl ThreadState {
         result
     }
 
-    /// Counts one finished request in this thread's statistics. `latency` is what the report's
-    /// main histogram gets (from the scheduled time in the open loop); `open` carries the open
-    /// loop's uncorrected latency and how late the send left. Returns, for a response, which
-    /// backend served it (`Some(None)`: no header).
+    /// Counts one finished request in this thread's statistics. `when.latency` is what the
+    /// report's main histogram gets (from the scheduled time in the open loop); `open` carries
+    /// the open loop's uncorrected latency and how late the send left. Returns, for a response,
+    /// which backend served it (`Some(None)`: no header).
     fn record(
         &self,
         index: u64,
         connection: usize,
         result: &Result<Answer, ErrorClass>,
-        latency: Duration,
+        when: When,
         open: Option<(Duration, SendTiming)>,
     ) -> Option<Option<usize>> {
         let ctx = &*self.ctx;
+        let latency = when.latency;
         let mut guard = self.lock();
         // Borrow the fields separately (through a plain `&mut`, not the guard).
         let s = &mut *guard;
@@ -480,6 +503,8 @@ impl ThreadState {
         let served = match result {
             Err(class) => {
                 s.errors.count(*class);
+                s.series
+                    .record(connection, when.sent, when.ended, Outcome::Error);
                 None
             }
             Ok(answer) => {
@@ -521,6 +546,12 @@ impl ThreadState {
                 if let Some(sticky) = &ctx.sticky {
                     s.keys.count(sticky.key(index, ctx.keys), id);
                 }
+                let outcome = Outcome::Response {
+                    status: code,
+                    latency,
+                    backend: id,
+                };
+                s.series.record(connection, when.sent, when.ended, outcome);
                 Some(id)
             }
         };
@@ -545,6 +576,15 @@ impl ThreadState {
             .store(s.errors.total(), Ordering::Relaxed);
         served
     }
+}
+
+/// When a request left and ended, and the latency the report counts for it (from the
+/// scheduled time in the open loop).
+#[derive(Clone, Copy)]
+struct When {
+    sent: Instant,
+    ended: Instant,
+    latency: Duration,
 }
 
 /// One connection's loop. Returns the round-robin checker when it checked the order.
@@ -578,7 +618,12 @@ async fn worker(
                     .exchange(index, &mut conn, sent, deadline.as_mut())
                     .await;
                 now = Instant::now();
-                let served = thread.record(index, k, &result, now - sent, None);
+                let when = When {
+                    sent,
+                    ended: now,
+                    latency: now - sent,
+                };
+                let served = thread.record(index, k, &result, when, None);
                 if let (Some(c), Some(served)) = (&mut checker, served) {
                     c.observe(index, served.as_ref());
                 }
@@ -601,7 +646,12 @@ async fn worker(
                 let done = Instant::now();
                 let timing = SendTiming { due, ready, sent };
                 let open = Some((done - sent, timing));
-                let served = thread.record(slot + 1, k, &result, done - due, open);
+                let when = When {
+                    sent,
+                    ended: done,
+                    latency: done - due,
+                };
+                let served = thread.record(slot + 1, k, &result, when, open);
                 if let (Some(c), Some(served)) = (&mut checker, served) {
                     c.observe(slot + 1, served.as_ref());
                 }
@@ -644,6 +694,8 @@ struct Stats {
     tls_handshake: Latency,
     /// The first failed TLS handshake's explanation.
     tls_error: Option<String>,
+    /// Per-second buckets.
+    series: Recorder,
     /// CPU time of this thread, read when it ends.
     cpu: Option<Duration>,
 }
@@ -705,7 +757,7 @@ impl BackendStats {
 }
 
 impl Stats {
-    fn new(open_loop: bool) -> Stats {
+    fn new(open_loop: bool, start: Instant, connections: usize) -> Stats {
         Stats {
             requests: 0,
             responses: 0,
@@ -719,6 +771,7 @@ impl Stats {
             keys: KeyCounts::default(),
             tls_handshake: Latency::new(),
             tls_error: None,
+            series: Recorder::new(start, connections),
             cpu: None,
         }
     }
@@ -731,7 +784,8 @@ fn backend_name(value: &HeaderValue) -> String {
 /// Adds up the threads' statistics and judges the expectation.
 fn build_report(
     plan: &Plan,
-    threads: &[Stats],
+    threads: Vec<Stats>,
+    started_at: f64,
     duration: Duration,
     checker: Option<&PeriodicChecker<usize>>,
 ) -> Report {
@@ -742,6 +796,7 @@ fn build_report(
             .map_or(LoadModel::Closed, |rate| LoadModel::Open { rate }),
         connections: plan.connections.max(1),
         keepalive: plan.keepalive,
+        started_at: Some(started_at),
         duration,
         latency_uncorrected: plan.rate.map(|_| Latency::new()),
         send_lateness: plan.rate.map(|_| Latency::new()),
@@ -826,6 +881,16 @@ fn build_report(
         }
     }
     report.samples.sort_by_key(|s| s.index);
+    for s in threads {
+        let Stats {
+            series, backends, ..
+        } = s;
+        let thread_series = series.finish(|id| match id.and_then(|id| backends.get(id)) {
+            Some(b) => backend_name(&b.value),
+            None => NO_BACKEND.to_owned(),
+        });
+        add_series(&mut report.series, &thread_series, 0);
+    }
     report.finish();
     report.verdict = plan.expect.as_ref().map(|expect| match checker {
         Some(c) => periodic_verdict(c, plan.backend_header.as_str(), |id| {

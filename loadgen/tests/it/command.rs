@@ -212,6 +212,18 @@ async fn json_reports_round_trip_and_merge_adds_up() {
     assert_eq!(merged.duration, runs[0].duration.max(runs[1].duration));
     let backends: u64 = merged.backends.iter().map(|b| b.responses).sum();
     assert_eq!(backends, 80);
+    // The series survives: the two runs' seconds, aligned by wall clock, add up to the totals.
+    let sent: u64 = merged.series.iter().map(|s| s.sent).sum();
+    let answered: u64 = merged.series.iter().map(|s| s.responses).sum();
+    let per_second_latencies: u64 = merged.series.iter().map(|s| s.latency.count()).sum();
+    assert_eq!((sent, answered, per_second_latencies), (80, 80, 80));
+    let a_seconds: u64 = merged
+        .series
+        .iter()
+        .filter_map(|s| s.backends.get("a"))
+        .map(|b| b.responses)
+        .sum();
+    assert_eq!(a_seconds, 40);
 
     let args = ["merge", &files[0], &files[1]];
     let out = loadgen(&args).await;

@@ -223,3 +223,54 @@ async fn a_round_robin_target_fails_sticky_naming_a_key() {
     );
     assert!(detail.contains("), b ("), "{detail}");
 }
+
+/// Every run keeps one entry per second: 2 s at 200 req/s are two seconds of about 200 sends
+/// each, and the seconds add up to the totals (responses, latencies, backends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_series_has_a_bucket_per_second() {
+    let server = servers::backends(&["a", "b"]).await;
+    let mut plan = Plan::new(&server.url()).unwrap();
+    plan.rate = Some(200.0);
+    plan.duration = Some(Duration::from_secs(2));
+    plan.connections = 4;
+    let report = loadgen::run(plan).await.unwrap();
+    let text = report.render_series();
+    let series = &report.series;
+    assert!((2..=3).contains(&series.len()), "{text}");
+    for (i, second) in series.iter().take(2).enumerate() {
+        assert_eq!(second.second, i as u64);
+        assert!((190..=210).contains(&second.sent), "{text}");
+        assert_eq!(second.connections, 4, "{text}");
+        assert_eq!(second.class(2), second.responses, "{text}");
+        let backends: u64 = second.backends.values().map(|b| b.responses).sum();
+        assert_eq!(backends, second.responses, "{text}");
+        assert!(second.latency.quantile(0.99) >= second.latency.quantile(0.5));
+    }
+    let answered: u64 = series.iter().map(|s| s.responses).sum();
+    let timed: u64 = series.iter().map(|s| s.latency.count()).sum();
+    assert_eq!((answered, timed), (report.responses, report.responses));
+    assert!(report.started_at.is_some());
+    // JSON: the fields the issue names.
+    let json = serde_json::to_value(&report).unwrap();
+    let first = &json["series"][0];
+    for field in [
+        "second",
+        "sent",
+        "responses",
+        "status",
+        "errors",
+        "latency",
+        "backends",
+    ] {
+        assert!(!first[field].is_null(), "no {field} in {first}");
+    }
+    for field in ["p50_us", "p90_us", "p99_us", "max_us"] {
+        assert!(first["latency"][field].is_u64(), "no {field} in {first}");
+    }
+    assert!(first["status"]["2xx"].is_u64(), "{first}");
+    assert!(
+        first["backends"]["a"]["latency"]["p99_us"].is_u64(),
+        "{first}"
+    );
+    assert!(text.contains("share: a / b"), "{text}");
+}
