@@ -638,6 +638,22 @@ impl Report {
                 None => Target::not_measured(name),
             },
         );
+        // Issue 18: an open loop that sends on time measures the target, not the generator, so a
+        // fast backend's corrected p50 is about its latency with one connection.
+        let name =
+            "direct open-loop p50 within 0.1 ms of its closed-loop p50 at 1 conn".to_string();
+        let direct = |load: Option<Load>| self.proxy_summary(&load?, "direct");
+        out.push(match direct(open).zip(direct(c1)) {
+            Some((open, closed)) => {
+                let gap = open.p50_us - closed.p50_us;
+                Target::judged(
+                    name,
+                    format!("{gap:+.0} µs ({:.0} vs {:.0})", open.p50_us, closed.p50_us),
+                    gap.abs() <= 100.0,
+                )
+            }
+            None => Target::not_measured(name),
+        });
     }
 
     /// The main table, one row per load point and scenario, and the ratios lb / peer.
