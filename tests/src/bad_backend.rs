@@ -1,8 +1,8 @@
-//! A backend that breaks HTTP on purpose, so the hardening suite can check what `lb` does when a
-//! server misbehaves, and what `lb` forwards when a client does.
+//! A backend that breaks HTTP on purpose, so that a test can check what `lb` does when a server
+//! misbehaves, and what `lb` forwards when a client does.
 //!
-//! It speaks raw HTTP/1.1 over tokio TCP, on its own small runtime, so a plain (non-async) test can
-//! start it. What it answers depends on the first segment of the request path:
+//! It speaks raw HTTP/1.1 over tokio TCP, on a thread of its own ([`InProcess`]), so a plain
+//! blocking test can start it. What it answers depends on the first segment of the request path:
 //!
 //! | path                    | answer                                                                |
 //! |-------------------------|-----------------------------------------------------------------------|
@@ -18,11 +18,14 @@
 //! | `/close`                | `Connection: close`, then closes                                      |
 //! | `/trailers`             | a chunked body followed by a trailer field                            |
 //! | `/hop-by-hop`           | a response full of hop-by-hop headers that must not reach the client  |
+//! | `/endless`              | `Content-Length: 10^12`, then 64 KiB writes until the peer goes away  |
 //! | `/status/CODE`          | status CODE                                                           |
 //! | anything else           | `200` naming the request: `conn 1 request 2: GET /x`                  |
 //!
 //! [`BadBackend::set_override`] makes every request get one behaviour whatever its path (a health
-//! check test turns a backend "sick" and back).
+//! check test turns a backend "sick" and back); [`BadBackend::replying`] starts one that answers
+//! every request with the same bytes (an invalid head, a body cut short, a fixed reply after a
+//! delay).
 //!
 //! Everything received is recorded per connection: the raw bytes, and each request parsed by a
 //! strict parser. `lb` must only ever send freshly serialised, well-formed requests, so a test can
@@ -35,14 +38,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::in_process::InProcess;
 
 /// A complete fake response. Misbehaving answers append it where no body belongs (after a 204, a
 /// 304, a HEAD response): if `lb` ever hands it to a client, the upstream connection desynchronised.
 pub const SMUGGLED_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled";
 
 /// What the backend does with a request, whatever its path, when set with [`BadBackend::set_override`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Behaviour {
     /// Answer with this status code and a short body.
     Status(u16),
@@ -53,6 +58,12 @@ pub enum Behaviour {
     Drop,
     /// Read the whole request, then reset the connection (RST), as a server that crashed does.
     Reset,
+    /// Wait `delay`, write `reply` exactly as given, then close the connection if `close`.
+    Canned {
+        reply: Arc<[u8]>,
+        delay: Duration,
+        close: bool,
+    },
 }
 
 /// One request as the backend parsed it.
@@ -102,6 +113,8 @@ pub struct Connection {
     pub malformed: Option<String>,
     /// The peer closed (or reset) the connection.
     pub closed: bool,
+    /// Bytes written to the peer.
+    pub sent: u64,
 }
 
 #[derive(Debug, Default)]
@@ -127,7 +140,7 @@ impl State {
 pub struct BadBackend {
     addr: SocketAddr,
     state: Arc<State>,
-    runtime: Option<tokio::runtime::Runtime>,
+    server: InProcess,
 }
 
 impl BadBackend {
@@ -138,23 +151,14 @@ impl BadBackend {
 
     /// Listen on `addr` (e.g. the address of a backend stopped earlier, to bring it back).
     pub fn start_at(addr: SocketAddr) -> Result<BadBackend> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bad-backend")
-            .enable_all()
-            .build()?;
-        let listener = runtime.block_on(async {
-            let socket = TcpSocket::new_v4()?;
-            // Connections of a previous run at this address may linger in TIME_WAIT.
-            socket.set_reuseaddr(true)?;
-            socket.bind(addr)?;
-            socket.listen(1024)
-        });
-        let listener = listener.with_context(|| format!("bad backend cannot listen on {addr}"))?;
+        // std's listener sets SO_REUSEADDR: connections of a previous run at this address may
+        // linger in TIME_WAIT.
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("bad backend cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let accept_state = state.clone();
-        runtime.spawn(async move {
+        let server = InProcess::start("bad-backend", listener, move |listener, _| async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let id = {
                     let mut conns = accept_state.conns();
@@ -163,12 +167,30 @@ impl BadBackend {
                 };
                 tokio::spawn(serve(stream, id, accept_state.clone()));
             }
+            Ok(())
         });
         Ok(BadBackend {
             addr,
             state,
-            runtime: Some(runtime),
+            server,
         })
+    }
+
+    /// A backend that answers every request with `reply`, byte for byte, and then closes the
+    /// connection if `close` (else waits for the next request on it).
+    pub fn replying(reply: impl Into<Vec<u8>>, close: bool) -> BadBackend {
+        BadBackend::replying_after(Duration::ZERO, reply, close)
+    }
+
+    /// [`BadBackend::replying`], each reply sent `delay` after its request arrived.
+    pub fn replying_after(delay: Duration, reply: impl Into<Vec<u8>>, close: bool) -> BadBackend {
+        let backend = BadBackend::start().unwrap_or_else(|e| panic!("{e:#}"));
+        backend.set_override(Some(Behaviour::Canned {
+            reply: reply.into().into(),
+            delay,
+            close,
+        }));
+        backend
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -233,22 +255,11 @@ impl BadBackend {
         }
     }
 
-    /// Stop listening and close every connection now (as `kill` would).
+    /// Stop listening and close every connection now (as `kill` would), and wait until it is
+    /// done: the next connection to its address is refused.
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            // Dropping the tasks drops their sockets: the listener closes, so do the connections.
-            runtime.shutdown_timeout(Duration::from_secs(1));
-        }
-    }
-}
-
-impl Drop for BadBackend {
-    fn drop(&mut self) {
-        self.shutdown();
+        // Dropping the tasks drops their sockets: the listener closes, so do the connections.
+        self.server.abort();
     }
 }
 
@@ -282,7 +293,11 @@ async fn serve(stream: TcpStream, id: usize, state: Arc<State>) {
         if !complete {
             break;
         }
-        let behaviour = *state.behaviour.lock().unwrap_or_else(|p| p.into_inner());
+        let behaviour = state
+            .behaviour
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let keep_going = match behaviour {
             Some(Behaviour::Hang) => conn.hang().await,
             Some(Behaviour::Drop) => {
@@ -297,6 +312,16 @@ async fn serve(stream: TcpStream, id: usize, state: Arc<State>) {
             Some(Behaviour::Status(code)) => {
                 let body = format!("status {code}\n");
                 conn.answer(code, &[], body.as_bytes(), head).await
+            }
+            Some(Behaviour::Canned {
+                reply,
+                delay,
+                close,
+            }) => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                conn.send(&reply).await && !close
             }
             None => conn.by_path(&path, head, id, number, &line).await,
         };
@@ -531,7 +556,12 @@ impl Conn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> bool {
-        self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
+        let sent = self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok();
+        if sent {
+            let n = bytes.len() as u64;
+            self.state.with_conn(self.id, |c| c.sent += n);
+        }
+        sent
     }
 
     /// Answer by the first path segment (see the module table); false ends the connection.
@@ -632,6 +662,18 @@ impl Conn {
                     head,
                 )
                 .await
+            }
+            "endless" => {
+                if !self
+                    .send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+                    .await
+                {
+                    return false;
+                }
+                let chunk = vec![b'e'; 64 * 1024];
+                while self.send(&chunk).await {}
+                self.state.with_conn(self.id, |c| c.closed = true);
+                false
             }
             "status" => {
                 let code = path

@@ -1,21 +1,70 @@
-//! The end-to-end harness: build the real binaries once, run them as child processes, and wait
-//! for the one line each server prints when it is ready.
+//! The one test harness of the workspace: every suite (lb's, restful-server's, the end-to-end and
+//! hardening suites in `tests/tests/`) starts its servers and makes its requests with it, and
+//! `cargo xtask demo` and `bench` start their processes with it too. `tests/README.md` says
+//! which suite checks what, and how to write a new test in ten lines.
 //!
-//! Used by the suite in `tests/tests/` and by `cargo xtask demo`. Every child is wrapped in a
-//! [`Proc`] that kills it when dropped, so a failing test or a Ctrl-C never leaves a server behind,
-//! and whose [`Proc::transcript`] shows the command, stdout and stderr when something goes wrong.
+//! - [`process`]: [`Proc`], a child process killed on drop, whose output lines can be waited
+//!   for, and whose transcript (command line, exit status, last lines printed) explains a failure;
+//! - [`servers`]: the real binaries, started and waited for: [`RestfulServer`], [`LbProcess`],
+//!   [`LbBuilder`] for lb's command line, [`cluster`] for N restful-servers behind one lb;
+//! - [`in_process`]: [`InProcess`], a server run in the test process on a thread of its own (lb's
+//!   tests run `lb::run` and `restful_server::serve` with it);
+//! - [`bad_backend`]: [`BadBackend`], a backend that breaks HTTP on purpose and records what it
+//!   received;
+//! - [`http`]: ordinary requests with reqwest, read into a [`Reply`];
+//! - [`raw`]: [`RawClient`], exact bytes on a socket, for framing, smuggling, keep-alive and
+//!   slow-client tests.
+//!
+//! The binaries: a crate's own tests run its binary from `CARGO_BIN_EXE_<name>`, which cargo only
+//! sets for that crate's binaries; the cross-crate suites call [`bin`], which builds `lb`,
+//! `restful-server` and `loadgen` once per test process with `$CARGO build --bins`.
+//!
+//! This crate depends on neither `lb` nor `restful-server` (their tests depend on it, and a cycle
+//! would build them twice), which is why the in-process servers that need their libraries are
+//! started in lb's own support module, with [`InProcess`].
 
 pub mod bad_backend;
+pub mod http;
+pub mod in_process;
+pub mod process;
+pub mod raw;
+pub mod servers;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+pub use bad_backend::{BadBackend, Behaviour};
+pub use http::{get, Reply};
+pub use in_process::InProcess;
+pub use process::Proc;
+pub use raw::{RawClient, RawResponse};
+/// The HTTP client of the suites, with the features they use (blocking, json, rustls on ring).
+pub use reqwest;
+pub use servers::{
+    address_after, cluster, start_backend, start_lb, Cluster, LbBuilder, LbProcess, RestfulServer,
+};
+
+/// How long any single step (a connection, a response, a line of output) may take before the
+/// test fails. Generous: the machine is shared, and a healthy step takes milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Poll `check` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn project_root() -> PathBuf {
@@ -24,11 +73,38 @@ pub fn project_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// `$CARGO` (the cargo that runs the tests), in the workspace root, with the environment a shell
+/// would give it.
+///
+/// Run from a test, this process has the variables cargo sets for the crate under test
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). Build scripts such as ring's ask to be rerun when
+/// those change, so passing them on would rebuild ring, rustls and lb in this cargo, and again in
+/// the next plain `cargo test`: they are removed.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(project_root());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_a_crate = [
+            "CARGO_PKG_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+            "CARGO_MANIFEST_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name);
+        if set_for_a_crate {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd
+}
+
 /// Build `lb`, `restful-server` and `loadgen` with `$CARGO` and return the directory holding them.
 pub fn build_binaries(release: bool) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(project_root()).args([
+    let mut cmd = cargo();
+    cmd.args([
         "build",
         "--bins",
         "-p",
@@ -50,7 +126,7 @@ pub fn build_binaries(release: bool) -> Result<PathBuf> {
     Ok(target.join(if release { "release" } else { "debug" }))
 }
 
-/// The debug binaries, built once per test process.
+/// The path of a debug binary of the workspace, built once per test process.
 pub fn bin(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| match build_binaries(false) {
@@ -60,255 +136,7 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Lines read from one of a child's output streams, by a background thread.
-struct Lines {
-    rx: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn new(stream: impl Read + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    fn next(&mut self, timeout: Duration) -> Option<String> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Ok(line) = self.rx.try_recv() {
-            self.seen.push(line);
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return Some(line.clone());
-        }
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Some(line);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    // The process exited: give the other stream a moment, then give up.
-                    return None;
-                }
-                Err(RecvTimeoutError::Timeout) => return None,
-            }
-        }
-    }
-}
-
-/// A running child process that is killed when dropped.
-pub struct Proc {
-    command: String,
-    child: std::process::Child,
-    stdout: Lines,
-    stderr: Lines,
-}
-
-impl std::fmt::Debug for Proc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Proc({})", self.command)
-    }
-}
-
-impl Proc {
-    /// Start `program args...` with piped stdout and stderr.
-    pub fn spawn(program: &Path, args: &[&str]) -> Result<Proc> {
-        let command = format!(
-            "{} {}",
-            program.file_name().map_or_else(
-                || program.display().to_string(),
-                |n| n.to_string_lossy().into_owned()
-            ),
-            args.join(" ")
-        );
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        let stdout = Lines::new(child.stdout.take().context("no stdout")?);
-        let stderr = Lines::new(child.stderr.take().context("no stderr")?);
-        Ok(Proc {
-            command,
-            child,
-            stdout,
-            stderr,
-        })
-    }
-
-    /// The command line as typed (program name without its directory).
-    pub fn command(&self) -> &str {
-        &self.command
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Wait for a stdout line containing `needle`.
-    pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        match self.stdout.wait_for(needle, timeout) {
-            Some(line) => Ok(line),
-            None => bail!(
-                "no stdout line containing {needle:?} within {timeout:?}\n{}",
-                self.transcript()
-            ),
-        }
-    }
-
-    /// Wait for a stderr line containing `needle`.
-    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        match self.stderr.wait_for(needle, timeout) {
-            Some(line) => Ok(line),
-            None => bail!(
-                "no stderr line containing {needle:?} within {timeout:?}\n{}",
-                self.transcript()
-            ),
-        }
-    }
-
-    /// The next stdout line, if one arrives within `timeout`.
-    pub fn next_stdout(&mut self, timeout: Duration) -> Option<String> {
-        self.stdout.next(timeout)
-    }
-
-    /// Every stderr line received so far.
-    pub fn stderr_lines(&mut self) -> &[String] {
-        self.stderr.drain();
-        &self.stderr.seen
-    }
-
-    /// Ask the process to stop, as a service manager would (SIGTERM).
-    pub fn terminate(&self) -> Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM {} failed", self.pid());
-        }
-        Ok(())
-    }
-
-    /// Wait for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!("still running after {timeout:?}\n{}", self.transcript());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The command and everything it printed so far, for failure messages.
-    pub fn transcript(&mut self) -> String {
-        self.stdout.drain();
-        self.stderr.drain();
-        format!(
-            "--- command: {}\n--- stdout:\n{}\n--- stderr:\n{}\n---",
-            self.command,
-            self.stdout.seen.join("\n"),
-            self.stderr.seen.join("\n")
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start `restful-server` with `args` and wait until it listens; returns the process and its address.
-pub fn start_backend(bin_dir_file: &Path, args: &[&str]) -> Result<(Proc, SocketAddr)> {
-    let mut proc = Proc::spawn(bin_dir_file, args)?;
-    let line = proc.wait_stdout("Starting RESTful server on ", Duration::from_secs(20))?;
-    let addr = address_after(&line, "Starting RESTful server on ")?;
-    Ok((proc, addr))
-}
-
-/// Start `lb` with `args` and wait until it listens; returns the process and its address.
-pub fn start_lb(bin_path: &Path, args: &[&str]) -> Result<(Proc, SocketAddr)> {
-    let mut proc = Proc::spawn(bin_path, args)?;
-    let line = proc.wait_stderr("Starting LB on ", Duration::from_secs(20))?;
-    let addr = address_after(&line, "Starting LB on ")?;
-    Ok((proc, addr))
-}
-
-/// Parse the `IP:PORT` that follows `prefix` in a readiness line.
-pub fn address_after(line: &str, prefix: &str) -> Result<SocketAddr> {
-    let rest = line.split_once(prefix).map(|(_, r)| r).unwrap_or_default();
-    let addr = rest.split([',', ' ']).next().unwrap_or_default();
-    addr.parse()
-        .with_context(|| format!("no address in readiness line {line:?}"))
-}
-
 /// Is something already listening on `127.0.0.1:port`?
 pub fn port_is_taken(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
-}
-
-/// A response as [`http_get`] returns it: status, lower-cased header names with values, raw body.
-pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
-
-/// Minimal blocking HTTP/1.1 GET over a fresh connection.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<Response> {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of head in response")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("bad status line")?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok((status, headers, raw[split + 4..].to_vec()))
 }

@@ -26,9 +26,8 @@ use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::protocol::cdp::Runtime::{ConsoleAPICalledEventTypeOption, RemoteObject};
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::Value;
-use tests::{bin, http_get, project_root, start_lb, Proc};
-
-use crate::setup;
+use tests::http::{client, url};
+use tests::{cluster, project_root, LbBuilder, LbProcess};
 
 #[test]
 fn the_live_page_follows_traffic_a_dying_backend_and_a_restarted_lb() {
@@ -37,7 +36,9 @@ fn the_live_page_follows_traffic_a_dying_backend_and_a_restarted_lb() {
     };
     // A refused connection takes a backend out for --fail-timeout: longer than the test, so its
     // badge cannot turn back to "up" while we look.
-    let (mut lb, addr, mut backends) = setup(&["--admin", "127.0.0.1:0", "--fail-timeout", "60s"]);
+    let cluster = cluster(2, &["--admin", "127.0.0.1:0", "--fail-timeout", "60s"]);
+    let (mut lb, mut backends) = (cluster.lb, cluster.backends);
+    let addr = lb.addr;
     let admin = admin_origin(&mut lb);
     let traffic = Traffic::start(addr);
 
@@ -59,8 +60,8 @@ fn the_live_page_follows_traffic_a_dying_backend_and_a_restarted_lb() {
         "both backends with a share",
         |page| page.backends.len() == 2 && page.backends.iter().all(|b| b.share_percent() > 0),
     );
-    for (_, backend_addr) in &backends {
-        let card = page.backend(&backend_addr.to_string());
+    for backend in &backends {
+        let card = page.backend(&backend.addr.to_string());
         assert!(
             (20..=80).contains(&card.share_percent()),
             "two equal backends under round robin should share about evenly: {page:#?}"
@@ -88,8 +89,8 @@ fn the_live_page_follows_traffic_a_dying_backend_and_a_restarted_lb() {
 
     // 3. Kill one backend (dropping its `Proc` kills the process). lb notices at the next request
     //    that cannot connect, and the page at the next status, a second later at most.
-    let (dead, dead_addr) = backends.remove(1);
-    let dead_addr = dead_addr.to_string();
+    let dead = backends.remove(1);
+    let dead_addr = dead.addr.to_string();
     drop(dead);
     let killed = Instant::now();
     let page = wait_for(&tab, Duration::from_secs(2), "the badge to turn", |page| {
@@ -101,8 +102,8 @@ fn the_live_page_follows_traffic_a_dying_backend_and_a_restarted_lb() {
         page.backend(&dead_addr).badge,
         killed.elapsed()
     );
-    let survivor = backends[0].1.to_string();
-    assert_eq!(page.backend(&survivor).badge, "up", "{page:#?}");
+    let survivor = backends[0].addr;
+    assert_eq!(page.backend(&survivor.to_string()).badge, "up", "{page:#?}");
     traffic.stop();
 
     // Nothing went wrong in the page so far. (From here on lb goes away, and the browser logs
@@ -123,11 +124,10 @@ fn the_live_page_follows_traffic_a_dying_backend_and_a_restarted_lb() {
     // 5. Start lb again on the same admin port, now with the survivor only: the page, polling
     //    /status meanwhile, finds it again and shows the new configuration, without a reload.
     let admin_addr = admin.trim_start_matches("http://");
-    let (_lb, _) = start_lb(
-        &bin("lb"),
-        &["-p", "0", "--admin", admin_addr, "-b", "/", &survivor],
-    )
-    .unwrap();
+    let _lb = LbBuilder::new()
+        .flags(&["--admin", admin_addr])
+        .backends(&[survivor])
+        .start();
     let page = wait_for(
         &tab,
         Duration::from_secs(3),
@@ -234,20 +234,8 @@ fn launch_browser() -> anyhow::Result<Browser> {
 
 /// `http://127.0.0.1:PORT`, from the line lb prints once the admin listener is bound
 /// (`Admin on http://127.0.0.1:PORT/`): with `--admin 127.0.0.1:0` the kernel chose the port.
-fn admin_origin(lb: &mut Proc) -> String {
-    let line = lb
-        .wait_stderr("Admin on http://", Duration::from_secs(10))
-        .unwrap();
-    let url = line
-        .split_once("Admin on ")
-        .map(|(_, url)| url.trim().trim_end_matches('/'))
-        .unwrap_or_default();
-    let addr = url.strip_prefix("http://").map(str::parse::<SocketAddr>);
-    assert!(
-        matches!(addr, Some(Ok(_))),
-        "no http://IP:PORT/ in the admin line {line:?}"
-    );
-    url.to_string()
+fn admin_origin(lb: &mut LbProcess) -> String {
+    format!("http://{}", lb.admin_addr())
 }
 
 /// Requests through lb from a background thread until stopped, each on a new connection: 50 to
@@ -266,7 +254,10 @@ impl Traffic {
             let started = Instant::now();
             while !flag.load(Ordering::Relaxed) {
                 // Failures do not matter here: what the page shows of them is what is tested.
-                let _ = http_get(addr, "/api/v1/whoami");
+                let _ = client()
+                    .get(url(addr, "/api/v1/whoami"))
+                    .send()
+                    .and_then(|response| response.bytes());
                 let wave = (started.elapsed().as_secs_f64() * std::f64::consts::TAU / 20.0).sin();
                 let per_second = 100.0 + 50.0 * wave;
                 std::thread::sleep(Duration::from_secs_f64(1.0 / per_second));

@@ -1,14 +1,15 @@
 //! Graceful shutdown while traffic is flowing.
+//!
+//! Clients: loadgen for the traffic, reqwest for the slow request in flight.
 
 use std::time::{Duration, Instant};
 
-use tests::{bin, http_get, Proc};
-
-use crate::setup;
+use tests::{bin, cluster, get, Proc};
 
 #[test]
 fn sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
-    let (mut lb, addr, _backends) = setup(&["--grace", "5s"]);
+    let mut cluster = cluster(2, &["--grace", "5s"]);
+    let addr = cluster.lb.addr;
     let url = format!("http://{addr}/");
     let mut load = Proc::spawn(
         &bin("loadgen"),
@@ -26,19 +27,18 @@ fn sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
     .unwrap();
 
     // A slow request that is in flight when the signal arrives.
-    let slow = std::thread::spawn(move || http_get(addr, "/api/v1/delay?ms=1000"));
+    let slow = std::thread::spawn(move || get(addr, "/api/v1/delay?ms=1000"));
     std::thread::sleep(Duration::from_millis(300));
     let signalled = Instant::now();
+    let lb = &mut cluster.lb;
     lb.terminate().unwrap();
 
-    let (status, _, _) = slow.join().unwrap().unwrap();
-    assert_eq!(status, 200, "the in-flight request must complete");
+    let reply = slow.join().unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request must complete");
     let exit = lb.wait_exit(Duration::from_secs(6)).unwrap();
-    assert!(
-        exit.success(),
-        "lb exits 0 after draining: {exit}\n{}",
-        lb.transcript()
-    );
+    if !exit.success() {
+        lb.fail(format!("lb exits 0 after draining: {exit}"));
+    }
     assert!(
         signalled.elapsed() < Duration::from_secs(5),
         "lb drained quickly"

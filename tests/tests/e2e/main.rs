@@ -7,6 +7,9 @@
 //! - `lifecycle`: graceful shutdown under load;
 //! - `restart`: a backend stopped (SIGTERM, SIGKILL) and restarted under load costs no request;
 //! - `traffic`: loadgen's `--expect round-robin` through lb.
+//!
+//! They start from `tests::cluster` (restful-servers behind one lb, which logs to stdout) and make
+//! ordinary requests with reqwest (`tests::http`); the harness is described in `tests/README.md`.
 
 mod admin_page;
 mod failover;
@@ -14,34 +17,3 @@ mod lifecycle;
 mod restart;
 mod traffic;
 mod walkthrough;
-
-use std::net::SocketAddr;
-
-use tests::{bin, start_backend, start_lb, Proc};
-
-/// Two restful-servers on port 0 and an lb in front of them with `extra` flags; lb logs to stdout.
-pub fn setup(extra: &[&str]) -> (Proc, SocketAddr, Vec<(Proc, SocketAddr)>) {
-    let backends: Vec<(Proc, SocketAddr)> = (0..2)
-        .map(|_| start_backend(&bin("restful-server"), &["-p", "0"]).unwrap())
-        .collect();
-    let mut args: Vec<String> = ["-p", "0", "-l", "-"]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .map(String::from)
-        .collect();
-    for (_, addr) in &backends {
-        args.extend(["-b".to_string(), "/".to_string(), addr.to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (lb, addr) = start_lb(&bin("lb"), &args).unwrap();
-    (lb, addr, backends)
-}
-
-/// The `X-Served-By` header of a response.
-pub fn served_by(headers: &[(String, String)]) -> String {
-    headers
-        .iter()
-        .find(|(k, _)| k == "x-served-by")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}

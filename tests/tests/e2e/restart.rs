@@ -9,9 +9,7 @@
 
 use std::time::Duration;
 
-use tests::{bin, http_get, start_backend, Proc};
-
-use crate::setup;
+use tests::{bin, cluster, get, Proc, RestfulServer};
 
 /// How the backend is stopped.
 #[derive(Debug, Clone, Copy)]
@@ -35,11 +33,9 @@ fn finish_load(mut load: Proc) -> serde_json::Value {
     while let Some(line) = load.next_stdout(Duration::from_millis(200)) {
         json.push_str(&line);
     }
-    assert!(
-        status.success(),
-        "loadgen saw failed requests\n{}",
-        load.transcript()
-    );
+    if !status.success() {
+        load.fail("loadgen saw failed requests");
+    }
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("loadgen JSON: {e}\n{json}"))
 }
 
@@ -63,12 +59,13 @@ fn assert_all_ok(report: &serde_json::Value, what: &str) {
 }
 
 fn restart_under_load(stop: Stop) {
-    let (_lb, addr, mut backends) = setup(&["--fail-timeout", "300ms"]);
-    let url = format!("http://{addr}/api/v1/whoami");
+    let mut cluster = cluster(2, &["--fail-timeout", "300ms"]);
+    let url = format!("http://{}/api/v1/whoami", cluster.lb.addr);
     let load = start_load(&url, &["-z", "4s", "-c", "8", "-q", "1500"]);
 
     std::thread::sleep(Duration::from_millis(1200));
-    let (mut victim, victim_addr) = backends.remove(1);
+    let mut victim = cluster.backends.remove(1);
+    let victim_addr = victim.addr;
     match stop {
         Stop::Term => {
             victim.terminate().unwrap();
@@ -78,14 +75,13 @@ fn restart_under_load(stop: Stop) {
     }
     std::thread::sleep(Duration::from_millis(600));
     let port = victim_addr.port().to_string();
-    let (_back, _) = start_backend(&bin("restful-server"), &["-p", &port]).unwrap();
+    let _back = RestfulServer::start(&["-p", &port]);
 
     let report = finish_load(load);
     assert_all_ok(&report, &format!("{stop:?}"));
 
     // The restarted process (a new one: its counter started at 0) served part of the load.
-    let (_, _, whoami) = http_get(victim_addr, "/api/v1/whoami").unwrap();
-    let whoami: serde_json::Value = serde_json::from_slice(&whoami).unwrap();
+    let whoami = get(victim_addr, "/api/v1/whoami").json();
     let served = whoami["requests_served"].as_u64().unwrap();
     assert!(
         served > 50,
@@ -107,11 +103,11 @@ fn a_backend_killed_and_restarted_costs_no_request() {
 /// are GETs, and each is answered by the other backend instead of being lost.
 #[test]
 fn requests_in_flight_on_a_killed_backend_are_retried() {
-    let (_lb, addr, mut backends) = setup(&[]);
-    let url = format!("http://{addr}/api/v1/delay?ms=150");
+    let mut cluster = cluster(2, &[]);
+    let url = format!("http://{}/api/v1/delay?ms=150", cluster.lb.addr);
     let load = start_load(&url, &["-z", "2s", "-c", "8"]);
     std::thread::sleep(Duration::from_millis(1000));
-    drop(backends.remove(1)); // SIGKILL, with about 4 requests in flight on it
+    drop(cluster.backends.remove(1)); // SIGKILL, with about 4 requests in flight on it
 
     let report = finish_load(load);
     let responses = report["responses"].as_u64().unwrap();

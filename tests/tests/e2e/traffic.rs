@@ -2,25 +2,21 @@
 
 use std::time::Duration;
 
-use tests::{bin, Proc};
-
-use crate::setup;
+use tests::{bin, cluster, Proc};
 
 #[test]
 fn loadgen_sees_round_robin_through_lb() {
-    let (_lb, addr, _backends) = setup(&[]);
-    let url = format!("http://{addr}/");
+    let cluster = cluster(2, &[]);
+    let url = format!("http://{}/", cluster.lb.addr);
     let mut load = Proc::spawn(
         &bin("loadgen"),
         &[&url, "-n", "40", "--expect", "round-robin", "--quiet"],
     )
     .unwrap();
     let status = load.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(
-        status.success(),
-        "loadgen --expect round-robin failed\n{}",
-        load.transcript()
-    );
+    if !status.success() {
+        load.fail("loadgen --expect round-robin failed");
+    }
 
     // Several connections: counts equal within the number of connections.
     let mut load = Proc::spawn(
@@ -38,9 +34,7 @@ fn loadgen_sees_round_robin_through_lb() {
     )
     .unwrap();
     let status = load.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(
-        status.success(),
-        "loadgen -c 4 --expect round-robin failed\n{}",
-        load.transcript()
-    );
+    if !status.success() {
+        load.fail("loadgen -c 4 --expect round-robin failed");
+    }
 }

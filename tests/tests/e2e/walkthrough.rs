@@ -1,10 +1,11 @@
 //! The original article's walkthrough: requests alternate, the log says so, in the documented format.
+//!
+//! Clients: reqwest, one new connection per request (as the documented curl commands are).
 
 use std::time::Duration;
 
-use tests::{http_get, port_is_taken, project_root};
-
-use crate::{served_by, setup};
+use tests::http::{client, get, send, url};
+use tests::{cluster, port_is_taken, project_root};
 
 /// `1465822060 GET / backend=127.0.0.1:8910` with every run of digits replaced by `N`, so a line
 /// from the docs and a line from a live run (other time, other port) can be compared.
@@ -22,22 +23,27 @@ fn shape(line: &str) -> String {
 
 #[test]
 fn requests_alternate_and_each_log_line_names_the_backend_that_answered() {
-    let (mut lb, addr, backends) = setup(&[]);
+    let cluster = cluster(2, &[]);
+    let mut lb = cluster.lb;
     let mut answered = Vec::new();
     for _ in 0..6 {
-        let (status, headers, body) = http_get(addr, "/").unwrap();
-        assert_eq!(status, 200);
-        assert!(String::from_utf8_lossy(&body).contains("RESTful API demo"));
-        answered.push(served_by(&headers));
+        let reply = get(lb.addr, "/");
+        assert_eq!(reply.status, 200);
+        assert!(reply.text().contains("RESTful API demo"));
+        answered.push(reply.served_by().to_string());
     }
-    let names: Vec<String> = backends.iter().map(|(_, a)| a.to_string()).collect();
+    let names: Vec<String> = cluster
+        .backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
     let expected: Vec<String> = (0..6).map(|i| names[i % 2].clone()).collect();
     assert_eq!(answered, expected, "X-Served-By must alternate");
 
     let log: Vec<String> = (0..6)
-        .map(|_| {
-            lb.next_stdout(Duration::from_secs(5))
-                .unwrap_or_else(|| panic!("{}", lb.transcript()))
+        .map(|_| match lb.next_stdout(Duration::from_secs(5)) {
+            Some(line) => line,
+            None => lb.fail("fewer log lines than requests on lb's stdout"),
         })
         .collect();
     for (line, name) in log.iter().zip(&expected) {
@@ -117,22 +123,33 @@ fn the_walkthrough_document_shows_what_lb_really_prints() {
         "docs/walkthrough.md should show lb's log and trace"
     );
 
-    let (mut lb, addr, backends) = setup(&["--trace", "--threads", "1"]);
+    let cluster = cluster(2, &["--trace", "--threads", "1"]);
+    let (mut lb, backends) = (cluster.lb, cluster.backends);
+    let addr = lb.addr;
     for _ in 0..3 {
-        assert_eq!(http_get(addr, "/").unwrap().0, 200);
+        assert_eq!(get(addr, "/").status, 200);
     }
-    let (status, body) = http_post(addr, "/api/v1/sum", "n1=1&n2=2.5");
-    assert_eq!((status, body.as_str()), (200, "{\"result\":3.5}"));
+    // What `curl -d n1=1 -d n2=2.5` sends.
+    let reply = send(
+        client()
+            .post(url(addr, "/api/v1/sum"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("n1=1&n2=2.5"),
+    );
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "{\"result\":3.5}")
+    );
     let log: Vec<String> = (0..4)
-        .map(|_| {
-            lb.next_stdout(Duration::from_secs(5))
-                .unwrap_or_else(|| panic!("{}", lb.transcript()))
+        .map(|_| match lb.next_stdout(Duration::from_secs(5)) {
+            Some(line) => line,
+            None => lb.fail("fewer log lines than requests on lb's stdout"),
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let ports = [
-        (backends[0].1.to_string(), "127.0.0.1:8910"),
-        (backends[1].1.to_string(), "127.0.0.1:8911"),
+        (backends[0].addr.to_string(), "127.0.0.1:8910"),
+        (backends[1].addr.to_string(), "127.0.0.1:8911"),
         (addr.to_string(), "127.0.0.1:8000"),
     ];
     for (documented, real) in log_doc.iter().zip(&log) {
@@ -173,23 +190,6 @@ fn shape_free_startup(stderr: &str) -> String {
     format!("{head}127.0.0.1:8910 {tail}")
 }
 
-/// `POST path` with a form body on a fresh connection: status and body.
-fn http_post(addr: std::net::SocketAddr, path: &str, form: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
-}
-
 /// `cargo xtask demo` on its real ports, when they are free.
 #[test]
 fn cargo_xtask_demo_passes() {
@@ -197,9 +197,7 @@ fn cargo_xtask_demo_passes() {
         eprintln!("SKIPPED cargo_xtask_demo_passes: port {port} is taken on this machine, and the demo uses fixed ports");
         return;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = std::process::Command::new(cargo)
-        .current_dir(project_root())
+    let output = tests::cargo()
         .args(["xtask", "demo", "-n", "6"])
         .output()
         .unwrap();

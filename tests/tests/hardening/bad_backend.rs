@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use tests::bad_backend::BadBackend;
+use tests::RawClient;
 
-use crate::support::{lb, Client};
+use crate::support::lb;
 
 /// The backend accepts the request and never answers: 504 after `--response-timeout`, and a
 /// POST is not retried (the backend may have acted on it).
@@ -14,7 +15,7 @@ use crate::support::{lb, Client};
 fn hanging_backend_gets_504_and_post_is_not_retried() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &["--response-timeout", "300ms"]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let started = Instant::now();
     client.send(b"POST /hang HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 2\r\n\r\nhi");
     let r = client.response(false).expect("504");
@@ -42,7 +43,7 @@ fn backend_dying_mid_body_truncates_the_client_response() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
     for path in ["/reset", "/short"] {
-        let mut client = Client::connect(addr);
+        let mut client = RawClient::connect(addr);
         client.send(format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\n\r\n").as_bytes());
         let r = client.response(false).expect("response head");
         assert_eq!(r.status, 200, "{path}");
@@ -64,7 +65,7 @@ fn backend_dying_mid_body_truncates_the_client_response() {
 fn garbage_status_line_is_502() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let r = client.get("/garbage");
     assert_eq!(r.status, 502);
     assert!(
@@ -86,7 +87,7 @@ fn garbage_status_line_is_502() {
 fn response_with_content_length_and_chunked_is_reframed() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let r = client.get("/cl-te");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "hello");
@@ -106,7 +107,7 @@ fn response_with_content_length_and_chunked_is_reframed() {
 fn bodies_on_204_304_and_head_are_dropped() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     for round in 0..5 {
         for (request, status, head) in [
             ("GET /no-content", 204, false),
@@ -138,7 +139,7 @@ fn bodies_on_204_304_and_head_are_dropped() {
 fn dripping_body_is_streamed() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let started = Instant::now();
     client.send(b"GET /drip?ms=100&n=8 HTTP/1.1\r\nHost: lb.test\r\n\r\n");
     let r = client.response(false).expect("response");
@@ -176,7 +177,7 @@ fn dripping_body_is_streamed() {
 fn backend_connection_close_keeps_the_client_connection() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     for n in 1..=3 {
         let r = client.get("/close");
         assert_eq!(r.status, 200);
@@ -193,7 +194,7 @@ fn backend_connection_close_keeps_the_client_connection() {
 fn trailers_do_not_break_the_body() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     client.send(b"GET /trailers HTTP/1.1\r\nHost: lb.test\r\nTE: trailers\r\n\r\n");
     let r = client.response(false).expect("response");
     assert_eq!(r.status, 200);

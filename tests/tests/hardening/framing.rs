@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use tests::bad_backend::{BadBackend, Received};
+use tests::RawClient;
 
-use crate::support::{lb, Client};
+use crate::support::lb;
 
 /// One row: bytes in, what the client and the backend must see.
 struct Case {
@@ -447,7 +448,7 @@ struct Outcome {
 fn run(case: &Case) -> Outcome {
     let backend = BadBackend::start().unwrap();
     let (mut proc, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     client.patience = Duration::from_secs(3);
     client.send(&case.send);
     let mut statuses = Vec::new();

@@ -1,12 +1,18 @@
 //! Backend health: passive (a backend that refuses connections is skipped for `--fail-timeout`)
 //! and active (`--health-check PATH`: probes with rise/fall), and what a client sees when every
 //! backend is down. Decisions must show on lb's stderr.
+//!
+//! Clients: reqwest (ordinary GETs, on one keep-alive connection where a test keeps using one).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tests::bad_backend::{BadBackend, Behaviour};
+use tests::eventually;
+use tests::http::{get, keep_alive, send, url};
+use tests::reqwest::blocking::Client;
 
-use crate::support::{eventually, lb, Client};
+use crate::support::lb;
 
 const HEALTH: [&str; 10] = [
     "--health-check",
@@ -21,10 +27,10 @@ const HEALTH: [&str; 10] = [
     "2",
 ];
 
-/// `n` requests on one client connection, all of which must succeed.
-fn serve(client: &mut Client, n: usize) {
+/// `n` requests from one keep-alive client, all of which must succeed.
+fn serve(client: &Client, addr: SocketAddr, n: usize) {
     for i in 0..n {
-        let r = client.get(&format!("/r{i}"));
+        let r = send(client.get(url(addr, &format!("/r{i}"))));
         assert_eq!(r.status, 200, "{}", r.text());
     }
 }
@@ -37,12 +43,12 @@ fn passive_ejection_and_return() {
     let b = BadBackend::start().unwrap();
     let b_addr = b.addr();
     let (mut proc, addr) = lb(&[a.addr(), b_addr], &["--fail-timeout", "500ms"]);
-    let mut client = Client::connect(addr);
-    serve(&mut client, 4);
+    let client = keep_alive();
+    serve(&client, addr, 4);
     assert_eq!(b.requests_to("/r").len(), 2, "round robin before the kill");
 
     b.stop();
-    serve(&mut client, 6);
+    serve(&client, addr, 6);
     proc.wait_stderr(&format!("backend {b_addr} is down"), Duration::from_secs(2))
         .unwrap();
     assert_eq!(
@@ -53,7 +59,7 @@ fn passive_ejection_and_return() {
 
     let b = BadBackend::start_at(b_addr).unwrap();
     let back = eventually(Duration::from_secs(3), || {
-        serve(&mut client, 2);
+        serve(&client, addr, 2);
         !b.requests_to("/r").is_empty()
     });
     assert!(back, "the backend never came back\n{}", proc.transcript());
@@ -74,8 +80,8 @@ fn active_check_ejects_a_backend_answering_500() {
         )
         .unwrap();
     eprintln!("{down}");
-    let mut client = Client::connect(addr);
-    serve(&mut client, 6);
+    let client = keep_alive();
+    serve(&client, addr, 6);
     assert!(b.requests_to("/r").is_empty(), "a DOWN backend got traffic");
 
     b.set_override(None);
@@ -86,7 +92,7 @@ fn active_check_ejects_a_backend_answering_500() {
         )
         .unwrap();
     eprintln!("{up}");
-    serve(&mut client, 6);
+    serve(&client, addr, 6);
     assert_eq!(b.requests_to("/r").len(), 3, "back in the rotation");
     assert!(
         b.requests_to("/health").len() >= 4,
@@ -108,8 +114,8 @@ fn active_check_ejects_a_backend_that_does_not_answer() {
         )
         .unwrap();
     assert!(down.contains("no answer within"), "{down}");
-    let mut client = Client::connect(addr);
-    serve(&mut client, 4);
+    let client = keep_alive();
+    serve(&client, addr, 4);
     assert!(b.requests_to("/r").is_empty());
 
     b.set_override(None);
@@ -133,9 +139,8 @@ fn every_backend_down_is_a_quick_502_naming_the_cause() {
         .wait_stderr("every backend failed its checks", Duration::from_secs(3))
         .unwrap();
     eprintln!("{line}");
-    let mut client = Client::connect(addr);
     let started = Instant::now();
-    let r = client.get("/anything");
+    let r = get(addr, "/anything");
     let took = started.elapsed();
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(took < Duration::from_millis(500), "{took:?}");
@@ -149,7 +154,7 @@ fn every_backend_down_is_a_quick_502_naming_the_cause() {
     c.stop();
     let (_lb, addr) = lb(&[c_addr], &[]);
     let started = Instant::now();
-    let r = Client::connect(addr).get("/");
+    let r = get(addr, "/");
     assert_eq!(r.status, 502);
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(r.text().contains("refused"), "{}", r.text());

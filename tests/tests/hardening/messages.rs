@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use tests::bad_backend::BadBackend;
+use tests::RawClient;
 
-use crate::support::{lb, Client};
+use crate::support::lb;
 
 /// Requests sent in one write are answered in order, each exactly once, and the backend sees
 /// each exactly once, bodies intact.
@@ -13,7 +14,7 @@ use crate::support::{lb, Client};
 fn pipelined_requests_are_answered_in_order() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     client.send(
         b"GET /one HTTP/1.1\r\nHost: lb.test\r\n\r\n\
           POST /two HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5\r\n\r\nhello\
@@ -65,7 +66,7 @@ fn pipelined_requests_are_answered_in_order() {
 fn expect_100_continue_does_not_stall() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let started = Instant::now();
     client.send(
         b"POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
@@ -99,7 +100,7 @@ fn expect_100_continue_does_not_stall() {
 fn hop_by_hop_headers_stay_on_their_side() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     client.send(
         b"GET /hop-by-hop HTTP/1.1\r\nHost: client.test\r\n\
           Connection: keep-alive, X-Client-Secret\r\nX-Client-Secret: 1\r\n\

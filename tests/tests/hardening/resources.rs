@@ -1,14 +1,19 @@
 //! Resources under load, measured from `/proc/PID/` of the real `lb` process: memory per idle
 //! connection, file descriptors after clients vanish mid-response, peak memory for 200 MB each way.
 //! The figures are printed (`cargo test -- --nocapture` shows them) as well as bounded.
+//!
+//! Clients: raw sockets where connections themselves are what is measured (thousands held idle,
+//! clients vanishing mid-response); reqwest for the ordinary requests and the 200 MB transfers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tests::bad_backend::BadBackend;
+use tests::http::{builder, get, url};
+use tests::reqwest::blocking::Body;
+use tests::{eventually, BadBackend, RawClient, RestfulServer};
 
-use crate::support::{eventually, fd_count, lb, proc_status_kib, Client};
+use crate::support::{fd_count, lb, proc_status_kib};
 
 /// The soft `RLIMIT_NOFILE` of this process (lb, started by us, inherits it).
 fn open_files_limit() -> usize {
@@ -35,7 +40,7 @@ fn thousands_of_idle_connections() {
     let (proc, addr) = lb(&[backend.addr()], &[]);
     let pid = proc.pid();
     // Warm up (runtime threads, pool, allocator arenas) so the baseline is a serving lb.
-    let mut warm = Client::connect(addr);
+    let mut warm = RawClient::connect(addr);
     for _ in 0..20 {
         assert_eq!(warm.get("/warm").status, 200);
     }
@@ -84,8 +89,7 @@ fn thousands_of_idle_connections() {
     );
 
     let started = Instant::now();
-    let mut fresh = Client::connect(addr);
-    assert_eq!(fresh.get("/fresh").status, 200);
+    assert_eq!(get(addr, "/fresh").status, 200);
     let took = started.elapsed();
     eprintln!("a new request with {count} idle connections open: {took:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
@@ -100,13 +104,10 @@ fn thousands_of_idle_connections() {
 /// opened for them (client sockets, upstream connections) is closed again.
 #[test]
 fn clients_vanishing_mid_response_leak_nothing() {
-    let (_server, server_addr) =
-        tests::start_backend(&tests::bin("restful-server"), &["-p", "0"]).unwrap();
-    let (mut proc, addr) = lb(&[server_addr], &["--pool-idle-timeout", "200ms"]);
+    let server = RestfulServer::start(&["-p", "0"]);
+    let (mut proc, addr) = lb(&[server.addr], &["--pool-idle-timeout", "200ms"]);
     let pid = proc.pid();
-    let mut warm = Client::connect(addr);
-    assert_eq!(warm.get("/api/v1/echo").status, 200);
-    drop(warm);
+    assert_eq!(get(addr, "/api/v1/echo").status, 200);
     // Baseline: no clients, pool emptied by the idle timeout.
     std::thread::sleep(Duration::from_millis(700));
     let baseline = fd_count(pid);
@@ -131,10 +132,8 @@ fn clients_vanishing_mid_response_leak_nothing() {
             });
         }
     });
-    let mut client = Client::connect(addr);
-    let r = client.get("/api/v1/echo");
+    let r = get(addr, "/api/v1/echo");
     assert_eq!(r.status, 200, "lb keeps serving");
-    drop(client);
     let settled = eventually(Duration::from_secs(5), || fd_count(pid) <= baseline);
     let now = fd_count(pid);
     eprintln!("fds of lb: baseline {baseline}, after 100 vanished clients {now}");
@@ -150,53 +149,34 @@ fn clients_vanishing_mid_response_leak_nothing() {
 #[test]
 fn large_bodies_keep_memory_bounded() {
     const SIZE: u64 = 200 * 1024 * 1024;
-    let (_server, server_addr) =
-        tests::start_backend(&tests::bin("restful-server"), &["-p", "0"]).unwrap();
-    let (proc, addr) = lb(&[server_addr], &[]);
+    let server = RestfulServer::start(&["-p", "0"]);
+    let (proc, addr) = lb(&[server.addr], &[]);
     let pid = proc.pid();
+    let client = builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut crc = crc32fast::Hasher::new();
+    for _ in 0..SIZE / chunk.len() as u64 {
+        crc.update(&chunk);
+    }
+    let crc = crc.finalize();
     let started = Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut c = TcpStream::connect(addr).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            write!(
-                c,
-                "POST /api/v1/echo HTTP/1.1\r\nHost: lb.test\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-            let mut crc = crc32fast::Hasher::new();
-            let mut sent = 0;
-            while sent < SIZE {
-                c.write_all(&chunk).unwrap();
-                crc.update(&chunk);
-                sent += chunk.len() as u64;
-            }
-            let mut reply = String::new();
-            c.read_to_string(&mut reply).unwrap();
-            let body = reply.split("\r\n\r\n").nth(1).unwrap();
-            let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+            let body = Body::sized(Repeat::new(&chunk, SIZE), SIZE);
+            let reply = tests::http::send(client.post(url(addr, "/api/v1/echo")).body(body));
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let echo = reply.json();
             assert_eq!(echo["body_len"], SIZE);
-            assert_eq!(echo["body_crc32"], crc.finalize());
+            assert_eq!(echo["body_crc32"], crc);
         });
         s.spawn(|| {
-            let mut c = TcpStream::connect(addr).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            write!(
-                c,
-                "GET /api/v1/bytes?n={SIZE} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut total: u64 = 0;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = c.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-            }
-            assert!(total > SIZE, "head + {SIZE} body bytes, got {total}");
+            let mut response = client
+                .get(url(addr, &format!("/api/v1/bytes?n={SIZE}")))
+                .send()
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let total = std::io::copy(&mut response, &mut std::io::sink()).unwrap();
+            assert_eq!(total, SIZE, "body bytes received");
         });
     });
     let peak = proc_status_kib(pid, "VmHWM");
@@ -205,4 +185,34 @@ fn large_bodies_keep_memory_bounded() {
         started.elapsed()
     );
     assert!(peak < 64 * 1024, "lb's peak memory {peak} KiB");
+}
+
+/// `len` bytes made of `chunk` over and over, read without holding them all in memory.
+struct Repeat {
+    chunk: Vec<u8>,
+    left: u64,
+    at: usize,
+}
+
+impl Repeat {
+    fn new(chunk: &[u8], len: u64) -> Repeat {
+        Repeat {
+            chunk: chunk.to_vec(),
+            left: len,
+            at: 0,
+        }
+    }
+}
+
+impl Read for Repeat {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf
+            .len()
+            .min(self.chunk.len() - self.at)
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at = (self.at + n) % self.chunk.len();
+        self.left -= n as u64;
+        Ok(n)
+    }
 }

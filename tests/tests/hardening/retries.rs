@@ -2,12 +2,17 @@
 //! and which it must not (see `lb/src/retry.rs` for the rules). Each test puts a backend that
 //! breaks in a chosen way first in the rotation and a healthy one second, then checks what the
 //! client got and, above all, how many copies of the request each backend received.
+//!
+//! Clients: reqwest, one new connection per request (so that reqwest itself never has a reused
+//! connection to retry on); raw bytes only to see a response cut short.
 
 use std::time::Duration;
 
 use tests::bad_backend::{BadBackend, Behaviour};
+use tests::http::{client, get, send, url};
+use tests::{eventually, RawClient};
 
-use crate::support::{eventually, lb, Client};
+use crate::support::lb;
 
 /// A backend that reads every request and then breaks the connection the given way.
 fn breaking(how: Behaviour) -> BadBackend {
@@ -16,22 +21,13 @@ fn breaking(how: Behaviour) -> BadBackend {
     backend
 }
 
-/// Send `request` on a new connection and read the response (`None`: lb closed instead).
-fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> crate::support::Response {
-    let mut client = Client::connect(addr);
-    client.send(request);
-    client
-        .response(false)
-        .unwrap_or_else(|| panic!("no response to {}", String::from_utf8_lossy(request)))
-}
-
 /// A GET that the first backend read and then reset is answered by the second, once; the trace
 /// says why it was repeated and the log names the backend that answered.
 #[test]
 fn a_get_lost_to_a_reset_is_retried_on_the_next_backend() {
     let (bad, good) = (breaking(Behaviour::Reset), BadBackend::start().unwrap());
     let (mut proc, addr) = lb(&[bad.addr(), good.addr()], &["--trace", "-l", "-"]);
-    let r = exchange(addr, b"GET /x HTTP/1.1\r\nHost: lb.test\r\n\r\n");
+    let r = get(addr, "/x");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("GET /x"), "{}", r.text());
     assert_eq!(bad.requests().len(), 1, "the first backend got it once");
@@ -55,12 +51,9 @@ fn a_get_lost_to_a_reset_is_retried_on_the_next_backend() {
 #[test]
 fn a_post_is_never_delivered_twice() {
     for how in [Behaviour::Reset, Behaviour::Drop] {
-        let (bad, good) = (breaking(how), BadBackend::start().unwrap());
+        let (bad, good) = (breaking(how.clone()), BadBackend::start().unwrap());
         let (_lb, addr) = lb(&[bad.addr(), good.addr()], &[]);
-        let r = exchange(
-            addr,
-            b"POST /order HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5\r\n\r\nhello",
-        );
+        let r = send(client().post(url(addr, "/order")).body("hello"));
         assert_eq!(r.status, 502, "{how:?}: {}", r.text());
         assert_eq!(bad.requests().len(), 1, "{how:?}: the POST arrived once");
         assert!(bad.requests()[0].complete && bad.requests()[0].body == b"hello");
@@ -77,10 +70,7 @@ fn a_post_that_never_left_goes_to_the_next_backend() {
     closed.stop(); // nothing listens there any more: connecting is refused
     let good = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[closed_addr, good.addr()], &[]);
-    let r = exchange(
-        addr,
-        b"POST /order HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5\r\n\r\nhello",
-    );
+    let r = send(client().post(url(addr, "/order")).body("hello"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(good.requests().len(), 1);
     assert_eq!(good.requests()[0].body, b"hello");
@@ -91,17 +81,11 @@ fn a_post_that_never_left_goes_to_the_next_backend() {
 #[test]
 fn a_put_is_retried_with_its_body_only_under_the_limit() {
     let body = vec![b'p'; 1000];
-    let put = |len: usize| {
-        let mut request =
-            format!("PUT /doc HTTP/1.1\r\nHost: lb.test\r\nContent-Length: {len}\r\n\r\n")
-                .into_bytes();
-        request.extend(std::iter::repeat_n(b'p', len));
-        request
-    };
+    let put = |addr| send(client().put(url(addr, "/doc")).body(body.clone()));
 
     let (bad, good) = (breaking(Behaviour::Drop), BadBackend::start().unwrap());
     let (_lb, addr) = lb(&[bad.addr(), good.addr()], &[]);
-    let r = exchange(addr, &put(body.len()));
+    let r = put(addr);
     assert_eq!(r.status, 200, "{}", r.text());
     let received = good.requests();
     assert_eq!(received.len(), 1);
@@ -112,7 +96,7 @@ fn a_put_is_retried_with_its_body_only_under_the_limit() {
 
     let (bad, good) = (breaking(Behaviour::Drop), BadBackend::start().unwrap());
     let (_lb, addr) = lb(&[bad.addr(), good.addr()], &["--retry-body-bytes", "512"]);
-    let r = exchange(addr, &put(body.len()));
+    let r = put(addr);
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(bad.requests().len(), 1);
     std::thread::sleep(Duration::from_millis(100));
@@ -134,7 +118,7 @@ fn retries_are_bounded() {
         let bad: Vec<BadBackend> = (0..3).map(|_| breaking(Behaviour::Reset)).collect();
         let addrs: Vec<_> = bad.iter().map(BadBackend::addr).collect();
         let (_lb, addr) = lb(&addrs, flags);
-        let r = exchange(addr, b"GET /x HTTP/1.1\r\nHost: lb.test\r\n\r\n");
+        let r = get(addr, "/x");
         assert_eq!(r.status, 502, "{flags:?}: {}", r.text());
         let total = || bad.iter().map(|b| b.requests().len()).sum::<usize>();
         std::thread::sleep(Duration::from_millis(100));
@@ -154,7 +138,7 @@ fn a_started_response_is_never_retried() {
     let cut = BadBackend::start().unwrap(); // `/short`: a head, 100 of 1000 bytes, then FIN
     let good = breaking(Behaviour::Status(200));
     let (_lb, addr) = lb(&[cut.addr(), good.addr()], &[]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     client.send(b"GET /short HTTP/1.1\r\nHost: lb.test\r\n\r\n");
     let r = client
         .any_response(false)

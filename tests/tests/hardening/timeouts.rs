@@ -1,13 +1,19 @@
 //! Every timeout and limit is a flag with a sane default; here each one is set short (300 ms or
 //! so) and checked from the outside: the connection is closed (or answered) on time, not early,
 //! and the backend sees nothing it should not.
+//!
+//! Clients: raw bytes where the timing of the bytes is the point (silent and dripping heads,
+//! slow uploads, idle keep-alive connections, a client waiting past `--max-conns`); reqwest for
+//! the ordinary GETs of the connect-timeout test.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use tests::bad_backend::BadBackend;
+use tests::http::{get, keep_alive, send, url};
+use tests::RawClient;
 
-use crate::support::{lb, Client};
+use crate::support::lb;
 
 fn assert_between(took: Duration, low_ms: u64, high_ms: u64, what: &str) {
     assert!(
@@ -21,7 +27,7 @@ fn assert_between(took: Duration, low_ms: u64, high_ms: u64, what: &str) {
 fn silent_connection_is_closed_on_time() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &["--header-timeout", "300ms"]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let started = Instant::now();
     assert!(client.closes_within(Duration::from_secs(3)));
     assert_between(started.elapsed(), 250, 1500, "silent connection closed");
@@ -34,7 +40,7 @@ fn silent_connection_is_closed_on_time() {
 fn slowloris_head_is_cut_off() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &["--header-timeout", "300ms"]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let started = Instant::now();
     let head = b"GET /slow HTTP/1.1\r\nHost: lb.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let closed = drip_until_closed(&mut client, head);
@@ -49,7 +55,7 @@ fn slowloris_head_is_cut_off() {
 
 /// Send `head` one byte every 40 ms, as a slowloris client does; true if lb closed the
 /// connection before the head was complete.
-fn drip_until_closed(client: &mut Client, head: &[u8]) -> bool {
+fn drip_until_closed(client: &mut RawClient, head: &[u8]) -> bool {
     for byte in head.chunks(1) {
         client.send(byte);
         if client.closes_within(Duration::from_millis(40)) {
@@ -68,7 +74,7 @@ fn slowloris_on_a_keep_alive_connection_is_cut_off() {
         &[backend.addr()],
         &["--header-timeout", "300ms", "--idle-timeout", "10s"],
     );
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     assert_eq!(client.get("/first").status, 200);
     let started = Instant::now();
     let head = b"GET /second HTTP/1.1\r\nHost: lb.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
@@ -91,7 +97,7 @@ fn idle_keep_alive_connection_is_closed() {
         &[backend.addr()],
         &["--idle-timeout", "500ms", "--header-timeout", "5s"],
     );
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     assert_eq!(client.get("/one").status, 200);
     std::thread::sleep(Duration::from_millis(250));
     assert_eq!(
@@ -149,9 +155,9 @@ fn upstream_connect_timeout_fails_over() {
         &[hole.addr, good.addr()],
         &["--connect-timeout", "300ms", "--fail-timeout", "10s"],
     );
-    let mut client = Client::connect(addr);
+    let client = keep_alive();
     let started = Instant::now();
-    assert_eq!(client.get("/first").status, 200);
+    assert_eq!(send(client.get(url(addr, "/first"))).status, 200);
     assert_between(
         started.elapsed(),
         250,
@@ -160,7 +166,7 @@ fn upstream_connect_timeout_fails_over() {
     );
     for _ in 0..4 {
         let started = Instant::now();
-        assert_eq!(client.get("/again").status, 200);
+        assert_eq!(send(client.get(url(addr, "/again"))).status, 200);
         assert!(
             started.elapsed() < Duration::from_millis(250),
             "the black hole should be skipped now ({:?})",
@@ -170,9 +176,8 @@ fn upstream_connect_timeout_fails_over() {
 
     // With nothing else to try: 502, on time, naming the cause.
     let (_lb, addr) = lb(&[hole.addr], &["--connect-timeout", "300ms"]);
-    let mut client = Client::connect(addr);
     let started = Instant::now();
-    let r = client.get("/");
+    let r = get(addr, "/");
     assert_eq!(r.status, 502, "{}", r.text());
     assert_between(started.elapsed(), 250, 2000, "502 after connect timeout");
     assert!(r.text().contains("no connection within"), "{}", r.text());
@@ -184,7 +189,7 @@ fn upstream_connect_timeout_fails_over() {
 fn response_timeout_starts_after_the_request_body() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &["--response-timeout", "300ms"]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     client.send(b"POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 6\r\n\r\n");
     for part in [b"ab", b"cd", b"ef"] {
         std::thread::sleep(Duration::from_millis(200));
@@ -201,7 +206,7 @@ fn response_timeout_starts_after_the_request_body() {
 fn stalled_request_body_is_aborted() {
     let backend = BadBackend::start().unwrap();
     let (proc, addr) = lb(&[backend.addr()], &["--body-timeout", "300ms"]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let started = Instant::now();
     client.send(b"POST /upload HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 100\r\n\r\n0123456789");
     let answer = client.response(false);
@@ -238,7 +243,7 @@ fn stalled_request_body_is_aborted() {
 fn stalled_response_body_is_aborted() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &["--body-timeout", "300ms"]);
-    let mut client = Client::connect(addr);
+    let mut client = RawClient::connect(addr);
     let started = Instant::now();
     let r = client.get("/drip?ms=2000&n=3");
     assert_eq!(r.status, 200);
@@ -257,12 +262,12 @@ fn stalled_response_body_is_aborted() {
 fn clients_past_max_conns_wait_then_get_served() {
     let backend = BadBackend::start().unwrap();
     let (_lb, addr) = lb(&[backend.addr()], &["--max-conns", "2"]);
-    let mut first = Client::connect(addr);
-    let mut second = Client::connect(addr);
+    let mut first = RawClient::connect(addr);
+    let mut second = RawClient::connect(addr);
     assert_eq!(first.get("/1").status, 200);
     assert_eq!(second.get("/2").status, 200);
 
-    let mut third = Client::connect(addr);
+    let mut third = RawClient::connect(addr);
     third.send(b"GET /3 HTTP/1.1\r\nHost: lb.test\r\n\r\n");
     assert!(
         !third.closes_within(Duration::from_millis(500)) && third.unread().is_empty(),
