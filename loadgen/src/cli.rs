@@ -51,6 +51,23 @@ pub enum Command {
         /// Also print the per-second table (text output).
         #[arg(long)]
         series: bool,
+        /// Also write the merged report as a self-contained HTML page with charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+    /// Print a saved JSON report again (several are merged), and draw it as HTML with --html.
+    Report {
+        /// Reports written by `--output json`, `--json-out` or `loadgen merge --output json`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Also print the per-second table (text output).
+        #[arg(long)]
+        series: bool,
+        /// Write the report as a self-contained HTML page with charts.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -135,6 +152,10 @@ pub struct LoadArgs {
     /// Also write the JSON report to this file (for `loadgen merge`).
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page: the summary and charts over time
+    /// (inline SVG, no JavaScript, nothing fetched from elsewhere).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -257,26 +278,21 @@ impl Cli {
 
 /// Runs what the command line asked for and returns the exit code.
 pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (report, output, series) = match cli.command {
-        Some(Command::Merge {
-            files,
-            output,
-            series,
-        }) => {
-            let mut reports = Vec::with_capacity(files.len());
-            for path in &files {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let report: Report = serde_json::from_str(&text).with_context(|| {
-                    format!(
-                        "{} is not a loadgen JSON report (write one with --output json)",
-                        path.display()
-                    )
-                })?;
-                reports.push(report);
+    let (report, output, series, html) = match cli.command {
+        Some(
+            Command::Merge {
+                files,
+                output,
+                series,
+                html,
             }
-            (Report::merge(reports), output, series)
-        }
+            | Command::Report {
+                files,
+                output,
+                series,
+                html,
+            },
+        ) => (read_reports(&files)?, output, series, html),
         None => {
             let plan = cli.load.to_plan()?;
             if plan.is_https() && plan.trust == Trust::Insecure {
@@ -291,9 +307,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::fs::write(path, json + "\n")
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            (report, cli.load.output, cli.load.series)
+            (report, cli.load.output, cli.load.series, cli.load.html)
         }
     };
+    if let Some(path) = &html {
+        std::fs::write(path, crate::html::render(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     match output {
         Output::Text => {
             // The table first, so that the verdict stays the last line.
@@ -309,6 +329,23 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Reads JSON reports and merges them into one.
+fn read_reports(files: &[PathBuf]) -> anyhow::Result<Report> {
+    let mut reports = Vec::with_capacity(files.len());
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let report: Report = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a loadgen JSON report (write one with --output json)",
+                path.display()
+            )
+        })?;
+        reports.push(report);
+    }
+    Ok(Report::merge(reports))
 }
 
 #[cfg(test)]
@@ -361,5 +398,10 @@ mod tests {
         }
         let merge = Cli::try_parse_from(["loadgen", "merge", "a.json", "b.json"]).unwrap();
         assert!(matches!(merge.command, Some(Command::Merge { files, .. }) if files.len() == 2));
+        let report = Cli::try_parse_from(["loadgen", "report", "a.json", "--html", "a.html"]);
+        assert!(matches!(
+            report.unwrap().command,
+            Some(Command::Report { html: Some(_), .. })
+        ));
     }
 }

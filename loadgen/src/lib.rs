@@ -16,6 +16,8 @@
 //!    [`failure`].
 //! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
 //!    merging runs from several machines; whether the open loop kept its schedule.
+//!    [`series`] keeps what each second looked like; [`html`] draws it all as a self-contained
+//!    HTML report.
 //! 5. [`check`]: judging `--expect round-robin | even | weights=... | sticky=HEADER` (pure
 //!    logic).
 //!
@@ -44,6 +46,7 @@ pub mod cli;
 mod conn;
 mod cpu_time;
 pub mod failure;
+pub mod html;
 pub mod keys;
 pub mod ok_status;
 mod pace;

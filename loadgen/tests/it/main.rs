@@ -7,12 +7,14 @@
 //! - `library`: `loadgen::run` driven directly: counts, open-loop pacing, errors, samples,
 //!   per-request keys and `--expect sticky`.
 //! - `command`: the `loadgen` binary: exit codes, text report, JSON output and `merge`.
+//! - `html`: the HTML report: well-formed, self-contained, one chart per kind with the run's data.
 //! - `tls`: `https://` targets: `--cacert`, an unknown certificate, `--insecure`, a handshake per
 //!   request with `--no-keepalive`.
 //! - `pacing`: the open loop keeps its schedule to tens of microseconds, and a stalled target
 //!   still shows its stall in the corrected latency.
 
 mod command;
+mod html;
 mod library;
 mod pacing;
 mod servers;
