@@ -748,7 +748,7 @@ mod tests {
     fn round_axes() {
         assert_eq!(nice_top(930.0), 1000.0);
         assert_eq!(nice_top(0.0), 1.0);
-        assert_eq!(nice_top(42.0), 45.0);
+        assert_eq!(nice_top(42.0), 50.0);
         let a = Axis::linear("x", 0.0, 100.0, fmt_count);
         let labels: Vec<&str> = a.ticks.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(labels, ["0", "20", "40", "60", "80", "100"]);
