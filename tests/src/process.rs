@@ -102,22 +102,23 @@ impl Lines {
         Some(self.seen[self.taken - 1].clone())
     }
 
-    /// The first line (already seen or arriving within `timeout`) that `matches`.
+    /// The first line (already seen or arriving within `timeout`) that `matches`; it and the
+    /// lines before it count as handed out by [`Lines::next`].
     fn wait_for(&mut self, timeout: Duration, matches: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
-        if let Some(line) = self.seen.iter().find(|l| matches(l)) {
-            return Some(line.clone());
-        }
-        loop {
+        let mut at = self.seen.iter().position(|l| matches(l));
+        while at.is_none() {
             let left = deadline.checked_duration_since(Instant::now())?;
             if !self.receive(left) {
                 return None;
             }
-            let line = &self.seen[self.seen.len() - 1];
-            if matches(line) {
-                return Some(line.clone());
+            if matches(&self.seen[self.seen.len() - 1]) {
+                at = Some(self.seen.len() - 1);
             }
         }
+        let at = at?;
+        self.taken = self.taken.max(at + 1);
+        Some(self.seen[at].clone())
     }
 
     /// The last [`TRANSCRIPT_LINES`] lines, with a note of how many came before.
@@ -217,7 +218,8 @@ impl Proc {
         }
     }
 
-    /// Wait for a stdout line containing `needle` (lines already printed count too).
+    /// Wait for a stdout line containing `needle` (lines already printed count too);
+    /// [`Proc::next_stdout`] goes on after it.
     pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         match self.stdout.wait_for(timeout, |l| l.contains(needle)) {
             Some(line) => Ok(line),

@@ -1,8 +1,12 @@
 //! The command line as a user meets it: what is printed and which exit status comes back.
+//!
+//! One-shot runs with `assert_cmd`; a running server through the harness, with reqwest.
 
 use std::time::Duration;
 
-use crate::process::{get, ServerProcess, BIN, PATIENCE};
+use tests::{get, PATIENCE};
+
+use crate::{server, BIN};
 
 /// Runs the binary to completion; `assert_cmd` prints the command, stdout and stderr if the exit
 /// status is not the expected one. Returns stdout and stderr.
@@ -84,11 +88,12 @@ fn a_missing_docroot_is_one_line_and_exit_1() {
 
 #[test]
 fn sigterm_stops_the_server_with_exit_0() {
-    let mut server = ServerProcess::start(&["-p", "0"]);
+    let mut server = server(&["-p", "0"]);
     assert_eq!(get(server.addr, "/").status, 200);
-    let status = server.signal_and_wait("TERM");
+    server.signal("TERM").unwrap();
+    let status = server.wait_exit(PATIENCE).unwrap();
     if status.code() != Some(0) {
-        server.fail(&format!("SIGTERM gave {status}"));
+        server.fail(format!("SIGTERM gave {status}"));
     }
     // Once it has exited nothing listens there any more.
     let connect = std::net::TcpStream::connect_timeout(&server.addr, Duration::from_secs(2));
@@ -97,9 +102,10 @@ fn sigterm_stops_the_server_with_exit_0() {
 
 #[test]
 fn ctrl_c_stops_the_server_with_exit_0() {
-    let mut server = ServerProcess::start(&["-p", "0"]);
-    let status = server.signal_and_wait("INT");
+    let mut server = server(&["-p", "0"]);
+    server.signal("INT").unwrap();
+    let status = server.wait_exit(PATIENCE).unwrap();
     if status.code() != Some(0) {
-        server.fail(&format!("SIGINT gave {status}"));
+        server.fail(format!("SIGINT gave {status}"));
     }
 }

@@ -3,16 +3,20 @@
 //!
 //! Upper bounds are generous: the machine running the tests may be busy, and what matters is that
 //! the wait is the one asked for, not ten times more.
+//!
+//! Clients: reqwest, one new connection per request.
 
 use std::time::{Duration, Instant};
 
-use crate::process::{get, ServerProcess};
+use tests::{get, RestfulServer};
+
+use crate::server;
 
 /// Scheduling slack allowed on top of the expected wait.
 const SLACK: Duration = Duration::from_millis(750);
 
 /// How long `GET path` takes, checking that it succeeded.
-fn timed_get(server: &ServerProcess, path: &str) -> Duration {
+fn timed_get(server: &RestfulServer, path: &str) -> Duration {
     let start = Instant::now();
     let reply = get(server.addr, path);
     let took = start.elapsed();
@@ -23,7 +27,7 @@ fn timed_get(server: &ServerProcess, path: &str) -> Duration {
 #[test]
 fn every_response_takes_at_least_the_delay_and_not_much_more() {
     let delay = Duration::from_millis(150);
-    let server = ServerProcess::start(&["-p", "0", "--delay", "150ms"]);
+    let server = server(&["-p", "0", "--delay", "150ms"]);
     assert!(
         server
             .starting_line
@@ -45,7 +49,7 @@ fn every_response_takes_at_least_the_delay_and_not_much_more() {
 #[test]
 fn jitter_adds_between_nothing_and_the_jitter() {
     let (delay, jitter) = (Duration::from_millis(50), Duration::from_millis(100));
-    let server = ServerProcess::start(&["-p", "0", "--delay", "50ms", "--delay-jitter", "100ms"]);
+    let server = server(&["-p", "0", "--delay", "50ms", "--delay-jitter", "100ms"]);
     for _ in 0..10 {
         let took = timed_get(&server, "/api/v1/whoami");
         assert!(took >= delay, "took {took:?}, less than --delay");
@@ -58,7 +62,7 @@ fn a_slow_backend_serves_many_requests_at_once() {
     // Twenty clients at once against a 300 ms delay: if the wait blocked the server, they would
     // take 20 × 300 ms one after the other; a timer lets them all wait together.
     let delay = Duration::from_millis(300);
-    let server = ServerProcess::start(&["-p", "0", "--delay", "300ms"]);
+    let server = server(&["-p", "0", "--delay", "300ms"]);
     let addr = server.addr;
     let start = Instant::now();
     let clients: Vec<_> = (0..20)
