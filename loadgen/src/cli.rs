@@ -20,6 +20,7 @@ use crate::check::Expectation;
 use crate::ok_status::OkStatus;
 use crate::plan::{self, Plan};
 use crate::report::Report;
+use crate::stages::{Ramped, Stage, StageList};
 use crate::tls::Trust;
 
 /// An HTTP/1.1 load generator: measures throughput and latency, checks how a balancer spreads
@@ -93,9 +94,16 @@ pub struct LoadArgs {
     pub connections: u64,
     /// Open loop at this many requests per second in total; latency is then measured from the
     /// scheduled send time (coordinated omission corrected). The run fails if loadgen itself
-    /// sends so late that the figures would measure it rather than the target.
-    #[arg(short = 'q', long, value_parser = plan::parse_rate)]
-    pub rate: Option<f64>,
+    /// sends so late that the figures would measure it rather than the target. START:END ramps
+    /// the rate linearly from START to END over -z.
+    #[arg(short = 'q', long, value_name = "RATE|START:END", value_parser = parse_rate_or_ramp)]
+    pub rate: Option<RateArg>,
+    /// Load that changes: DURATION:RATE,... ramps the open loop's rate linearly to each RATE
+    /// over each DURATION, from -q (or 0), e.g. 10s:100,30s:2000,10s:0; DURATION:c=N,...
+    /// ramps the closed loop's connections from -c, e.g. 10s:c=1,20s:c=64. The run lasts as
+    /// long as the stages.
+    #[arg(long, value_name = "STAGES", conflicts_with = "duration")]
+    pub stages: Option<StageList>,
     /// HTTP method.
     #[arg(short = 'm', long, default_value = "GET", value_parser = parse_method)]
     pub method: Method,
@@ -178,6 +186,36 @@ fn check_url(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A `-q` value: one rate, or a ramp from one rate to another over `-z`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RateArg {
+    Constant(f64),
+    Ramp(f64, f64),
+}
+
+impl RateArg {
+    fn start(self) -> f64 {
+        match self {
+            RateArg::Constant(r) | RateArg::Ramp(r, _) => r,
+        }
+    }
+}
+
+fn parse_rate_or_ramp(s: &str) -> Result<RateArg, String> {
+    match s.split_once(':') {
+        None => plan::parse_rate(s).map(RateArg::Constant),
+        Some((from, to)) => {
+            let rate = |v: &str| match v.trim().parse::<f64>() {
+                Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+                _ => Err(format!(
+                    "`{s}` is not a ramp; write START:END in requests per second, e.g. 100:2000"
+                )),
+            };
+            Ok(RateArg::Ramp(rate(from)?, rate(to)?))
+        }
+    }
+}
+
 fn parse_method(s: &str) -> Result<Method, String> {
     Method::from_bytes(s.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("`{s}` is not an HTTP method"))
@@ -200,7 +238,32 @@ impl LoadArgs {
         plan.duration = self.duration;
         plan.connections = usize::try_from(self.connections).unwrap_or(usize::MAX);
         plan.threads = self.threads.and_then(|t| usize::try_from(t).ok());
-        plan.rate = self.rate;
+        match (self.rate, &self.stages) {
+            (Some(RateArg::Ramp(from, to)), _) => {
+                let over = self
+                    .duration
+                    .context("-q START:END ramps over -z DURATION; give -z")?;
+                let ramp = StageList {
+                    ramped: Ramped::Rate,
+                    stages: vec![Stage {
+                        duration: over,
+                        target: to,
+                    }],
+                };
+                plan.stages = Some(ramp.starting_at(from));
+            }
+            (rate, Some(list)) => {
+                let start = match list.ramped {
+                    Ramped::Rate => rate.map_or(0.0, RateArg::start),
+                    Ramped::Connections => {
+                        plan.rate = rate.map(RateArg::start);
+                        self.connections as f64
+                    }
+                };
+                plan.stages = Some(list.clone().starting_at(start));
+            }
+            (rate, None) => plan.rate = rate.map(RateArg::start),
+        }
         plan.method = self.method.clone();
         plan.headers = self.headers.clone();
         plan.keys = self.keys.unwrap_or(crate::keys::DEFAULT_KEYS);
@@ -257,6 +320,29 @@ impl Cli {
             return Err(usage(format!(
                 "{flag} applies to https:// URLs only; this URL is plain http://"
             )));
+        }
+        match (self.load.rate, &self.load.stages) {
+            (Some(RateArg::Ramp(..)), None) if self.load.duration.is_none() => {
+                return Err(usage(
+                    "-q START:END ramps the rate over the run: give its length with -z, e.g. -z 30s"
+                        .to_owned(),
+                ));
+            }
+            (Some(RateArg::Ramp(..)), Some(_)) => {
+                return Err(usage(
+                    "-q START:END and --stages both ramp the rate; give one (--stages takes its \
+                     start from a plain -q RATE)"
+                        .to_owned(),
+                ));
+            }
+            (Some(_), Some(list)) if list.ramped == Ramped::Connections => {
+                return Err(usage(
+                    "--stages ...:c=N ramps the closed loop's connections, which -q would turn \
+                     into an open loop; drop -q, or ramp the rate (--stages 10s:100,...)"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
         }
         if self.load.keys.is_some() && !templated {
             return Err(usage(
@@ -375,6 +461,7 @@ mod tests {
         let plan = cli.load.to_plan().unwrap();
         assert_eq!(plan.connections, 4);
         assert_eq!(plan.rate, Some(100.0));
+        assert_eq!(plan.stages, None);
         assert_eq!(plan.duration, Some(Duration::from_secs(2)));
         assert!(!plan.keepalive);
         assert!((plan.tolerance - 0.05).abs() < 1e-12);

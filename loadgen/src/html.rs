@@ -10,6 +10,8 @@
 //! **The charts** (each a `<figure id="chart-...">`):
 //! - `chart-throughput`: requests sent and answered per second (and, for a run with stages, the
 //!   rate or connection count planned);
+//! - `chart-connections` (closed loop with `--stages ...:c=N`): connections sending in each
+//!   second, and the plan;
 //! - `chart-latency`: p50, p90 and p99 of each second;
 //! - `chart-backends`: each backend's share of each second's responses, stacked to 100%;
 //! - `chart-status`: responses per second by status class, and transport errors;
@@ -25,8 +27,9 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{fmt_bytes, fmt_duration, Latency, LoadModel, Report};
+use crate::report::{fmt_bytes, fmt_duration, fmt_rate, Latency, LoadModel, Report};
 use crate::series::Second;
+use crate::stages::{Ramp, Ramped};
 
 /// The drawing area of every chart, in SVG user units (the SVG scales to its box).
 const WIDTH: f64 = 480.0;
@@ -99,9 +102,10 @@ fn summary(page: &mut String, r: &Report) {
         LoadModel::Closed => {
             "closed loop (each connection sends when the previous answer is in)".to_owned()
         }
-        LoadModel::Open { rate } => {
-            format!("open loop at {rate} req/s (latency from the scheduled send time)")
-        }
+        LoadModel::Open { rate } => format!(
+            "open loop at {} req/s (latency from the scheduled send time)",
+            fmt_rate(rate)
+        ),
     };
     let result = if r.passed() {
         "<span class=\"pass\">PASS</span>"
@@ -118,6 +122,19 @@ fn summary(page: &mut String, r: &Report) {
         ("Result", result.to_owned()),
         ("Target", escape(&r.url)),
         ("Load", escape(&model)),
+        (
+            "Stages",
+            match &r.stages {
+                None => "none (a constant load)".to_owned(),
+                Some(ramp) => {
+                    let from = match ramp.ramped {
+                        Ramped::Rate => format!("{} req/s", fmt_rate(ramp.start)),
+                        Ramped::Connections => format!("{} connections", ramp.start),
+                    };
+                    escape(&format!("{ramp}, from {from}"))
+                }
+            },
+        ),
         (
             "Connections",
             format!(
@@ -244,12 +261,15 @@ fn latency_row(page: &mut String, label: &str, l: &Latency) {
 
 /// Every chart the report has data for, in the order of the module doc.
 fn charts(r: &Report) -> Vec<Chart> {
-    let mut charts = vec![
-        throughput(r),
-        latency_over_time(r),
-        backend_shares(r),
-        statuses(r),
-    ];
+    let mut charts = vec![throughput(r)];
+    if let Some(ramp) = r
+        .stages
+        .as_ref()
+        .filter(|r| r.ramped == Ramped::Connections)
+    {
+        charts.push(connections(r, ramp));
+    }
+    charts.extend([latency_over_time(r), backend_shares(r), statuses(r)]);
     let main = match r.latency_uncorrected {
         Some(_) => "corrected",
         None => "latency",
@@ -291,17 +311,49 @@ fn throughput(r: &Report) -> Chart {
             .map(|s| (s.second as f64 + 0.5, count(s) as f64 / covered(r, s)))
             .collect()
     };
-    let lines = vec![
+    let mut lines = vec![
         Line::new("sent", per_sec(|s| s.sent)),
         Line::new("answered", per_sec(|s| s.responses)),
     ];
+    let mut note = "Requests sent and answered in each second of the run.".to_owned();
+    if let Some(ramp) = r.stages.as_ref().filter(|r| r.ramped == Ramped::Rate) {
+        let mut planned = Line::new("planned rate", ramp.corners());
+        planned.dashed = true;
+        lines.push(planned);
+        note = format!("{note} Dashed: the rate the stages planned ({ramp}).");
+    }
     let top = max_y(&lines);
     Chart {
         id: "chart-throughput",
         title: "Requests per second".into(),
-        note: "Requests sent and answered in each second of the run.".into(),
+        note,
         x: time_axis(r),
         y: Axis::linear("requests/s", 0.0, nice_top(top), fmt_count),
+        lines,
+        areas: Vec::new(),
+    }
+}
+
+/// Closed loop with connection stages: the connections that sent in each second, and the plan.
+fn connections(r: &Report, ramp: &Ramp) -> Chart {
+    let used = r
+        .series
+        .iter()
+        .map(|s| (s.second as f64 + 0.5, s.connections as f64))
+        .collect();
+    let mut planned = Line::new("planned", ramp.corners());
+    planned.dashed = true;
+    let lines = vec![Line::new("connections sending", used), planned];
+    let top = max_y(&lines);
+    Chart {
+        id: "chart-connections",
+        title: "Connections".into(),
+        note: format!(
+            "Connections that sent at least one request in each second; dashed: the count the \
+             stages planned ({ramp})."
+        ),
+        x: time_axis(r),
+        y: Axis::linear("connections", 0.0, nice_top(top), fmt_count),
         lines,
         areas: Vec::new(),
     }

@@ -4,7 +4,8 @@
 //! The library does the work; the `loadgen` binary only parses arguments ([`cli`]) and prints.
 //! Read the modules in this order, which is also the life of a run:
 //!
-//! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate),
+//! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate, and
+//!    the [`stages`] that ramp the rate or the connections),
 //!    which statuses count as success ([`ok_status`]), and the per-request keys that `{n}` in a
 //!    header stands for ([`keys`]).
 //! 2. [`run`]: one event-loop thread per core, one worker per connection on them, in the
@@ -54,6 +55,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod series;
+pub mod stages;
 pub mod tls;
 
 pub use check::{Expectation, Verdict};

@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
+use crate::stages::Ramp;
+
 /// The first margin, before anything is learned.
 const INITIAL_MARGIN: Duration = Duration::from_micros(100);
 /// The margin never grows beyond this. On an overloaded machine wake-ups come milliseconds late;
@@ -64,6 +66,9 @@ pub(crate) struct Schedule {
     pub connections: usize,
     pub limit: Option<u64>,
     pub deadline: Option<Instant>,
+    /// `--stages` / `-q START:END`: the rate changes over time, and slot `i` is due when the
+    /// ramp has planned `i` sends (`Ramp::time_of`); `interval` is then the one at the peak.
+    pub ramp: Option<Ramp>,
 }
 
 impl Schedule {
@@ -80,7 +85,15 @@ impl Schedule {
             connections: connections.max(1),
             limit,
             deadline,
+            ramp: None,
         }
+    }
+
+    /// The same schedule following `ramp`'s rate (`rate` given to [`Schedule::new`] should be
+    /// its peak, for [`Schedule::max_margin`]).
+    pub fn ramping(mut self, ramp: Ramp) -> Schedule {
+        self.ramp = Some(ramp);
+        self
     }
 
     /// When `slot` is due, or `None` if the run ends before it.
@@ -88,7 +101,11 @@ impl Schedule {
         if self.limit.is_some_and(|n| slot >= n) {
             return None;
         }
-        let due = self.start + Duration::from_secs_f64(slot as f64 * self.interval);
+        let offset = match &self.ramp {
+            Some(ramp) => ramp.time_of(slot)?,
+            None => slot as f64 * self.interval,
+        };
+        let due = self.start + Duration::from_secs_f64(offset);
         match self.deadline {
             Some(d) if due >= d => None,
             _ => Some(due),

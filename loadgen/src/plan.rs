@@ -13,6 +13,7 @@ use http::{Method, Uri};
 
 use crate::check::Expectation;
 use crate::ok_status::OkStatus;
+use crate::stages::{Ramp, Ramped};
 use crate::tls::Trust;
 
 /// Requests sent when neither a count (`-n`) nor a duration (`-z`) is given.
@@ -47,6 +48,11 @@ pub struct Plan {
     pub threads: Option<usize>,
     /// Total requests per second (`-q`): switches from the closed loop to the open loop.
     pub rate: Option<f64>,
+    /// Load that changes over time (`--stages`, `-q START:END`): a ramp of the open loop's rate
+    /// (then `rate` is ignored) or of the closed loop's connections (then `connections` is the
+    /// count before the first stage). The run lasts as long as the stages, or `duration` if
+    /// that is shorter.
+    pub stages: Option<Ramp>,
     pub method: Method,
     /// Extra request headers (`-H`), sent in this order after `Host` and `User-Agent`. A value
     /// holding `{n}` is a template: each request replaces `{n}` with its key (see [`Plan::keys`]).
@@ -117,6 +123,7 @@ impl Plan {
             connections: 1,
             threads: None,
             rate: None,
+            stages: None,
             method: Method::GET,
             headers: Vec::new(),
             keys: crate::keys::DEFAULT_KEYS,
@@ -142,6 +149,28 @@ impl Plan {
             (None, Some(_)) => None,
             (None, None) => Some(DEFAULT_REQUESTS),
         }
+    }
+
+    /// The plan as the run follows it, with `stages` applied: a rate ramp makes the open loop
+    /// (at its average rate, for the report's headline), a connection ramp sets `connections`
+    /// to its peak (workers above the planned count wait their turn), and either ends the run
+    /// with its last stage.
+    pub fn with_stages_applied(mut self) -> Plan {
+        let Some(ramp) = &self.stages else {
+            return self;
+        };
+        let total = ramp.total();
+        self.duration = Some(self.duration.map_or(total, |d| d.min(total)));
+        match ramp.ramped {
+            Ramped::Rate => {
+                let secs = total.as_secs_f64().max(1e-9);
+                self.rate = Some(ramp.count_until(secs) / secs);
+            }
+            Ramped::Connections => {
+                self.connections = self.connections.max(ramp.peak() as usize).max(1);
+            }
+        }
+        self
     }
 
     /// True for an `https://` URL.

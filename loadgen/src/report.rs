@@ -23,6 +23,7 @@ use crate::check::{check_sticky, Expectation, KeySpread, Verdict};
 pub use crate::failure::{ErrorClass, ErrorCounts};
 use crate::ok_status::OkStatus;
 use crate::series::{merge_series, Second};
+use crate::stages::{Ramp, Ramped};
 
 /// Smallest latency the histograms track, in microseconds.
 const LOWEST_US: u64 = 1;
@@ -221,6 +222,10 @@ pub struct BackendReport {
 pub struct Report {
     pub url: String,
     pub model: LoadModel,
+    /// `--stages` / `-q START:END`: the planned ramp (the open loop's `rate` is then its
+    /// average).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Ramp>,
     pub connections: usize,
     pub keepalive: bool,
     /// When the run started, in Unix seconds (for `merge` to align the series); `None` in
@@ -475,11 +480,27 @@ impl Report {
             ),
             LoadModel::Open { rate } => writeln!(
                 s,
-                "{} over {conns}{keepalive}: open loop at {rate} req/s (latency measured \
+                "{} over {conns}{keepalive}: open loop at {} req/s (latency measured \
                  from the scheduled send time)",
-                self.url
+                self.url,
+                fmt_rate(rate)
             ),
         };
+        if let Some(ramp) = &self.stages {
+            let (what, unit) = match ramp.ramped {
+                Ramped::Rate => ("rate", " req/s"),
+                Ramped::Connections => ("connections", ""),
+            };
+            let headline = match ramp.ramped {
+                Ramped::Rate => "the rate above is the average",
+                Ramped::Connections => "the connections above are the most at once",
+            };
+            let _ = writeln!(
+                s,
+                "  Stages: {ramp} ({what} from {}{unit}; {headline})",
+                ramp.start
+            );
+        }
         let _ = writeln!(
             s,
             "  {:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
@@ -811,6 +832,16 @@ pub fn fmt_duration(d: Duration) -> String {
         format!("{:.2}ms", us / 1e3)
     } else {
         format!("{:.2}s", us / 1e6)
+    }
+}
+
+/// `200`, `214.3`: a rate with at most one decimal, none when it is whole.
+pub fn fmt_rate(rate: f64) -> String {
+    let rounded = (rate * 10.0).round() / 10.0;
+    if rounded.fract() == 0.0 {
+        format!("{rounded:.0}")
+    } else {
+        format!("{rounded:.1}")
     }
 }
 

@@ -53,6 +53,7 @@ use crate::pace::{Alarm, Schedule, SendTiming};
 use crate::plan::{Plan, PlanError};
 use crate::report::{BackendReport, Latency, LoadModel, Report, Sample};
 use crate::series::{add_series, Outcome, Recorder};
+use crate::stages::{Ramp, Ramped};
 use crate::tls::{Tls, TlsError};
 
 /// How often the progress bar is refreshed.
@@ -90,6 +91,7 @@ pub enum RunError {
 /// the progress bar and waits for the threads' results.
 pub async fn run(plan: Plan) -> Result<Report, RunError> {
     plan.validate()?;
+    let plan = plan.with_stages_applied();
     let addr = resolve(&plan).await?;
     let tls = match plan.is_https() {
         true => Some(Tls::new(plan.url.host().unwrap_or_default(), &plan.trust)?),
@@ -104,9 +106,19 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         None => Instant::now(),
     };
     let deadline = plan.duration.map(|d| start + d);
-    let schedule = plan
-        .rate
-        .map(|rate| Schedule::new(start, rate, connections, limit, deadline));
+    let schedule = plan.rate.map(|rate| {
+        let schedule = |rate| Schedule::new(start, rate, connections, limit, deadline);
+        match &plan.stages {
+            Some(ramp) if ramp.ramped == Ramped::Rate => {
+                schedule(ramp.peak()).ramping(ramp.clone())
+            }
+            _ => schedule(rate),
+        }
+    });
+    let crowd = plan
+        .stages
+        .clone()
+        .filter(|ramp| ramp.ramped == Ramped::Connections);
     let sticky = match &plan.expect {
         Some(Expectation::Sticky(header)) => KeyedHeader::find(&plan.headers, header),
         _ => None,
@@ -125,6 +137,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         sticky,
         deadline,
         schedule,
+        crowd,
         connections,
         threads,
         start,
@@ -343,6 +356,8 @@ struct Ctx {
     deadline: Option<Instant>,
     /// Open loop only: when each request is due.
     schedule: Option<Schedule>,
+    /// Closed loop with `--stages ...:c=N`: how many connections send at each moment.
+    crowd: Option<Ramp>,
     connections: usize,
     threads: usize,
     start: Instant,
@@ -610,6 +625,21 @@ async fn worker(
                 if ctx.deadline.is_some_and(|d| now >= d) {
                     break;
                 }
+                if let Some(crowd) = &ctx.crowd {
+                    // Not this connection's turn: close it, and wait until the planned count
+                    // comes back above it (or stop, if it never does).
+                    let t = now.saturating_duration_since(ctx.start).as_secs_f64();
+                    if !crowd.active(k, t) {
+                        conn = None;
+                        let Some(back) = crowd.next_active(k, t) else {
+                            break;
+                        };
+                        let back = ctx.start + Duration::from_secs_f64(back);
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(back)).await;
+                        now = Instant::now();
+                        continue;
+                    }
+                }
                 let Some(index) = ctx.next_index(&mut own) else {
                     break;
                 };
@@ -797,6 +827,7 @@ fn build_report(
         connections: plan.connections.max(1),
         keepalive: plan.keepalive,
         started_at: Some(started_at),
+        stages: plan.stages.clone(),
         duration,
         latency_uncorrected: plan.rate.map(|_| Latency::new()),
         send_lateness: plan.rate.map(|_| Latency::new()),

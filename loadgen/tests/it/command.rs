@@ -242,6 +242,21 @@ async fn usage_errors_exit_2() {
         &["http://127.0.0.1:1/", "-n", "5", "-z", "1s"],
         &["http://127.0.0.1:1/", "--expect", "sometimes"],
         &["http://127.0.0.1:1/", "-z", "soon"],
+        &["http://127.0.0.1:1/", "-q", "100:200"],
+        &["http://127.0.0.1:1/", "-q", "100:fast", "-z", "1s"],
+        &["http://127.0.0.1:1/", "--stages", "10s"],
+        &["http://127.0.0.1:1/", "--stages", "1s:100,1s:c=2"],
+        &["http://127.0.0.1:1/", "--stages", "1s:100", "-z", "1s"],
+        &["http://127.0.0.1:1/", "--stages", "1s:c=2", "-q", "10"],
+        &[
+            "http://127.0.0.1:1/",
+            "--stages",
+            "1s:100",
+            "-q",
+            "1:2",
+            "-z",
+            "1s",
+        ],
     ] {
         let out = loadgen(args).await;
         assert_eq!(out.status.code(), Some(2), "{}", show(args, &out));

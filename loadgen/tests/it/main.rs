@@ -8,6 +8,7 @@
 //!   per-request keys and `--expect sticky`.
 //! - `command`: the `loadgen` binary: exit codes, text report, JSON output and `merge`.
 //! - `html`: the HTML report: well-formed, self-contained, one chart per kind with the run's data.
+//! - `stages`: `--stages` and `-q START:END`: each stage's rate or connections, second by second.
 //! - `tls`: `https://` targets: `--cacert`, an unknown certificate, `--insecure`, a handshake per
 //!   request with `--no-keepalive`.
 //! - `pacing`: the open loop keeps its schedule to tens of microseconds, and a stalled target
@@ -18,4 +19,5 @@ mod html;
 mod library;
 mod pacing;
 mod servers;
+mod stages;
 mod tls;

@@ -1,0 +1,99 @@
+//! Load that changes over time: each stage's rate (or connection count) shows in the series,
+//! second by second, within 5%.
+
+use std::time::Duration;
+
+use loadgen::stages::StageList;
+use loadgen::{Plan, Report};
+
+use crate::servers;
+
+/// Each second's sends against what the plan asked for it, within 5%.
+fn assert_rates(report: &Report, expected: &[f64]) {
+    let table = report.render_series();
+    for (second, want) in expected.iter().enumerate() {
+        let sent = report.series[second].sent as f64;
+        assert!(
+            (sent - want).abs() <= want * 0.05,
+            "second {second}: {sent} sent, {want} planned\n{table}"
+        );
+    }
+}
+
+/// A step: 1 s at 100 req/s, then at once 400 req/s for 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_stages_reach_their_rates() {
+    let server = servers::backends(&["a"]).await;
+    let mut plan = Plan::new(&server.url()).unwrap();
+    plan.connections = 8;
+    plan.stages = Some(
+        "1s:100,0s:400,1s:400"
+            .parse::<StageList>()
+            .unwrap()
+            .starting_at(100.0),
+    );
+    let report = loadgen::run(plan).await.unwrap();
+    assert_eq!(report.errors.total(), 0, "{}", report.render_text());
+    assert_rates(&report, &[100.0, 400.0]);
+    assert!(report
+        .render_text()
+        .contains("Stages: 1s:100,0s:400,1s:400 (rate from 100 req/s"));
+}
+
+/// `-q 100:300 -z 2s`: a linear ramp, so 150 sends in the first second and 250 in the second.
+#[tokio::test]
+async fn a_rate_ramp_over_the_run() {
+    let server = servers::backends(&["a"]).await;
+    let url = server.url();
+    let args = [
+        url.as_str(),
+        "-q",
+        "100:300",
+        "-z",
+        "2s",
+        "-c",
+        "8",
+        "--output",
+        "json",
+    ];
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.errors.total(), 0, "{}", report.render_text());
+    assert_rates(&report, &[150.0, 250.0]);
+    assert_eq!(report.requests, 400, "{}", report.render_text());
+}
+
+/// Connections: 2 for a second, then 6 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_stages_ramp_the_connections() {
+    let server = servers::backends(&["a"]).await;
+    let mut plan = Plan::new(&server.url()).unwrap();
+    plan.connections = 2;
+    plan.duration = Some(Duration::from_secs(10));
+    plan.stages = Some(
+        "1s:c=2,0s:c=6,1s:c=6"
+            .parse::<StageList>()
+            .unwrap()
+            .starting_at(2.0),
+    );
+    let report = loadgen::run(plan).await.unwrap();
+    let table = report.render_series();
+    assert_eq!(report.connections, 6, "{table}");
+    assert!(report.duration < Duration::from_millis(2500), "{table}");
+    let used: Vec<u64> = report
+        .series
+        .iter()
+        .take(2)
+        .map(|s| s.connections)
+        .collect();
+    assert_eq!(used, [2, 6], "{table}");
+    assert_eq!(
+        server.connections.load(std::sync::atomic::Ordering::SeqCst),
+        6
+    );
+}
