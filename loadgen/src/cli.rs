@@ -20,6 +20,7 @@ use crate::check::Expectation;
 use crate::ok_status::OkStatus;
 use crate::plan::{self, Plan};
 use crate::report::Report;
+use crate::slo::Slo;
 use crate::stages::{Ramped, Stage, StageList};
 use crate::tls::Trust;
 
@@ -89,9 +90,9 @@ pub struct LoadArgs {
     /// Send for this long instead of a fixed count (e.g. 10s, 500ms).
     #[arg(short = 'z', long, value_parser = plan::parse_duration)]
     pub duration: Option<Duration>,
-    /// Concurrent connections.
-    #[arg(short = 'c', long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub connections: u64,
+    /// Concurrent connections [default: 1; 64 with --find-max].
+    #[arg(short = 'c', long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: Option<u64>,
     /// Open loop at this many requests per second in total; latency is then measured from the
     /// scheduled send time (coordinated omission corrected). The run fails if loadgen itself
     /// sends so late that the figures would measure it rather than the target. START:END ramps
@@ -175,6 +176,21 @@ pub struct LoadArgs {
     /// latency and backend shares for each second.
     #[arg(long)]
     pub series: bool,
+    /// Search for the highest open-loop rate that meets --slo with failed requests under
+    /// --max-error-rate: from -q (default 100 req/s), doubling, then a binary search, one run of
+    /// --step-duration per rate. Each step is printed on stderr as it ends.
+    #[arg(long, conflicts_with_all = ["requests", "duration", "stages", "expect"])]
+    pub find_max: bool,
+    /// --find-max: the latency objective every step must meet, e.g. p99<=50ms or
+    /// p50<=5ms,p99<=50ms (p50, p90, p99, p999).
+    #[arg(long, default_value = "p99<=50ms", value_parser = clap::value_parser!(Slo), requires = "find_max")]
+    pub slo: Slo,
+    /// --find-max: the largest share of failed requests a step may have and pass.
+    #[arg(long, default_value = "0.1%", value_parser = parse_percent, requires = "find_max")]
+    pub max_error_rate: f64,
+    /// --find-max: how long each step runs.
+    #[arg(long, default_value = "5s", value_parser = plan::parse_duration, requires = "find_max")]
+    pub step_duration: Duration,
     /// Keep the first N requests individually in the JSON report (for per-request tables).
     #[arg(long, default_value_t = 0)]
     pub samples: usize,
@@ -236,7 +252,13 @@ impl LoadArgs {
         let mut plan = Plan::new(url)?;
         plan.requests = self.requests;
         plan.duration = self.duration;
-        plan.connections = usize::try_from(self.connections).unwrap_or(usize::MAX);
+        let default_connections = if self.find_max {
+            FIND_MAX_CONNECTIONS
+        } else {
+            1
+        };
+        let connections = self.connections.unwrap_or(default_connections);
+        plan.connections = usize::try_from(connections).unwrap_or(usize::MAX);
         plan.threads = self.threads.and_then(|t| usize::try_from(t).ok());
         match (self.rate, &self.stages) {
             (Some(RateArg::Ramp(from, to)), _) => {
@@ -257,7 +279,7 @@ impl LoadArgs {
                     Ramped::Rate => rate.map_or(0.0, RateArg::start),
                     Ramped::Connections => {
                         plan.rate = rate.map(RateArg::start);
-                        self.connections as f64
+                        connections as f64
                     }
                 };
                 plan.stages = Some(list.clone().starting_at(start));
@@ -387,7 +409,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                      is encrypted, but to whoever answers)"
                 );
             }
-            let report = crate::run(plan).await?;
+            let report = match cli.load.find_max {
+                true => find_max(plan, &cli.load).await?,
+                false => crate::run(plan).await?,
+            };
             if let Some(path) = &cli.load.json_out {
                 let json = serde_json::to_string_pretty(&report)?;
                 std::fs::write(path, json + "\n")
@@ -406,6 +431,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if series {
                 println!("{}", report.render_series());
             }
+            if let Some(found) = &report.find_max {
+                println!("{}", crate::find_max::render_text(found));
+                println!("The highest passing step's run:");
+            }
             print!("{}", report.render_text());
         }
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -416,6 +445,37 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
+
+/// Connections for `--find-max` without `-c`: an open loop needs one per request in flight
+/// (rate × latency), and a search goes to rates where latency grows.
+pub const FIND_MAX_CONNECTIONS: u64 = 64;
+
+/// `--find-max`: the search, each step on stderr as it ends.
+async fn find_max(plan: Plan, args: &LoadArgs) -> anyhow::Result<Report> {
+    let search = crate::find_max::Search {
+        slo: args.slo.clone(),
+        max_error_rate: args.max_error_rate,
+        step_duration: args.step_duration,
+        start_rate: plan.rate.unwrap_or(DEFAULT_START_RATE),
+    };
+    eprintln!(
+        "loadgen: finding the highest rate that meets {} with at most {}% failed requests, {} \
+         per step, {} connections",
+        search.slo,
+        search.max_error_rate * 100.0,
+        humantime::format_duration(search.step_duration),
+        plan.connections
+    );
+    eprintln!("loadgen:      {}", crate::find_max::step_header());
+    let report = crate::find_max::find_max(plan, &search, |step| {
+        eprintln!("loadgen: step {}", crate::find_max::step_line(step));
+    })
+    .await?;
+    Ok(report)
+}
+
+/// `--find-max` without `-q`: the first step's rate.
+pub const DEFAULT_START_RATE: f64 = 100.0;
 
 /// Reads JSON reports and merges them into one.
 fn read_reports(files: &[PathBuf]) -> anyhow::Result<Report> {

@@ -19,7 +19,8 @@
 //!   (0%, 90%, 99%, 99.9%...: HdrHistogram's plotter and wrk2 show it so);
 //! - `chart-omission` (open loop): the corrected and uncorrected spectra on one chart, the gap
 //!   between them being what coordinated omission would hide;
-//! - `chart-find-max` (`--find-max`): each step's rate against its p99, with the SLO.
+//! - `chart-find-max` (`--find-max`): each step's rate against its p99 (or the percentile the
+//!   objective names), with the objective's limit.
 //!
 //! Each line is one `<polyline>` with a `data-points` attribute (how many points it has), so a
 //! test can check that a chart drew the run's data. The SVGs scale to the page's width and the
@@ -29,6 +30,7 @@ use std::fmt::Write as _;
 
 use crate::report::{fmt_bytes, fmt_duration, fmt_rate, Latency, LoadModel, Report};
 use crate::series::Second;
+use crate::slo::{FindMax, Objective, Outcome, Step};
 use crate::stages::{Ramp, Ramped};
 
 /// The drawing area of every chart, in SVG user units (the SVG scales to its box).
@@ -195,6 +197,12 @@ fn summary(page: &mut String, r: &Report) {
             ),
         ));
     }
+    if let Some(found) = &r.find_max {
+        let text = crate::find_max::render_text(found);
+        let first = text.lines().next().unwrap_or_default();
+        let first = first.strip_prefix("Find max: ").unwrap_or(first);
+        rows.insert(1, ("Find max", escape(first)));
+    }
     if let Some(why) = &r.tls_error {
         rows.push(("TLS error", escape(why)));
     }
@@ -261,7 +269,9 @@ fn latency_row(page: &mut String, label: &str, l: &Latency) {
 
 /// Every chart the report has data for, in the order of the module doc.
 fn charts(r: &Report) -> Vec<Chart> {
-    let mut charts = vec![throughput(r)];
+    // A search's result first: it is what the run was for.
+    let mut charts: Vec<Chart> = r.find_max.iter().map(find_max_curve).collect();
+    charts.push(throughput(r));
     if let Some(ramp) = r
         .stages
         .as_ref()
@@ -294,21 +304,95 @@ fn charts(r: &Report) -> Vec<Chart> {
     charts
 }
 
-/// How long the bucket of second `s` covered: a whole second except the last one.
+/// `--find-max`: each step's rate against the latency its objective judges, and the limit.
+fn find_max_curve(found: &FindMax) -> Chart {
+    let objective = found.slo.0.first().copied().unwrap_or(Objective {
+        quantile: 0.99,
+        limit: std::time::Duration::from_millis(50),
+    });
+    let name = objective.percentile_name();
+    let mut steps: Vec<&Step> = found.steps.iter().collect();
+    steps.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let us = |s: &Step| match objective.quantile {
+        q if q <= 0.5 => s.p50_us,
+        q if q <= 0.99 => s.p99_us,
+        _ => s.p999_us,
+    };
+    let limit_us = objective.limit.as_micros() as f64;
+    let max_us = steps.iter().map(|s| us(s) as f64).fold(limit_us, f64::max);
+    let unit = TimeUnit::for_max(max_us.min(limit_us * 4.0));
+    let top_rate = steps.iter().map(|s| s.rate).fold(1.0, f64::max);
+    let measured = steps
+        .iter()
+        .map(|s| (s.rate, unit.of(us(s) as f64)))
+        .collect();
+    let mut limit = Line::new(
+        &format!(
+            "objective {name} ≤ {}",
+            humantime::format_duration(objective.limit)
+        ),
+        vec![(0.0, unit.of(limit_us)), (top_rate, unit.of(limit_us))],
+    );
+    limit.dashed = true;
+    let passed: Vec<(f64, f64)> = steps
+        .iter()
+        .filter(|s| s.outcome == Outcome::Pass)
+        .map(|s| (s.rate, unit.of(us(s) as f64)))
+        .collect();
+    let found_rate = found.rate.map_or_else(
+        || "no rate passed".to_owned(),
+        |r| format!("{} req/s found", fmt_rate(r)),
+    );
+    // Above four times the objective, the curve only says "far too slow": clip it there, so
+    // the part near the limit stays readable.
+    let y_top = nice_top(unit.of(max_us.min(limit_us * 4.0)));
+    Chart {
+        id: "chart-find-max",
+        title: format!("Find max: {found_rate}"),
+        note: format!(
+            "Each step of the search: its rate against its {name} (clipped at four times the \
+             objective); marked points passed {}.",
+            found.slo
+        ),
+        x: Axis::linear("rate asked (req/s)", 0.0, nice_top(top_rate), fmt_count),
+        y: Axis::linear(&format!("{name} ({})", unit.name()), 0.0, y_top, fmt_count),
+        lines: vec![Line::new(&name, measured), limit],
+        areas: Vec::new(),
+        marks: passed,
+    }
+}
+
+/// How long the bucket of second `s` covered: a whole second, except the last one, which
+/// ends with the run (its counts become rates over that part of a second).
 fn covered(r: &Report, s: &Second) -> f64 {
-    (r.duration.as_secs_f64() - s.second as f64).clamp(0.1, 1.0)
+    // (A merged report's seconds may run past its duration, the longest run's: whole seconds.)
+    let left = r.duration.as_secs_f64() - s.second as f64;
+    if left > 0.0 && left < 1.0 {
+        left.max(0.001)
+    } else {
+        1.0
+    }
+}
+
+/// Where a bucket is drawn: the middle of the time it covered.
+fn mid(r: &Report, s: &Second) -> f64 {
+    s.second as f64 + covered(r, s) / 2.0
 }
 
 fn time_axis(r: &Report) -> Axis {
-    let end = (r.series.len() as f64).max(r.duration.as_secs_f64());
-    Axis::linear("time (s)", 0.0, end.max(1.0), |v| format!("{v}"))
+    let last = r
+        .series
+        .last()
+        .map_or(0.0, |s| s.second as f64 + covered(r, s));
+    let end = r.duration.as_secs_f64().max(last).max(1.0);
+    Axis::linear("time (s)", 0.0, nice_top(end), fmt_count)
 }
 
 fn throughput(r: &Report) -> Chart {
     let per_sec = |count: fn(&Second) -> u64| -> Vec<(f64, f64)> {
         r.series
             .iter()
-            .map(|s| (s.second as f64 + 0.5, count(s) as f64 / covered(r, s)))
+            .map(|s| (mid(r, s), count(s) as f64 / covered(r, s)))
             .collect()
     };
     let mut lines = vec![
@@ -331,6 +415,7 @@ fn throughput(r: &Report) -> Chart {
         y: Axis::linear("requests/s", 0.0, nice_top(top), fmt_count),
         lines,
         areas: Vec::new(),
+        marks: Vec::new(),
     }
 }
 
@@ -339,7 +424,7 @@ fn connections(r: &Report, ramp: &Ramp) -> Chart {
     let used = r
         .series
         .iter()
-        .map(|s| (s.second as f64 + 0.5, s.connections as f64))
+        .map(|s| (mid(r, s), s.connections as f64))
         .collect();
     let mut planned = Line::new("planned", ramp.corners());
     planned.dashed = true;
@@ -356,6 +441,7 @@ fn connections(r: &Report, ramp: &Ramp) -> Chart {
         y: Axis::linear("connections", 0.0, nice_top(top), fmt_count),
         lines,
         areas: Vec::new(),
+        marks: Vec::new(),
     }
 }
 
@@ -372,7 +458,7 @@ fn latency_over_time(r: &Report) -> Chart {
             .filter(|s| s.latency.count() > 0)
             .map(|s| {
                 let us = s.latency.quantile(q).as_micros() as f64;
-                (s.second as f64 + 0.5, unit.of(us))
+                (mid(r, s), unit.of(us))
             })
             .collect()
     };
@@ -395,6 +481,7 @@ fn latency_over_time(r: &Report) -> Chart {
         ),
         lines,
         areas: Vec::new(),
+        marks: Vec::new(),
     }
 }
 
@@ -406,7 +493,7 @@ fn backend_shares(r: &Report) -> Chart {
         let mut lower = Vec::with_capacity(r.series.len());
         let mut upper = Vec::with_capacity(r.series.len());
         for (s, base) in r.series.iter().zip(below.iter_mut()) {
-            let x = s.second as f64 + 0.5;
+            let x = mid(r, s);
             let share = s.share(&b.name) * 100.0;
             lower.push((x, *base));
             *base += share;
@@ -429,6 +516,7 @@ fn backend_shares(r: &Report) -> Chart {
         y: Axis::linear("share of responses (%)", 0.0, 100.0, fmt_count),
         lines: Vec::new(),
         areas,
+        marks: Vec::new(),
     }
 }
 
@@ -439,7 +527,7 @@ fn statuses(r: &Report) -> Chart {
             let points = r
                 .series
                 .iter()
-                .map(|s| (s.second as f64 + 0.5, s.class(class) as f64 / covered(r, s)))
+                .map(|s| (mid(r, s), s.class(class) as f64 / covered(r, s)))
                 .collect();
             lines.push(Line::new(&format!("{class}xx"), points));
         }
@@ -447,7 +535,7 @@ fn statuses(r: &Report) -> Chart {
     let errors = r
         .series
         .iter()
-        .map(|s| (s.second as f64 + 0.5, s.errors as f64 / covered(r, s)))
+        .map(|s| (mid(r, s), s.errors as f64 / covered(r, s)))
         .collect();
     lines.push(Line::new("errors", errors));
     let top = max_y(&lines);
@@ -461,6 +549,7 @@ fn statuses(r: &Report) -> Chart {
         y: Axis::linear("per second", 0.0, nice_top(top), fmt_count),
         lines,
         areas: Vec::new(),
+        marks: Vec::new(),
     }
 }
 
@@ -517,6 +606,7 @@ fn spectrum(id: &'static str, title: &str, note: &str, latencies: &[(&str, &Late
         ),
         lines,
         areas: Vec::new(),
+        marks: Vec::new(),
     }
 }
 
@@ -561,6 +651,8 @@ pub(crate) struct Chart {
     pub y: Axis,
     pub lines: Vec<Line>,
     pub areas: Vec<Area>,
+    /// Points marked with a dot (in the first line's colour).
+    pub marks: Vec<(f64, f64)>,
 }
 
 pub(crate) struct Axis {
@@ -716,6 +808,15 @@ impl Chart {
                 );
             }
             legend.push((line.name.as_str(), color));
+        }
+        for (x, y) in &self.marks {
+            let _ = writeln!(
+                page,
+                "<circle class=\"mark\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{}\"/>",
+                px(*x),
+                py(*y),
+                COLORS[0]
+            );
         }
         page.push_str("</svg>\n<ul class=\"legend\">");
         for (name, color) in legend {

@@ -19,6 +19,8 @@
 //!    merging runs from several machines; whether the open loop kept its schedule.
 //!    [`series`] keeps what each second looked like; [`html`] draws it all as a self-contained
 //!    HTML report.
+//!    [`find_max`] runs one open-loop step after another to find the highest rate that meets
+//!    an [`slo`].
 //! 5. [`check`]: judging `--expect round-robin | even | weights=... | sticky=HEADER` (pure
 //!    logic).
 //!
@@ -47,6 +49,7 @@ pub mod cli;
 mod conn;
 mod cpu_time;
 pub mod failure;
+pub mod find_max;
 pub mod html;
 pub mod keys;
 pub mod ok_status;
@@ -55,6 +58,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod series;
+pub mod slo;
 pub mod stages;
 pub mod tls;
 

@@ -23,6 +23,7 @@ use crate::check::{check_sticky, Expectation, KeySpread, Verdict};
 pub use crate::failure::{ErrorClass, ErrorCounts};
 use crate::ok_status::OkStatus;
 use crate::series::{merge_series, Second};
+use crate::slo::FindMax;
 use crate::stages::{Ramp, Ramped};
 
 /// Smallest latency the histograms track, in microseconds.
@@ -309,6 +310,10 @@ pub struct Report {
     /// One entry per second of the run (see [`crate::series`]).
     #[serde(default)]
     pub series: Vec<Second>,
+    /// `--find-max`: every step of the search and the rate found; the rest of the report is
+    /// then the highest passing step's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find_max: Option<FindMax>,
 }
 
 impl Report {

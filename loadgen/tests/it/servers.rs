@@ -256,3 +256,38 @@ pub async fn tls() -> TlsBackend {
         handshakes,
     }
 }
+
+/// A server with a known capacity: it answers one request every `1 / per_second`, in the order
+/// they arrive, like a single worker with a fixed service time (a D/D/1 queue). Below that rate
+/// each answer takes about one service time; above it, a queue builds up and latency grows
+/// with it.
+pub async fn limited(per_second: f64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service_time = Duration::from_secs_f64(1.0 / per_second);
+    let next_free: Arc<Mutex<Instant>> = Arc::new(Mutex::new(Instant::now()));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let next_free = next_free.clone();
+            let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let done = {
+                    let mut free = next_free.lock().unwrap();
+                    *free = (*free).max(Instant::now()) + service_time;
+                    *free
+                };
+                async move {
+                    tokio::time::sleep_until(done).await;
+                    let response = Response::builder()
+                        .header("X-Served-By", "limited")
+                        .body(Full::new(Bytes::from_static(b"served\n")));
+                    Ok::<_, Infallible>(response.unwrap())
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
