@@ -52,7 +52,7 @@ use crate::keys::{KeyedHeader, Template};
 use crate::pace::{Alarm, Schedule, SendTiming};
 use crate::plan::{Plan, PlanError};
 use crate::report::{BackendReport, Latency, LoadModel, Report, Sample};
-use crate::series::{add_series, Outcome, Recorder};
+use crate::series::{add_series, Outcome, Recorder, SecondLatency};
 use crate::stages::{Ramp, Ramped};
 use crate::tls::{Tls, TlsError};
 
@@ -134,6 +134,7 @@ pub async fn run(plan: Plan) -> Result<Report, RunError> {
         // Keys are drawn from request numbers, which must then be unique across workers.
         numbered: limit.is_some() || plan.keep_samples > 0 || plan.has_keys(),
         keys: plan.keys.max(1),
+        progress: plan.progress,
         sticky,
         deadline,
         schedule,
@@ -365,6 +366,8 @@ struct Ctx {
     tickets: AtomicU64,
     /// How many keys `{n}` takes (`--keys`).
     keys: u64,
+    /// Whether a progress line is drawn (and so needs each thread's snapshot).
+    progress: bool,
     /// `--expect sticky=HEADER`: how that header is sent, to tell which key a request carried.
     sticky: Option<KeyedHeader>,
 }
@@ -515,10 +518,12 @@ impl ThreadState {
             o.without_send_lateness
                 .record(uncorrected + lag.unwrap_or_default());
         }
+        let new_second;
         let served = match result {
             Err(class) => {
                 s.errors.count(*class);
-                s.series
+                new_second = s
+                    .series
                     .record(connection, when.sent, when.ended, Outcome::Error);
                 None
             }
@@ -566,7 +571,7 @@ impl ThreadState {
                     latency,
                     backend: id,
                 };
-                s.series.record(connection, when.sent, when.ended, outcome);
+                new_second = s.series.record(connection, when.sent, when.ended, outcome);
                 Some(id)
             }
         };
@@ -589,6 +594,23 @@ impl ThreadState {
         self.progress
             .errors
             .store(s.errors.total(), Ordering::Relaxed);
+        // Once a second, what the progress line shows besides the counts.
+        if new_second && ctx.progress {
+            let snapshot = Snapshot {
+                latency: s.series.so_far().clone(),
+                backends: s
+                    .backends
+                    .iter()
+                    .chain(&s.unnamed)
+                    .map(|b| (backend_name(&b.value), b.responses))
+                    .collect(),
+            };
+            *self
+                .progress
+                .snapshot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = snapshot;
+        }
         served
     }
 }
@@ -699,6 +721,15 @@ async fn worker(
 struct Progress {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Replaced once a second by the thread (so the lock is never contended for long).
+    snapshot: Mutex<Snapshot>,
+}
+
+/// What a thread had measured at its last full second.
+#[derive(Default, Clone)]
+struct Snapshot {
+    latency: SecondLatency,
+    backends: Vec<(String, u64)>,
 }
 
 /// One thread's statistics. Only the whole run's are ever reported: [`build_report`] adds up
@@ -947,54 +978,143 @@ fn build_report(
     report
 }
 
-/// A progress bar on stderr, refreshed by a ticker task on the caller's runtime that reads the
-/// threads' counters (the workers themselves never touch it). Hidden when stderr is not a
-/// terminal.
+/// The progress line on stderr (only drawn when stderr is a terminal, see `Plan::progress`),
+/// refreshed by a ticker task on the caller's runtime. It reads the threads' counters, and the
+/// snapshot each thread leaves once a second; the workers never wait for it.
 fn progress_bar(
     plan: &Plan,
     limit: Option<u64>,
     counters: Vec<Arc<Progress>>,
     start: Instant,
 ) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = match limit {
-        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-        None => ProgressBar::with_draw_target(
-            plan.duration.map(|d| d.as_millis() as u64),
-            ProgressDrawTarget::stderr(),
-        ),
+    let total = plan.duration;
+    let length = match (limit, total) {
+        (Some(n), _) => Some(n),
+        (None, Some(d)) => Some(d.as_millis() as u64),
+        (None, None) => None,
     };
-    let template = if limit.is_some() {
-        "{bar:30} {pos}/{len} requests {msg}"
-    } else {
-        "{bar:30} {elapsed}/{duration} {msg}"
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
+    let bar = ProgressBar::with_draw_target(length, ProgressDrawTarget::stderr());
+    // `wide_msg`: the line is cut at the terminal's width rather than wrapped.
+    if let Ok(style) = ProgressStyle::with_template("{bar:16} {wide_msg}") {
         bar.set_style(style);
     }
-    let by_count = limit.is_some();
     let ticker = {
         let bar = bar.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PROGRESS_TICK);
+            // The current rate is measured over the last second of ticks.
+            let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
             loop {
                 tick.tick().await;
+                let now = Instant::now();
                 let (mut done, mut errors) = (0, 0);
+                let mut latency = SecondLatency::default();
+                let mut shares: Vec<(String, u64)> = Vec::new();
                 for c in &counters {
                     done += c.requests.load(Ordering::Relaxed);
                     errors += c.errors.load(Ordering::Relaxed);
+                    let snapshot = c.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    latency.add(&snapshot.latency);
+                    for (name, n) in snapshot.backends {
+                        match shares.iter_mut().find(|(m, _)| *m == name) {
+                            Some((_, total)) => *total += n,
+                            None => shares.push((name, n)),
+                        }
+                    }
                 }
-                let secs = start.elapsed().as_secs_f64().max(1e-3);
-                if by_count {
-                    bar.set_position(done);
-                } else {
-                    bar.set_position(start.elapsed().as_millis() as u64);
+                recent.push_back((now, done));
+                while recent.len() > 1
+                    && recent
+                        .front()
+                        .is_some_and(|(t, _)| now - *t > Duration::from_secs(1))
+                {
+                    recent.pop_front();
                 }
-                bar.set_message(format!(
-                    "{done} done, {:.0} req/s, {errors} errors",
-                    done as f64 / secs
+                let rate = match recent.front() {
+                    Some((t, n)) if now > *t => (done - n) as f64 / (now - *t).as_secs_f64(),
+                    _ => 0.0,
+                };
+                let elapsed = now.saturating_duration_since(start);
+                bar.set_position(match limit {
+                    Some(_) => done,
+                    None => elapsed.as_millis() as u64,
+                });
+                let p99 = (latency.count() > 0).then(|| latency.quantile(0.99));
+                bar.set_message(progress_line(
+                    elapsed,
+                    total,
+                    (done, limit),
+                    rate,
+                    p99,
+                    errors,
+                    &shares,
                 ));
             }
         })
     };
     (bar, ticker)
+}
+
+/// The progress line's text: `12s/30s  8412 req  702 req/s  p99 3.21ms  0 errors  a 50% b 50%`.
+fn progress_line(
+    elapsed: Duration,
+    total: Option<Duration>,
+    (done, limit): (u64, Option<u64>),
+    rate: f64,
+    p99: Option<Duration>,
+    errors: u64,
+    shares: &[(String, u64)],
+) -> String {
+    let secs = |d: Duration| format!("{}s", d.as_secs());
+    let mut line = match total {
+        Some(total) => format!("{}/{}", secs(elapsed), secs(total)),
+        None => secs(elapsed),
+    };
+    line.push_str(&match limit {
+        Some(n) => format!("  {done}/{n} req"),
+        None => format!("  {done} req"),
+    });
+    line.push_str(&format!("  {rate:.0} req/s"));
+    if let Some(p99) = p99 {
+        line.push_str(&format!("  p99 {}", crate::report::fmt_duration(p99)));
+    }
+    line.push_str(&format!(
+        "  {errors} error{}",
+        if errors == 1 { "" } else { "s" }
+    ));
+    let answered: u64 = shares.iter().map(|(_, n)| n).sum();
+    if answered > 0 {
+        for (name, n) in shares {
+            line.push_str(&format!(
+                "  {name} {:.0}%",
+                *n as f64 / answered as f64 * 100.0
+            ));
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_says_where_the_run_is() {
+        let shares = [("a".to_owned(), 30), ("b".to_owned(), 10)];
+        let line = progress_line(
+            Duration::from_millis(12_400),
+            Some(Duration::from_secs(30)),
+            (8412, None),
+            702.4,
+            Some(Duration::from_micros(3210)),
+            0,
+            &shares,
+        );
+        assert_eq!(
+            line,
+            "12s/30s  8412 req  702 req/s  p99 3.21ms  0 errors  a 75%  b 25%"
+        );
+        let line = progress_line(Duration::ZERO, None, (5, Some(200)), 0.0, None, 1, &[]);
+        assert_eq!(line, "0s  5/200 req  0 req/s  1 error");
+    }
 }

@@ -313,6 +313,8 @@ pub(crate) struct Recorder {
     live_backends: Vec<(Option<usize>, Histogram<u64>)>,
     /// For each connection (by its global number), the last second it was counted in.
     counted: Vec<Option<u64>>,
+    /// Every frozen second's latencies added up: the run's so far, for the progress line.
+    so_far: SecondLatency,
 }
 
 /// One second of one thread: counters, and latencies by backend id once frozen.
@@ -349,6 +351,7 @@ impl Recorder {
             live_latency: empty_histogram(),
             live_backends: Vec::new(),
             counted: vec![None; connections],
+            so_far: SecondLatency::default(),
         }
     }
 
@@ -364,8 +367,15 @@ impl Recorder {
         self.seconds.get_mut(i)
     }
 
-    /// Counts one request of connection `connection`, sent at `sent`, ended at `ended`.
-    pub fn record(&mut self, connection: usize, sent: Instant, ended: Instant, outcome: Outcome) {
+    /// Counts one request of connection `connection`, sent at `sent`, ended at `ended`. Returns
+    /// true when this request began a new second (the previous one was frozen).
+    pub fn record(
+        &mut self,
+        connection: usize,
+        sent: Instant,
+        ended: Instant,
+        outcome: Outcome,
+    ) -> bool {
         let sent_in = self.second_of(sent);
         let first_send_this_second = match self.counted.get_mut(connection) {
             Some(last) if *last != Some(sent_in) => {
@@ -379,7 +389,8 @@ impl Recorder {
             s.connections += u64::from(first_send_this_second);
         }
         let ended_in = self.second_of(ended);
-        if ended_in > self.live {
+        let new_second = ended_in > self.live;
+        if new_second {
             self.freeze_live();
             self.live = ended_in;
         }
@@ -417,7 +428,7 @@ impl Recorder {
                                 s.backends.push((backend, 1, l));
                             }
                         }
-                        return;
+                        return new_second;
                     }
                 }
                 put(&mut self.live_latency, us, 1);
@@ -431,6 +442,12 @@ impl Recorder {
                 }
             }
         }
+        new_second
+    }
+
+    /// The latencies of every second frozen so far.
+    pub fn so_far(&self) -> &SecondLatency {
+        &self.so_far
     }
 
     /// Moves the live second's histograms into its bucket and empties them for the next one
@@ -443,6 +460,7 @@ impl Recorder {
             .filter(|(_, h)| !h.is_empty())
             .map(|(id, h)| (*id, h.len(), SecondLatency::freeze(h)))
             .collect();
+        self.so_far.add(&latency);
         self.live_latency.reset();
         for (_, h) in &mut self.live_backends {
             h.reset();

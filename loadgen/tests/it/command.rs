@@ -34,6 +34,8 @@ async fn round_robin_passes_with_exit_0() {
     let args = ["--expect", "round-robin", "-n", "20", &url];
     let out = loadgen(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    // Not a terminal: no progress line, nothing but the report.
+    assert!(out.stderr.is_empty(), "{}", show(&args, &out));
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "Latency",
