@@ -86,7 +86,8 @@ async fn the_html_report_draws_every_chart_from_the_run() {
     let report: Report =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let seconds = report.series.len();
-    assert!((3..=4).contains(&seconds), "{}", report.render_series());
+    // 3 s of sends; answers may spill into a fourth second or more on a busy machine.
+    assert!(seconds >= 3, "{}", report.render_series());
 
     let tags = parse(&html);
     // Nothing from elsewhere: no script, stylesheet, image, frame or link to follow.

@@ -225,7 +225,8 @@ async fn a_round_robin_target_fails_sticky_naming_a_key() {
 }
 
 /// Every run keeps one entry per second: 2 s at 200 req/s are two seconds of about 200 sends
-/// each, and the seconds add up to the totals (responses, latencies, backends).
+/// each (within 20%: on a busy machine late sends slip into the next second), and the seconds
+/// add up to the totals exactly (sends, responses, latencies, backends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_series_has_a_bucket_per_second() {
     let server = servers::backends(&["a", "b"]).await;
@@ -236,16 +237,18 @@ async fn the_series_has_a_bucket_per_second() {
     let report = loadgen::run(plan).await.unwrap();
     let text = report.render_series();
     let series = &report.series;
-    assert!((2..=3).contains(&series.len()), "{text}");
+    assert!(series.len() >= 2, "{text}");
     for (i, second) in series.iter().take(2).enumerate() {
         assert_eq!(second.second, i as u64);
-        assert!((190..=210).contains(&second.sent), "{text}");
+        assert!((160..=240).contains(&second.sent), "{text}");
         assert_eq!(second.connections, 4, "{text}");
         assert_eq!(second.class(2), second.responses, "{text}");
         let backends: u64 = second.backends.values().map(|b| b.responses).sum();
         assert_eq!(backends, second.responses, "{text}");
         assert!(second.latency.quantile(0.99) >= second.latency.quantile(0.5));
     }
+    let sent: u64 = series.iter().map(|s| s.sent).sum();
+    assert_eq!(sent, report.requests, "{text}");
     let answered: u64 = series.iter().map(|s| s.responses).sum();
     let timed: u64 = series.iter().map(|s| s.latency.count()).sum();
     assert_eq!((answered, timed), (report.responses, report.responses));

@@ -1,5 +1,6 @@
 //! Load that changes over time: each stage's rate (or connection count) shows in the series,
-//! second by second, within 5%.
+//! second by second, within 5%. The rates depend on loadgen sending on time, which a machine
+//! busy with other work can prevent; each open-loop test tries twice before failing.
 
 use std::time::Duration;
 
@@ -9,35 +10,46 @@ use loadgen::{Plan, Report};
 use crate::servers;
 
 /// Each second's sends against what the plan asked for it, within 5%.
-fn assert_rates(report: &Report, expected: &[f64]) {
+fn check_rates(report: &Report, expected: &[f64]) -> Result<(), String> {
     let table = report.render_series();
     for (second, want) in expected.iter().enumerate() {
-        let sent = report.series[second].sent as f64;
-        assert!(
-            (sent - want).abs() <= want * 0.05,
-            "second {second}: {sent} sent, {want} planned\n{table}"
-        );
+        let sent = report.series.get(second).map_or(0, |s| s.sent) as f64;
+        if (sent - want).abs() > want * 0.05 {
+            return Err(format!(
+                "second {second}: {sent} sent, {want} planned\n{table}"
+            ));
+        }
     }
+    Ok(())
 }
 
 /// A step: 1 s at 100 req/s, then at once 400 req/s for 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_stages_reach_their_rates() {
     let server = servers::backends(&["a"]).await;
-    let mut plan = Plan::new(&server.url()).unwrap();
-    plan.connections = 8;
-    plan.stages = Some(
-        "1s:100,0s:400,1s:400"
-            .parse::<StageList>()
-            .unwrap()
-            .starting_at(100.0),
-    );
-    let report = loadgen::run(plan).await.unwrap();
-    assert_eq!(report.errors.total(), 0, "{}", report.render_text());
-    assert_rates(&report, &[100.0, 400.0]);
-    assert!(report
-        .render_text()
-        .contains("Stages: 1s:100,0s:400,1s:400 (rate from 100 req/s"));
+    let mut failure = String::new();
+    for _attempt in 1..=2 {
+        let mut plan = Plan::new(&server.url()).unwrap();
+        plan.connections = 8;
+        plan.stages = Some(
+            "1s:100,0s:400,1s:400"
+                .parse::<StageList>()
+                .unwrap()
+                .starting_at(100.0),
+        );
+        let report = loadgen::run(plan).await.unwrap();
+        let text = report.render_text();
+        assert_eq!(report.errors.total(), 0, "{text}");
+        assert!(
+            text.contains("Stages: 1s:100,0s:400,1s:400 (rate from 100 req/s"),
+            "{text}"
+        );
+        match check_rates(&report, &[100.0, 400.0]) {
+            Ok(()) => return,
+            Err(e) => failure = e,
+        }
+    }
+    panic!("twice: {failure}");
 }
 
 /// `-q 100:300 -z 2s`: a linear ramp, so 150 sends in the first second and 250 in the second.
@@ -56,16 +68,23 @@ async fn a_rate_ramp_over_the_run() {
         "--output",
         "json",
     ];
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report.errors.total(), 0, "{}", report.render_text());
-    assert_rates(&report, &[150.0, 250.0]);
-    assert_eq!(report.requests, 400, "{}", report.render_text());
+    let mut failure = String::new();
+    for _attempt in 1..=2 {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report.errors.total(), 0, "{}", report.render_text());
+        assert_eq!(report.requests, 400, "{}", report.render_text());
+        match check_rates(&report, &[150.0, 250.0]) {
+            Ok(()) => return,
+            Err(e) => failure = e,
+        }
+    }
+    panic!("twice: {failure}");
 }
 
 /// Connections: 2 for a second, then 6 at once.
