@@ -24,11 +24,13 @@ use reqwest::StatusCode;
 use crate::PATIENCE;
 
 /// The settings every test client shares: no proxy from the environment (requests go to
-/// loopback), a connect timeout, and an overall timeout generous enough for 200 MB in a debug
-/// build, so a hung server fails a test instead of hanging the suite.
+/// loopback), redirects not followed (a test checks the 302 itself), a connect timeout, and an
+/// overall timeout generous enough for 50 MB in a debug build, so that a hung server fails a
+/// test instead of hanging the suite.
 pub fn builder() -> ClientBuilder {
     Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(PATIENCE)
         .timeout(PATIENCE * 6)
 }

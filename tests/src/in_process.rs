@@ -75,8 +75,12 @@ impl InProcess {
                         Ok(listener) => listener,
                         Err(e) => return Ended::Returned(Err(e)),
                     };
+                    // Only an explicit stop completes it: a dropped sender (the test ended
+                    // without one) means an abort, not a graceful shutdown.
                     let shutdown: Shutdown = Box::pin(async move {
-                        let _ = stopped.await;
+                        if stopped.await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
                     });
                     tokio::select! {
                         result = serve(listener, shutdown) => Ended::Returned(result),

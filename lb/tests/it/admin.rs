@@ -1,25 +1,25 @@
 //! `lb --admin`: the counters are exact, the JSON says what the configuration and the backends
 //! are, and a taken admin port is one line and exit 1. (The live page is tested in a real browser
 //! in the end-to-end suite, `tests/tests/e2e/admin_page.rs`.)
+//!
+//! Clients: reqwest (the event stream read as it arrives); raw bytes for the one request lb
+//! must refuse.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{get, Backend, LbProcess, RawConn, PATIENCE};
+use tests::http::{client, url};
+use tests::{get, LbProcess, RawClient};
+
+use crate::support::{lb_process, Backend, LB};
 
 /// `lb ARGS --admin 127.0.0.1:0`, and the admin address from its `Admin on` line.
-async fn lb_with_admin(args: &[&str]) -> (LbProcess, SocketAddr) {
+fn lb_with_admin(args: &[&str]) -> (LbProcess, SocketAddr) {
     let mut all = vec!["-p", "0", "--admin", "127.0.0.1:0"];
     all.extend(args);
-    let mut lb = LbProcess::start(&all).await;
-    let line = lb
-        .wait_for_stderr("the `Admin on` line", |l| l.starts_with("Admin on http://"))
-        .await;
-    let addr = line
-        .trim_start_matches("Admin on http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|_| lb.fail(format!("no address in {line:?}")));
+    let mut lb = lb_process(&all);
+    let addr = lb.admin_addr();
     (lb, addr)
 }
 
@@ -38,24 +38,24 @@ fn samples(exposition: &str, metric: &str) -> Vec<(String, f64)> {
 
 /// N requests of every kind (proxied, answered by lb with 404, refused by hyper with 400) are N in
 /// `lb_requests_total` and in `/status`, each under the right backend and class.
-#[tokio::test]
-async fn counters_are_exact() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+#[test]
+fn counters_are_exact() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
-    let (lb, admin) = lb_with_admin(&["-b", "/api/", &a_addr, "-b", "/api/", &b_addr]).await;
+    let (mut lb, admin) = lb_with_admin(&["-b", "/api/", &a_addr, "-b", "/api/", &b_addr]);
     for _ in 0..30 {
-        assert_eq!(get(lb.addr, "/api/v1/whoami").await.status, 200);
+        assert_eq!(get(lb.addr, "/api/v1/whoami").status, 200);
     }
     for _ in 0..4 {
-        assert_eq!(get(lb.addr, "/nowhere").await.status, 404);
+        assert_eq!(get(lb.addr, "/nowhere").status, 404);
     }
-    let mut garbage = RawConn::connect(lb.addr).await;
-    garbage.write(b"NOT HTTP\r\n\r\n").await;
-    assert_eq!(garbage.read_response().await.status, 400);
+    let mut garbage = RawClient::connect(lb.addr);
+    garbage.send(b"NOT HTTP\r\n\r\n");
+    assert_eq!(garbage.read_response().status, 400);
     drop(garbage);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::thread::sleep(Duration::from_millis(100));
 
-    let metrics = get(admin, "/metrics").await;
+    let metrics = get(admin, "/metrics");
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
     let requests = samples(&text, "lb_requests_total");
@@ -96,7 +96,7 @@ async fn counters_are_exact() {
         "sub-millisecond buckets: {text}"
     );
 
-    let status = get(admin, "/status").await.json();
+    let status = get(admin, "/status").json();
     assert_eq!(status["totals"]["requests"], 35, "{status}");
     assert_eq!(status["totals"]["unserved"], 5, "{status}");
     let group = &status["groups"][0];
@@ -116,17 +116,17 @@ async fn counters_are_exact() {
 
 /// A backend that refuses connections is shown cooling down, with since when; `/events` streams
 /// the same JSON.
-#[tokio::test]
-async fn a_dead_backend_is_shown_cooling_down_and_events_stream_the_status() {
-    let a = Backend::start("a").await;
-    let mut b = Backend::start("b").await;
+#[test]
+fn a_dead_backend_is_shown_cooling_down_and_events_stream_the_status() {
+    let a = Backend::start("a");
+    let mut b = Backend::start("b");
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
-    let (lb, admin) = lb_with_admin(&["-b", "/", &a_addr, "-b", "/", &b_addr]).await;
-    b.stop().await;
+    let (lb, admin) = lb_with_admin(&["-b", "/", &a_addr, "-b", "/", &b_addr]);
+    b.stop();
     for _ in 0..4 {
-        assert_eq!(get(lb.addr, "/").await.status, 200);
+        assert_eq!(get(lb.addr, "/").status, 200);
     }
-    let status = get(admin, "/status").await.json();
+    let status = get(admin, "/status").json();
     let dead = status["backends"]
         .as_array()
         .unwrap()
@@ -137,24 +137,22 @@ async fn a_dead_backend_is_shown_cooling_down_and_events_stream_the_status() {
     assert!(dead["state_since_unix_ms"].as_u64().is_some(), "{dead}");
     assert!(dead["connect_failures"].as_u64().unwrap() >= 1, "{dead}");
 
-    let events = crate::support::open(
-        admin,
-        http::Request::get("/events")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap(),
-    )
-    .await;
+    let mut events = client().get(url(admin, "/events")).send().unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
-    let mut body = events.into_body();
-    let frame = crate::support::within(
-        PATIENCE,
-        "the first event",
-        http_body_util::BodyExt::frame(&mut body),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+    // The first event: everything up to the first blank line.
+    let mut first = Vec::new();
+    let mut buf = [0; 4096];
+    while !first.windows(2).any(|w| w == b"\n\n") {
+        let n = events.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the event stream ended: {:?}",
+            String::from_utf8_lossy(&first)
+        );
+        first.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(first).unwrap();
+    let text = &text[..text.find("\n\n").unwrap() + 2];
     assert!(text.starts_with("event: status\ndata: {"), "{text}");
     let json: serde_json::Value =
         serde_json::from_str(text.trim_start_matches("event: status\ndata: ").trim()).unwrap();
@@ -167,7 +165,7 @@ async fn a_dead_backend_is_shown_cooling_down_and_events_stream_the_status() {
 fn a_taken_admin_port_exits_1_naming_the_flag() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = holder.local_addr().unwrap().to_string();
-    let output = assert_cmd::Command::new(crate::support::LB)
+    let output = assert_cmd::Command::new(LB)
         .args(["-p", "0", "--admin", &addr, "-b", "/", "127.0.0.1:1"])
         .assert()
         .code(1)

@@ -1,28 +1,37 @@
 //! The strategies of `--balance`, seen from outside: which backend the access log and
 //! `X-Served-By` name, request after request. (The strategies' arithmetic, key movement measured
 //! over 10,000 keys and slow start's ramp are unit-tested in `lb/src/pick/`.)
+//!
+//! Clients: reqwest, a new connection per request; for the load on a slow backend, twelve raw
+//! keep-alive connections, each sending its next GET as soon as it is answered (the cheapest
+//! client there is, so that the balancer's choices, not the client, set the pace).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use lb::pick::{Balance, HashKey};
+use tests::http::{client, get, send, url};
+use tests::{BadBackend, RawClient, PATIENCE};
 
-use crate::support::{delayed_backend, get, rule, send, Backend, Lb, LbProcess};
+use crate::support::{lb_builder, rule, Backend, Lb};
+
+/// A minimal keep-alive backend that answers every request `200 ok` after `delay`, naming itself
+/// `name` in `X-Served-By`: fast and slow backends for the balancing strategies.
+fn delayed_backend(name: &str, delay: Duration) -> BadBackend {
+    let reply = format!("HTTP/1.1 200 OK\r\nX-Served-By: {name}\r\nContent-Length: 2\r\n\r\nok");
+    BadBackend::replying_after(delay, reply, false)
+}
 
 /// nginx's smooth weighted round robin through the real binary and its log: the exact sequences
 /// (a heavy backend is spread out, never served in a long run), and without `-w` the original's
 /// plain rotation.
-#[tokio::test]
-async fn smooth_weighted_round_robin_sequences_in_the_log() {
+#[test]
+fn smooth_weighted_round_robin_sequences_in_the_log() {
     let backends = [
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
     ];
     let letter: HashMap<String, char> = backends
         .iter()
@@ -35,23 +44,15 @@ async fn smooth_weighted_round_robin_sequences_in_the_log() {
         (&[3, 2, 1][..], "abacba"),
         (&[1, 1, 1][..], "abcabc"),
     ] {
-        let addrs: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
-        let mut args: Vec<String> = ["-p", "0", "-l", "-"].map(String::from).to_vec();
-        for (w, addr) in weights.iter().zip(&addrs) {
-            args.extend([
-                "-w".into(),
-                w.to_string(),
-                "-b".into(),
-                "/".into(),
-                addr.clone(),
-            ]);
+        let mut builder = lb_builder().flags(&["-l", "-"]);
+        for (w, backend) in weights.iter().zip(&backends) {
+            builder = builder.route_with(&["-w", &w.to_string()], "/", backend.addr);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let lb = LbProcess::start(&args).await;
+        let mut lb = builder.start();
         for _ in 0..expected.len() {
-            assert_eq!(get(lb.addr, "/api/v1/whoami").await.status, 200);
+            assert_eq!(get(lb.addr, "/api/v1/whoami").status, 200);
         }
-        let lines = lb.wait_for_stdout_lines(expected.len()).await;
+        let lines = lb.wait_stdout_lines(expected.len(), PATIENCE).unwrap();
         let seen: String = lines
             .iter()
             .map(|l| letter[l.rsplit(' ').next().unwrap()])
@@ -60,38 +61,35 @@ async fn smooth_weighted_round_robin_sequences_in_the_log() {
             seen == expected,
             format!("weights {weights:?}: {seen}, expected {expected}"),
         );
-        let startup = lb.stderr();
-        lb.check(
-            startup.contains(&format!(
-                "{} [redirect=0,prefix_replacement=/,weight={}]",
-                addrs[0], weights[0]
-            )),
-            "the startup line shows the weight",
+        let weighted = format!(
+            "{} [redirect=0,prefix_replacement=/,weight={}]",
+            backends[0].addr, weights[0]
         );
+        let shown = lb.stderr_lines().iter().any(|l| l.contains(&weighted));
+        lb.check(shown, "the startup line shows the weight");
     }
 }
 
 /// One client sending one request at a time: everything is idle at each pick, so least-conn must
 /// still take turns (a "first minimum" tie-break would send all to the first backend), and p2c at
 /// zero load must follow the weights.
-#[tokio::test]
-async fn idle_backends_still_take_turns_under_least_conn_and_weights_hold_under_p2c() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+#[test]
+fn idle_backends_still_take_turns_under_least_conn_and_weights_hold_under_p2c() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
     let lb = Lb::start_with(vec![rule("/", a.addr), rule("/", b.addr)], |c| {
         c.balance = Balance::LeastConn;
-    })
-    .await;
+    });
     let mut seen = Vec::new();
     for _ in 0..6 {
-        seen.push(get(lb.addr, "/").await.served_by().to_string());
+        seen.push(get(lb.addr, "/").served_by().to_string());
     }
     assert_eq!(seen, ["a", "b", "a", "b", "a", "b"]);
 
-    let c = Backend::start("c").await;
+    let c = Backend::start("c");
     let mut rules = vec![rule("/", a.addr), rule("/", b.addr), rule("/", c.addr)];
     rules[0].weight = Some(5);
-    let lb = Lb::start_with(rules, |c| c.balance = Balance::P2c).await;
-    let counts = shares(lb.addr, 700, |_| None).await;
+    let lb = Lb::start_with(rules, |c| c.balance = Balance::P2c);
+    let counts = shares(lb.addr, 700, |_| None);
     let a_share = counts.get("a").copied().unwrap_or(0) as f64 / 700.0;
     assert!(
         (a_share - 5.0 / 7.0).abs() < 0.05,
@@ -101,20 +99,18 @@ async fn idle_backends_still_take_turns_under_least_conn_and_weights_hold_under_
 }
 
 /// Send `n` sequential GETs, the `i`-th with `header(i)` as its X-User; count who served them.
-async fn shares(
+fn shares(
     addr: SocketAddr,
     n: usize,
     header: impl Fn(usize) -> Option<String>,
 ) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for i in 0..n {
-        let mut request = Request::get("/").body(Full::new(Bytes::new())).unwrap();
+        let mut request = client().get(url(addr, "/"));
         if let Some(user) = header(i) {
-            request
-                .headers_mut()
-                .insert("x-user", user.parse().unwrap());
+            request = request.header("x-user", user);
         }
-        let reply = send(addr, request).await;
+        let reply = send(request);
         assert_eq!(reply.status, 200);
         *counts.entry(reply.served_by().to_string()).or_insert(0) += 1;
     }
@@ -122,13 +118,11 @@ async fn shares(
 }
 
 /// Who serves each of `keys` (X-User: key), asked twice to check it is stable.
-async fn placement(addr: SocketAddr, keys: &[String]) -> HashMap<String, String> {
+fn placement(addr: SocketAddr, keys: &[String]) -> HashMap<String, String> {
     let mut placed = HashMap::new();
     for round in 0..2 {
         for key in keys {
-            let mut request = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-            request.headers_mut().insert("x-user", key.parse().unwrap());
-            let reply = send(addr, request).await;
+            let reply = send(client().get(url(addr, "/")).header("x-user", key));
             assert_eq!(reply.status, 200, "key {key}");
             let who = reply.served_by().to_string();
             if round == 1 {
@@ -146,12 +140,12 @@ async fn placement(addr: SocketAddr, keys: &[String]) -> HashMap<String, String>
 /// hash:header:X-User: a key always lands on the same backend; when its backend dies only its
 /// keys move (every other key stays where it was), and requests never fail; when a backend is
 /// removed from the command line, the keys that move are (almost exactly) the removed one's.
-#[tokio::test]
-async fn consistent_hashing_moves_only_the_keys_of_a_lost_backend() {
+#[test]
+fn consistent_hashing_moves_only_the_keys_of_a_lost_backend() {
     let mut backends = [
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
     ];
     let balance = Balance::Hash(HashKey::Header {
         name: http::HeaderName::from_static("x-user"),
@@ -159,15 +153,15 @@ async fn consistent_hashing_moves_only_the_keys_of_a_lost_backend() {
     });
     let keys: Vec<String> = (0..150).map(|i| format!("user-{i}")).collect();
     let rules: Vec<_> = backends.iter().map(|b| rule("/", b.addr)).collect();
-    let lb = Lb::start_with(rules, |c| c.balance = balance.clone()).await;
-    let before = placement(lb.addr, &keys).await;
+    let lb = Lb::start_with(rules, |c| c.balance = balance.clone());
+    let before = placement(lb.addr, &keys);
     for name in ["a", "b", "c"] {
         let n = before.values().filter(|v| *v == name).count();
         assert!(n > 20, "{name} holds only {n} of 150 keys: {before:?}");
     }
 
-    backends[2].stop().await; // c dies
-    let after = placement(lb.addr, &keys).await;
+    backends[2].stop(); // c dies
+    let after = placement(lb.addr, &keys);
     for key in &keys {
         if before[key] != "c" {
             assert_eq!(
@@ -181,8 +175,8 @@ async fn consistent_hashing_moves_only_the_keys_of_a_lost_backend() {
 
     // c removed from the configuration instead: lb restarted with a and b only.
     let rules: Vec<_> = backends[..2].iter().map(|b| rule("/", b.addr)).collect();
-    let lb2 = Lb::start_with(rules, |c| c.balance = balance.clone()).await;
-    let removed = placement(lb2.addr, &keys).await;
+    let lb2 = Lb::start_with(rules, |c| c.balance = balance.clone());
+    let removed = placement(lb2.addr, &keys);
     let strays = keys
         .iter()
         .filter(|k| before[*k] != "c" && before[*k] != removed[*k])
@@ -194,12 +188,12 @@ async fn consistent_hashing_moves_only_the_keys_of_a_lost_backend() {
 }
 
 /// Under every strategy a dead backend costs a GET nothing: the walk moves past it.
-#[tokio::test]
-async fn every_strategy_fails_over_past_a_dead_backend() {
-    let live = Backend::start("live").await;
-    let mut dead = Backend::start("dead").await;
+#[test]
+fn every_strategy_fails_over_past_a_dead_backend() {
+    let live = Backend::start("live");
+    let mut dead = Backend::start("dead");
     let dead_addr = dead.addr;
-    dead.stop().await;
+    dead.stop();
     for balance in [
         "round-robin",
         "least-conn",
@@ -211,10 +205,9 @@ async fn every_strategy_fails_over_past_a_dead_backend() {
         let balance: Balance = balance.parse().unwrap();
         let lb = Lb::start_with(vec![rule("/", dead_addr), rule("/", live.addr)], |c| {
             c.balance = balance.clone();
-        })
-        .await;
+        });
         for i in 0..6 {
-            let reply = get(lb.addr, &format!("/api/v1/whoami?i={i}")).await;
+            let reply = get(lb.addr, &format!("/api/v1/whoami?i={i}"));
             assert_eq!(
                 (reply.status.as_u16(), reply.served_by()),
                 (200, "live"),
@@ -227,34 +220,25 @@ async fn every_strategy_fails_over_past_a_dead_backend() {
 
 /// One client on one keep-alive connection, sending GETs back to back until `until`; returns how
 /// many it sent and how many the backend named `slow` answered.
-async fn keep_alive_client(addr: SocketAddr, until: Instant) -> (usize, usize) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+fn keep_alive_client(addr: SocketAddr, until: Instant) -> (usize, usize) {
+    let mut conn = RawClient::connect(addr);
     let (mut total, mut slow) = (0, 0);
     while Instant::now() < until {
-        let request = Request::get("/")
-            .header("host", "lb.test")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
+        let reply = conn.get("/");
+        assert_eq!(reply.status, 200);
         total += 1;
-        slow += usize::from(response.headers()["x-served-by"] == "slow");
-        response.into_body().collect().await.unwrap();
+        slow += usize::from(reply.header("x-served-by") == Some("slow"));
     }
     (total, slow)
 }
 
 /// Two fast backends and one that takes 20 ms, 12 clients: round robin gives the slow one its
 /// third regardless; the load-aware strategies steer around it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_aware_strategies_avoid_a_slow_backend() {
-    let fast1 = delayed_backend("fast1", Duration::ZERO).await;
-    let fast2 = delayed_backend("fast2", Duration::ZERO).await;
-    let slow = delayed_backend("slow", Duration::from_millis(20)).await;
+#[test]
+fn load_aware_strategies_avoid_a_slow_backend() {
+    let fast1 = delayed_backend("fast1", Duration::ZERO);
+    let fast2 = delayed_backend("fast2", Duration::ZERO);
+    let slow = delayed_backend("slow", Duration::from_millis(20));
     for (balance, low, high) in [
         ("round-robin", 0.30, 0.37),
         ("least-conn", 0.0, 0.15),
@@ -262,15 +246,20 @@ async fn load_aware_strategies_avoid_a_slow_backend() {
         ("ewma", 0.0, 0.15),
     ] {
         let parsed: Balance = balance.parse().unwrap();
-        let rules = vec![rule("/", fast1), rule("/", fast2), rule("/", slow)];
-        let lb = Lb::start_with(rules, |c| c.balance = parsed).await;
+        let rules = vec![
+            rule("/", fast1.addr()),
+            rule("/", fast2.addr()),
+            rule("/", slow.addr()),
+        ];
+        let lb = Lb::start_with(rules, |c| c.balance = parsed);
         let until = Instant::now() + Duration::from_millis(1200);
+        let addr = lb.addr;
         let clients: Vec<_> = (0..12)
-            .map(|_| tokio::spawn(keep_alive_client(lb.addr, until)))
+            .map(|_| std::thread::spawn(move || keep_alive_client(addr, until)))
             .collect();
         let (mut total, mut to_slow) = (0, 0);
         for client in clients {
-            let (t, s) = client.await.unwrap();
+            let (t, s) = client.join().unwrap();
             total += t;
             to_slow += s;
         }

@@ -1,10 +1,13 @@
 //! The `lb` binary's command line: each mistake exits 2 with a message naming the flag before
 //! anything binds, a taken port exits 1 with one line, `-p 0` says where it listens, `-l -`
 //! keeps stdout for log lines only, and `--trace` tells the life of a request in order.
+//!
+//! One-shot runs with `assert_cmd`; a running lb through the harness, with reqwest.
 
 use assert_cmd::Command;
+use tests::{get, PATIENCE};
 
-use crate::support::{assert_log_line, get, Backend, LbProcess, LB, PATIENCE};
+use crate::support::{assert_log_line, lb_process, Backend, LB};
 
 fn lb() -> Command {
     let mut command = Command::new(LB);
@@ -134,41 +137,34 @@ fn a_taken_port_exits_1_with_one_line_naming_the_address() {
 
 /// `-p 0 -l -`: the startup lines go to stderr (with the port the system picked), and stdout
 /// carries nothing but one log line per request, in the original's format.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_0_reports_the_address_and_stdout_carries_only_log_lines() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+#[test]
+fn port_0_reports_the_address_and_stdout_carries_only_log_lines() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
-    let mut lb =
-        LbProcess::start(&["-p", "0", "-l", "-", "-b", "/", &a_addr, "-b", "/", &b_addr]).await;
+    let mut lb = lb_process(&["-p", "0", "-l", "-", "-b", "/", &a_addr, "-b", "/", &b_addr]);
+    let addr = lb.addr;
     lb.check(
-        lb.addr.ip().is_loopback() && lb.addr.port() != 0,
-        format!(
-            "-p 0 should listen on 127.0.0.1 with a real port, not {}",
-            lb.addr
-        ),
+        addr.ip().is_loopback() && addr.port() != 0,
+        format!("-p 0 should listen on 127.0.0.1 with a real port, not {addr}"),
     );
-    lb.check(
-        lb.stderr().contains(&format!(
-            "Adding backend for / : {a_addr} [redirect=0,prefix_replacement=/]"
-        )),
-        "the original's startup line for each -b",
-    );
+    let startup = format!("Adding backend for / : {a_addr} [redirect=0,prefix_replacement=/]");
+    let has_startup = lb.stderr_lines().iter().any(|l| l.contains(&startup));
+    lb.check(has_startup, "the original's startup line for each -b");
 
     for expected in ["a", "b", "a", "b"] {
-        let reply = get(lb.addr, "/").await;
+        let reply = get(addr, "/");
         lb.check(
             reply.status == 200 && reply.served_by() == expected,
             format!("expected 200 from {expected}, got {reply:?}"),
         );
     }
-    let lines = lb.wait_for_stdout_lines(4).await;
-    lb.signal("TERM");
-    let status = lb.wait_exit(PATIENCE).await;
+    let lines = lb.wait_stdout_lines(4, PATIENCE).unwrap();
+    lb.signal("TERM").unwrap();
+    let status = lb.wait_exit(PATIENCE).unwrap();
     lb.check(status.success(), format!("exit status {status}"));
 
-    let stdout = lb.stdout();
-    let lines_at_exit: Vec<&str> = stdout.lines().collect();
-    lb.check(lines_at_exit.len() == 4, "exactly four lines on stdout");
+    let lines_at_exit = lb.stdout_lines().len();
+    lb.check(lines_at_exit == 4, "exactly four lines on stdout");
     for (n, line) in lines.iter().enumerate() {
         let backend = if n % 2 == 0 { &a_addr } else { &b_addr };
         assert_log_line(line, "GET", "/", backend);
@@ -176,23 +172,21 @@ async fn port_0_reports_the_address_and_stdout_carries_only_log_lines() {
 }
 
 /// `--trace`: one request, and the stages it went through, in order, on stderr.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_shows_each_stage_of_a_request_in_order() {
-    let a = Backend::start("a").await;
+#[test]
+fn trace_shows_each_stage_of_a_request_in_order() {
+    let a = Backend::start("a");
     let a_addr = a.addr.to_string();
-    let mut lb = LbProcess::start(&["-p", "0", "--trace", "-b", "/", &a_addr]).await;
+    let mut lb = lb_process(&["-p", "0", "--trace", "-b", "/", &a_addr]);
 
-    let reply = get(lb.addr, "/").await;
+    let reply = get(lb.addr, "/");
     lb.check(reply.status == 200, format!("{reply:?}"));
-    lb.wait_for_stderr("the trace line `done status=200`", |line| {
-        line.contains("done status=200")
-    })
-    .await;
+    lb.wait_stderr("done status=200", PATIENCE).unwrap();
 
-    let stderr = lb.stderr();
-    let trace: Vec<&str> = stderr
-        .lines()
+    let trace: Vec<String> = lb
+        .stderr_lines()
+        .iter()
         .filter(|line| line.starts_with("trace conn="))
+        .cloned()
         .collect();
     let mut position = 0;
     for stage in [

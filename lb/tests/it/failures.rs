@@ -2,32 +2,32 @@
 //! down), a backend too slow to answer (504, but never for a slow upload), a backend that dies
 //! in the middle of a body, and clients that hang up in the middle of a reply (the original
 //! balancer crashed on that one).
+//!
+//! Clients: reqwest for ordinary requests; raw bytes where the client's timing or the
+//! connection's end is the point (slow uploads and heads, hang-ups, truncated bodies, requests
+//! lb must refuse).
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tests::{get, BadBackend, RawClient, PATIENCE};
 
-use crate::support::{
-    assert_log_line, get, raw_backend, rule, within, Backend, Lb, RawConn, PATIENCE,
-};
+use crate::support::{assert_log_line, rule, Backend, Lb};
 
 /// Two backends, both with pooled connections; one stops. Every request is still answered 200 by
 /// the other, and the log names the backend that really served each one. Then the other stops
 /// too: 502, quickly, with a body naming the cause.
-#[tokio::test]
-async fn failover_when_a_backend_stops_then_502_when_all_are_down() {
-    let (mut a, mut b) = (Backend::start("a").await, Backend::start("b").await);
-    let lb = Lb::start(vec![rule("/", a.addr), rule("/", b.addr)]).await;
+#[test]
+fn failover_when_a_backend_stops_then_502_when_all_are_down() {
+    let (mut a, mut b) = (Backend::start("a"), Backend::start("b"));
+    let lb = Lb::start(vec![rule("/", a.addr), rule("/", b.addr)]);
 
     // Warm up: both backends served, so both have an idle connection in lb's pool.
     for expected in ["a", "b"] {
-        assert_eq!(get(lb.addr, "/").await.served_by(), expected);
+        assert_eq!(get(lb.addr, "/").served_by(), expected);
     }
-    b.stop().await;
+    b.stop();
     for n in 0..6 {
-        let reply = get(lb.addr, "/").await;
+        let reply = get(lb.addr, "/");
         assert_eq!(
             (reply.status.as_u16(), reply.served_by()),
             (200, "a"),
@@ -35,18 +35,18 @@ async fn failover_when_a_backend_stops_then_502_when_all_are_down() {
             reply.text()
         );
     }
-    let lines = lb.exact_log_lines(8).await;
+    let lines = lb.exact_log_lines(8);
     assert_log_line(&lines[0], "GET", "/", &a.addr.to_string());
     assert_log_line(&lines[1], "GET", "/", &b.addr.to_string());
     for line in &lines[2..] {
         assert_log_line(line, "GET", "/", &a.addr.to_string());
     }
 
-    a.stop().await;
+    a.stop();
     let mut fastest = Duration::MAX;
     for _ in 0..3 {
         let started = Instant::now();
-        let reply = get(lb.addr, "/").await;
+        let reply = get(lb.addr, "/");
         let took = started.elapsed();
         fastest = fastest.min(took);
         assert_eq!(reply.status.as_u16(), 502, "{}", reply.text());
@@ -65,16 +65,15 @@ async fn failover_when_a_backend_stops_then_502_when_all_are_down() {
 }
 
 /// `--response-timeout 300ms` and a backend that takes 2 s: 504 well before the backend answers.
-#[tokio::test]
-async fn a_slow_backend_gets_504_after_the_response_timeout() {
-    let a = Backend::start("a").await;
+#[test]
+fn a_slow_backend_gets_504_after_the_response_timeout() {
+    let a = Backend::start("a");
     let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
         c.timeouts.response = Duration::from_millis(300);
-    })
-    .await;
+    });
 
     let started = Instant::now();
-    let reply = get(lb.addr, "/api/v1/delay?ms=2000").await;
+    let reply = get(lb.addr, "/api/v1/delay?ms=2000");
     let took = started.elapsed();
     assert_eq!(reply.status.as_u16(), 504, "{}", reply.text());
     assert!(
@@ -86,34 +85,32 @@ async fn a_slow_backend_gets_504_after_the_response_timeout() {
         "the body should name the backend: {:?}",
         reply.text()
     );
-    let lines = lb.exact_log_lines(1).await;
+    let lines = lb.exact_log_lines(1);
     assert_log_line(&lines[0], "GET", "/api/v1/delay", &a.addr.to_string());
 }
 
 /// The response timer starts once the request is fully sent: an upload that takes 600 ms in
 /// three pieces is not a slow backend, even with `--response-timeout 300ms`.
-#[tokio::test]
-async fn a_slow_upload_does_not_count_against_the_response_timeout() {
-    let a = Backend::start("a").await;
+#[test]
+fn a_slow_upload_does_not_count_against_the_response_timeout() {
+    let a = Backend::start("a");
     let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
         c.timeouts.response = Duration::from_millis(300);
-    })
-    .await;
+    });
 
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(
         format!(
             "POST /api/v1/echo HTTP/1.1\r\nHost: {}\r\nContent-Length: 30\r\n\r\n",
             lb.addr
         )
         .as_bytes(),
-    )
-    .await;
+    );
     for piece in [b"0123456789", b"abcdefghij", b"ABCDEFGHIJ"] {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        conn.write(piece).await;
+        std::thread::sleep(Duration::from_millis(200));
+        conn.send(piece);
     }
-    let response = conn.read_response().await;
+    let response = conn.read_response();
     assert_eq!(response.status, 200, "{}", response.text());
     let echo = response.json();
     assert_eq!(echo["body_len"], 30);
@@ -126,32 +123,27 @@ async fn a_slow_upload_does_not_count_against_the_response_timeout() {
 /// A backend that promises `Content-Length: 1000000`, sends 1000 bytes and closes. The client
 /// must see its connection end early (fewer bytes than announced, or a chunked body without its
 /// last chunk), never a response that looks complete.
-#[tokio::test]
-async fn a_backend_dying_mid_body_truncates_the_client_connection() {
-    let backend = raw_backend(
+#[test]
+fn a_backend_dying_mid_body_truncates_the_client_connection() {
+    let backend = BadBackend::replying(
         [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"[..],
             &[b'x'; 1000],
         ]
         .concat(),
         true, // closes 999 000 bytes early
-    )
-    .await;
-    let lb = Lb::start(vec![rule("/", backend)]).await;
+    );
+    let lb = Lb::start(vec![rule("/", backend.addr())]);
 
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(format!("GET /big HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes())
-        .await;
-    let (status, headers) = conn.read_head().await.expect("no response head");
-    assert_eq!(status, 200);
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let (body, _reset) = conn.read_until_closed(PATIENCE).await;
-    match (header("content-length"), header("transfer-encoding")) {
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(format!("GET /big HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes());
+    let head = conn.head().expect("no response head");
+    assert_eq!(head.status, 200);
+    let (body, _reset) = conn.read_until_closed(PATIENCE);
+    match (
+        head.header("content-length"),
+        head.header("transfer-encoding"),
+    ) {
         (Some(length), None) => {
             assert_eq!(length, "1000000");
             assert!(
@@ -166,7 +158,7 @@ async fn a_backend_dying_mid_body_truncates_the_client_connection() {
                 "the chunked body was terminated as if complete"
             );
         }
-        other => panic!("unexpected framing {other:?} in {headers:?}"),
+        other => panic!("unexpected framing {other:?} in {:?}", head.headers),
     }
     assert!(
         body.len() <= 1000 + 64,
@@ -177,38 +169,38 @@ async fn a_backend_dying_mid_body_truncates_the_client_connection() {
 
 /// Twenty clients start a large download and hang up after the first bytes (this crashed the
 /// original with a SEGFAULT). lb logs each aborted exchange and keeps serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_hanging_up_mid_response_leave_lb_serving() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn clients_hanging_up_mid_response_leave_lb_serving() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
 
     let request = format!(
         "GET /api/v1/bytes?n=100000000 HTTP/1.1\r\nHost: {}\r\n\r\n",
         lb.addr
     );
-    let clients = (0..20).map(|_| {
-        let request = request.clone();
-        let addr = lb.addr;
-        tokio::spawn(async move {
-            let mut conn = RawConn::connect(addr).await;
-            conn.write(request.as_bytes()).await;
-            let (status, _) = conn.read_head().await.expect("no response head");
-            assert_eq!(status, 200);
-            // Drop the connection with unread bytes pending: the kernel resets it.
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let request = request.clone();
+            let addr = lb.addr;
+            std::thread::spawn(move || {
+                let mut conn = RawClient::connect(addr);
+                conn.send(request.as_bytes());
+                let status = conn.head().expect("no response head").status;
+                assert_eq!(status, 200);
+                // Drop the connection with unread bytes pending: the kernel resets it.
+            })
         })
-    });
+        .collect();
     for client in clients {
-        within(PATIENCE, "a hanging-up client", client)
-            .await
-            .unwrap();
+        client.join().unwrap();
     }
 
-    let reply = get(lb.addr, "/").await;
+    let reply = get(lb.addr, "/");
     assert_eq!(reply.status.as_u16(), 200);
     assert!(reply.text().contains("RESTful API demo"));
     // An aborted exchange is logged when lb notices the hang-up, which may be after the last
     // request was served: compare the lines without their order.
-    let mut lines = lb.exact_log_lines(21).await;
+    let mut lines = lb.exact_log_lines(21);
     lines.sort_by_key(|line| line.contains("/api/v1/bytes"));
     assert_log_line(&lines[0], "GET", "/", &a.addr.to_string());
     for line in &lines[1..] {
@@ -218,62 +210,39 @@ async fn clients_hanging_up_mid_response_leave_lb_serving() {
 
 /// When the client hangs up, lb drops its side of the upstream exchange too, so a backend that
 /// is still writing a huge reply finds out promptly instead of writing into the void.
-#[tokio::test]
-async fn a_client_hanging_up_closes_the_upstream_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let (closed_tx, closed_rx) = oneshot::channel::<u64>();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(byte[0]);
-        }
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
-            .await;
-        // Write until lb's side of the connection goes away.
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut sent = 0u64;
-        while stream.write_all(&chunk).await.is_ok() {
-            sent += chunk.len() as u64;
-        }
-        let _ = closed_tx.send(sent);
-    });
-    let lb = Lb::start(vec![rule("/", backend)]).await;
+#[test]
+fn a_client_hanging_up_closes_the_upstream_connection() {
+    // `/endless`: 10^12 bytes announced, then written until lb's side of the connection goes away.
+    let backend = BadBackend::start().unwrap();
+    let lb = Lb::start(vec![rule("/", backend.addr())]);
 
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes())
-        .await;
-    assert_eq!(conn.read_head().await.expect("no response head").0, 200);
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(format!("GET /endless HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes());
+    assert_eq!(conn.head().expect("no response head").status, 200);
     drop(conn);
 
-    let sent = within(
-        Duration::from_secs(5),
-        "the backend noticing that lb closed the upstream connection",
-        closed_rx,
-    )
-    .await
-    .unwrap();
+    let noticed = backend.wait_until(Duration::from_secs(5), |c| c.len() == 1 && c[0].closed);
+    assert!(
+        noticed,
+        "the backend did not notice that lb closed the upstream connection"
+    );
+    let sent = backend.connections()[0].sent;
     assert!(
         sent < 1_000_000_000,
         "the backend wrote {sent} bytes before noticing"
     );
-    let lines = lb.exact_log_lines(1).await;
-    assert_log_line(&lines[0], "GET", "/", &backend.to_string());
+    let lines = lb.exact_log_lines(1);
+    assert_log_line(&lines[0], "GET", "/endless", &backend.addr().to_string());
 }
 
 /// A backend that answers with something that is not HTTP: 502 naming the backend.
-#[tokio::test]
-async fn an_invalid_response_head_is_502() {
-    let backend = raw_backend(&b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..], true).await;
-    let lb = Lb::start(vec![rule("/", backend)]).await;
+#[test]
+fn an_invalid_response_head_is_502() {
+    let bad = BadBackend::replying(&b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..], true);
+    let backend = bad.addr();
+    let lb = Lb::start(vec![rule("/", backend)]);
 
-    let reply = get(lb.addr, "/").await;
+    let reply = get(lb.addr, "/");
     assert_eq!(reply.status.as_u16(), 502, "{}", reply.text());
     assert!(
         reply.text().contains(&backend.to_string()),
@@ -284,10 +253,10 @@ async fn an_invalid_response_head_is_502() {
 
 /// Requests lb refuses (no Host, two Hosts, an oversized head, a malformed request line) are
 /// answered 400/431 by lb itself: none of them reaches the backend.
-#[tokio::test]
-async fn refused_requests_never_reach_a_backend() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn refused_requests_never_reach_a_backend() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
     let host = lb.addr;
     let huge = "x".repeat(32 * 1024);
 
@@ -307,19 +276,19 @@ async fn refused_requests_never_reach_a_backend() {
             400,
         ),
     ] {
-        let mut conn = RawConn::connect(lb.addr).await;
-        conn.write(request.as_bytes()).await;
+        let mut conn = RawClient::connect(lb.addr);
+        conn.send(request.as_bytes());
         let shown: String = request.chars().take(60).collect();
-        match conn.read_head().await {
-            Some((got, _)) => assert_eq!(got, status, "{shown:?}"),
+        match conn.head() {
+            Some(head) => assert_eq!(head.status, status, "{shown:?}"),
             None => panic!("{shown:?}: closed without an answer"),
         }
         assert!(
-            conn.closes_within(PATIENCE).await,
+            conn.closes_within(PATIENCE),
             "{shown:?}: connection left open"
         );
     }
-    let whoami = get(lb.addr, "/api/v1/whoami").await.json();
+    let whoami = get(lb.addr, "/api/v1/whoami").json();
     assert_eq!(
         whoami["requests_served"], 1,
         "only the whoami request got through"
@@ -329,20 +298,19 @@ async fn refused_requests_never_reach_a_backend() {
 /// Two client timeouts that must not be confused: a client dripping a request head is dropped
 /// after `--header-timeout`, while a keep-alive connection quietly waiting between requests may
 /// stay for the longer `--idle-timeout`.
-#[tokio::test]
-async fn header_timeout_drops_slow_heads_but_idle_keep_alive_waits_longer() {
-    let a = Backend::start("a").await;
+#[test]
+fn header_timeout_drops_slow_heads_but_idle_keep_alive_waits_longer() {
+    let a = Backend::start("a");
     let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
         c.timeouts.header = Duration::from_millis(300);
         c.timeouts.idle = Duration::from_millis(1200);
-    })
-    .await;
+    });
 
     // Slowloris: half a head, then nothing.
     let started = Instant::now();
-    let mut slow = RawConn::connect(lb.addr).await;
-    slow.write(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
-    assert!(slow.closes_within(PATIENCE).await);
+    let mut slow = RawClient::connect(lb.addr);
+    slow.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    assert!(slow.closes_within(PATIENCE));
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_millis(1000),
@@ -350,16 +318,16 @@ async fn header_timeout_drops_slow_heads_but_idle_keep_alive_waits_longer() {
     );
 
     // Keep-alive: idle for twice the header timeout, then a second request on the same connection.
-    let mut idle = RawConn::connect(lb.addr).await;
+    let mut idle = RawClient::connect(lb.addr);
     let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr);
-    idle.write(request.as_bytes()).await;
-    assert_eq!(idle.read_response().await.status, 200);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    idle.write(request.as_bytes()).await;
-    assert_eq!(idle.read_response().await.status, 200);
+    idle.send(request.as_bytes());
+    assert_eq!(idle.read_response().status, 200);
+    std::thread::sleep(Duration::from_millis(600));
+    idle.send(request.as_bytes());
+    assert_eq!(idle.read_response().status, 200);
     // ...and then it is closed once idle for longer than --idle-timeout.
     let started = Instant::now();
-    assert!(idle.closes_within(PATIENCE).await);
+    assert!(idle.closes_within(PATIENCE));
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(1000) && took < Duration::from_millis(2500),
@@ -369,21 +337,19 @@ async fn header_timeout_drops_slow_heads_but_idle_keep_alive_waits_longer() {
 
 /// A client that gives up while lb waits for a slow backend's answer still gets its one log line:
 /// status 499 (nginx's "client closed request"), naming the backend that was being asked.
-#[tokio::test]
-async fn a_client_that_gives_up_before_the_answer_is_logged_once_as_499() {
-    let a = Backend::start("a").await;
+#[test]
+fn a_client_that_gives_up_before_the_answer_is_logged_once_as_499() {
+    let a = Backend::start("a");
     let lb = Lb::start_with(vec![rule("/", a.addr)], |c| {
         c.log_format = lb::config::LogFormat::Json;
-    })
-    .await;
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(b"GET /api/v1/delay?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(b"GET /api/v1/delay?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
     drop(conn);
 
     let started = Instant::now();
-    let lines = lb.log_lines(1).await;
+    let lines = lb.log_lines(1);
     assert!(
         started.elapsed() < Duration::from_millis(1000),
         "logged when the client left, not when the backend answered"
@@ -392,5 +358,5 @@ async fn a_client_that_gives_up_before_the_answer_is_logged_once_as_499() {
     assert_eq!(line["status"], 499, "{line}");
     assert_eq!(line["backend"], a.addr.to_string(), "{line}");
     assert_eq!(line["path"], "/api/v1/delay", "{line}");
-    assert_eq!(lb.exact_log_lines(1).await.len(), 1);
+    assert_eq!(lb.exact_log_lines(1).len(), 1);
 }

@@ -1,21 +1,24 @@
 //! Every request gets exactly one access-log line, however it ends: answered by a backend or by lb,
 //! abandoned by its client, cut off at the end of `--grace`, or refused by hyper before it became a
 //! request (a malformed or oversized head, a head that never completed).
+//!
+//! Clients: raw bytes throughout: malformed, oversized and unfinished heads, and requests whose
+//! client goes away.
 
 use std::time::Duration;
 
 use lb::config::LogFormat;
 use serde_json::Value;
+use tests::{RawClient, PATIENCE};
 
-use crate::support::{rule, Backend, Lb, RawConn, PATIENCE};
+use crate::support::{rule, Backend, Lb};
 
 /// An lb logging JSON lines in front of `backend`, with `adjust` applied to its configuration.
-async fn json_lb(backend: &Backend, adjust: impl FnOnce(&mut lb::Config)) -> Lb {
+fn json_lb(backend: &Backend, adjust: impl FnOnce(&mut lb::Config)) -> Lb {
     Lb::start_with(vec![rule("/", backend.addr)], |c| {
         c.log_format = LogFormat::Json;
         adjust(c);
     })
-    .await
 }
 
 fn parse(line: &str) -> Value {
@@ -25,32 +28,31 @@ fn parse(line: &str) -> Value {
 /// hyper answers a malformed head with 400 and an oversized one with 431 without calling lb's
 /// handler; lb drops a head that does not complete within `--header-timeout`. Each is one line, with
 /// `-` for the method and path it never learned, and `backend=not defined` in the original format.
-#[tokio::test]
-async fn refused_heads_are_logged_with_their_status() {
-    let a = Backend::start("a").await;
+#[test]
+fn refused_heads_are_logged_with_their_status() {
+    let a = Backend::start("a");
     let lb = json_lb(&a, |c| {
         c.limits.max_header_bytes = 1024;
         c.timeouts.header = Duration::from_millis(300);
-    })
-    .await;
+    });
 
-    let mut garbage = RawConn::connect(lb.addr).await;
-    garbage.write(b"NOT A REQUEST\r\n\r\n").await;
-    assert_eq!(garbage.read_response().await.status, 400);
+    let mut garbage = RawClient::connect(lb.addr);
+    garbage.send(b"NOT A REQUEST\r\n\r\n");
+    assert_eq!(garbage.read_response().status, 400);
 
-    let mut huge = RawConn::connect(lb.addr).await;
+    let mut huge = RawClient::connect(lb.addr);
     let long = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "b".repeat(4096)
     );
-    huge.write(long.as_bytes()).await;
-    assert_eq!(huge.read_response().await.status, 431);
+    huge.send(long.as_bytes());
+    assert_eq!(huge.read_response().status, 431);
 
-    let mut slow = RawConn::connect(lb.addr).await;
-    slow.write(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
-    assert!(slow.closes_within(PATIENCE).await);
+    let mut slow = RawClient::connect(lb.addr);
+    slow.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    assert!(slow.closes_within(PATIENCE));
 
-    let lines = lb.exact_log_lines(3).await;
+    let lines = lb.exact_log_lines(3);
     let statuses: Vec<u64> = lines
         .iter()
         .map(|l| parse(l)["status"].as_u64().unwrap())
@@ -66,14 +68,14 @@ async fn refused_heads_are_logged_with_their_status() {
     }
 }
 
-#[tokio::test]
-async fn a_refused_head_in_the_original_format_reads_dash_dash_not_defined() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
-    let mut garbage = RawConn::connect(lb.addr).await;
-    garbage.write(b"NOT A REQUEST\r\n\r\n").await;
-    assert_eq!(garbage.read_response().await.status, 400);
-    let lines = lb.exact_log_lines(1).await;
+#[test]
+fn a_refused_head_in_the_original_format_reads_dash_dash_not_defined() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
+    let mut garbage = RawClient::connect(lb.addr);
+    garbage.send(b"NOT A REQUEST\r\n\r\n");
+    assert_eq!(garbage.read_response().status, 400);
+    let lines = lb.exact_log_lines(1);
     let (time, rest) = lines[0].split_once(' ').unwrap();
     assert!(time.parse::<u64>().is_ok(), "{}", lines[0]);
     assert_eq!(rest, "- - backend=not defined");
@@ -81,21 +83,19 @@ async fn a_refused_head_in_the_original_format_reads_dash_dash_not_defined() {
 
 /// A request still waiting for its backend when `--grace` runs out is cut off, and logged (499: no
 /// response was ever sent), on one worker thread and on several.
-#[tokio::test]
-async fn requests_cut_off_at_the_end_of_grace_are_logged() {
+#[test]
+fn requests_cut_off_at_the_end_of_grace_are_logged() {
     for threads in [1, 2] {
-        let a = Backend::start("a").await;
+        let a = Backend::start("a");
         let mut lb = json_lb(&a, |c| {
             c.timeouts.grace = Duration::from_millis(300);
             c.threads = threads;
-        })
-        .await;
-        let mut conn = RawConn::connect(lb.addr).await;
-        conn.write(b"GET /api/v1/delay?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        lb.stop().await;
-        let lines = lb.exact_log_lines(1).await;
+        });
+        let mut conn = RawClient::connect(lb.addr);
+        conn.send(b"GET /api/v1/delay?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(200));
+        lb.stop();
+        let lines = lb.exact_log_lines(1);
         let line = parse(&lines[0]);
         assert_eq!(line["status"], 499, "threads {threads}: {line}");
         assert_eq!(line["path"], "/api/v1/delay", "{line}");

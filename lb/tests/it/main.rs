@@ -3,10 +3,15 @@
 //! Logic that needs no socket (routing tables, rewriting, header lists, log formats) is
 //! unit-tested next to the code in `src/`.
 //!
+//! The tests are plain blocking functions on the workspace's harness (`tests`, described in
+//! `tests/README.md`): processes behind kill-on-drop guards, reqwest for ordinary requests, a raw
+//! client for exact bytes, a misbehaving backend. Each file's opening comment says which clients
+//! it uses and why.
+//!
 //! One test binary for the crate, with a module per concern:
 
-/// Backends, an in-process balancer with its access log, the binary behind a kill-on-drop guard,
-/// a hyper client and a raw byte-level client, all bounded in time.
+/// Backends and a balancer running in this process (on threads of their own), lb's binary, and
+/// checks of the access log.
 mod support;
 
 /// The binary's command line: usage errors exit 2 naming the flag, a taken port exits 1,

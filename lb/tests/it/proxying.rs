@@ -1,27 +1,30 @@
 //! What crosses the balancer: the request head as the backend sees it (hop-by-hop headers gone,
 //! `X-Forwarded-For`, `Via`), pipelined requests in order, and bodies streamed rather than
 //! buffered: the first bytes of a slow reply arrive early, and 50 MB pass intact both ways.
+//!
+//! Clients: raw bytes where the request's exact headers or the connection are the point
+//! (hop-by-hop headers, pipelining, bodiless replies, `Expect`, HTTP/1.0); reqwest for the
+//! streamed and large bodies, read as they arrive.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use tests::http::{client, send, url};
+use tests::reqwest::StatusCode;
+use tests::{BadBackend, RawClient, PATIENCE};
 
-use crate::support::{
-    echoed_headers, open, raw_backend, rule, send, within, Backend, Lb, RawConn, PATIENCE,
-};
+use crate::support::{echoed_headers, rule, Backend, Lb};
 
 /// RFC 9110 §7.6.1: `Connection` and what it names, `Keep-Alive`, `Proxy-Authorization` and `TE`
 /// stay on the client's hop. lb appends the client to `X-Forwarded-For`, adds `Via` and
 /// `X-Forwarded-Proto`, and keeps `Host`.
-#[tokio::test]
-async fn backend_sees_no_hop_by_hop_headers_and_a_forwarded_for_chain() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn backend_sees_no_hop_by_hop_headers_and_a_forwarded_for_chain() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
 
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(
         b"GET /api/v1/echo HTTP/1.1\r\n\
           Host: app.example:8000\r\n\
           Connection: close, X-Secret\r\n\
@@ -32,9 +35,8 @@ async fn backend_sees_no_hop_by_hop_headers_and_a_forwarded_for_chain() {
           X-Forwarded-For: 1.2.3.4\r\n\
           X-Kept: yes\r\n\
           \r\n",
-    )
-    .await;
-    let response = conn.read_response().await;
+    );
+    let response = conn.read_response();
     assert_eq!(response.status, 200, "{}", response.text());
     let echo = response.json();
     let headers = echoed_headers(&echo);
@@ -66,14 +68,14 @@ async fn backend_sees_no_hop_by_hop_headers_and_a_forwarded_for_chain() {
     assert_eq!(value("x-kept"), ["yes"], "{echo}");
 
     // The client asked to close, so lb closes after answering.
-    assert!(conn.closes_within(PATIENCE).await);
+    assert!(conn.closes_within(PATIENCE));
 }
 
 /// Three requests written in one go are answered in order, each by the next backend in turn.
-#[tokio::test]
-async fn pipelined_requests_are_answered_in_order() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let lb = Lb::start(vec![rule("/", a.addr), rule("/", b.addr)]).await;
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let lb = Lb::start(vec![rule("/", a.addr), rule("/", b.addr)]);
 
     let mut all = Vec::new();
     for n in 1..=3 {
@@ -85,10 +87,10 @@ async fn pipelined_requests_are_answered_in_order() {
             .as_bytes(),
         );
     }
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(&all).await;
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(&all);
     for (n, served_by) in [(1, "a"), (2, "b"), (3, "a")] {
-        let response = conn.read_response().await;
+        let response = conn.read_response();
         assert_eq!(response.status, 200);
         assert_eq!(response.json()["uri"], format!("/api/v1/echo?n={n}"));
         assert_eq!(response.header("x-served-by"), Some(served_by));
@@ -97,32 +99,30 @@ async fn pipelined_requests_are_answered_in_order() {
 
 /// A backend that sends 64 KiB every 200 ms: the first bytes reach the client long before the
 /// backend is done, so lb forwards frames as they come instead of collecting the reply.
-#[tokio::test]
-async fn a_slow_response_streams_its_first_bytes_early() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn a_slow_response_streams_its_first_bytes_early() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
 
     // 4 chunks (64 KiB, 64 KiB, 64 KiB, the rest) with 200 ms before each of the last three.
     let started = Instant::now();
-    let response = open(
-        lb.addr,
-        Request::get("/api/v1/bytes?n=200000&chunk_delay_ms=200")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let mut response = client()
+        .get(url(lb.addr, "/api/v1/bytes?n=200000&chunk_delay_ms=200"))
+        .send()
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
     let mut first_byte = None;
     let mut total = 0;
-    while let Some(frame) = within(PATIENCE, "the next body frame", body.frame()).await {
-        let frame = frame.unwrap();
-        if let Some(data) = frame.data_ref() {
-            if !data.is_empty() && first_byte.is_none() {
-                first_byte = Some(started.elapsed());
-            }
-            total += data.len();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = response.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
         }
+        if first_byte.is_none() {
+            first_byte = Some(started.elapsed());
+        }
+        total += n;
     }
     let (first_byte, done) = (first_byte.unwrap(), started.elapsed());
     assert_eq!(total, 200_000);
@@ -137,7 +137,7 @@ async fn a_slow_response_streams_its_first_bytes_early() {
 }
 
 /// Deterministic test data: `len` bytes from xorshift, different in every 1 MiB block.
-fn pattern(len: usize) -> Bytes {
+fn pattern(len: usize) -> Vec<u8> {
     let mut block = Vec::with_capacity(1 << 20);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     while block.len() < 1 << 20 {
@@ -155,47 +155,40 @@ fn pattern(len: usize) -> Bytes {
         data.extend_from_slice(&block[..take]);
         n += 1;
     }
-    Bytes::from(data)
+    data
 }
 
 const FIFTY_MB: usize = 50 * 1024 * 1024;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_megabytes_upload_intact() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn fifty_megabytes_upload_intact() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
 
     let data = pattern(FIFTY_MB);
     let crc = crc32fast::hash(&data);
-    let reply = send(
-        lb.addr,
-        Request::put("/api/v1/echo").body(Full::new(data)).unwrap(),
-    )
-    .await;
+    let reply = send(client().put(url(lb.addr, "/api/v1/echo")).body(data));
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let echo = reply.json();
     assert_eq!(echo["body_len"], FIFTY_MB as u64);
     assert_eq!(echo["body_crc32"], crc);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_megabytes_download_intact() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn fifty_megabytes_download_intact() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
 
-    let response = open(
-        lb.addr,
-        Request::get(format!("/api/v1/bytes?n={FIFTY_MB}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let mut response = client()
+        .get(url(lb.addr, &format!("/api/v1/bytes?n={FIFTY_MB}")))
+        .send()
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-length"],
         FIFTY_MB.to_string().as_str()
     );
-    // Byte k of the reply is ALPHABET[k % 64]; compare each frame against that pattern.
+    // Byte k of the reply is ALPHABET[k % 64]; compare each read against that pattern.
     const ALPHABET: &[u8; 64] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_";
     let expected: Vec<u8> = ALPHABET
         .iter()
@@ -203,14 +196,15 @@ async fn fifty_megabytes_download_intact() {
         .cycle()
         .take(64 * 1024 + 64)
         .collect();
-    let mut body = response.into_body();
     let mut offset = 0usize;
-    while let Some(frame) = within(PATIENCE, "the next body frame", body.frame()).await {
-        let frame = frame.unwrap();
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        for piece in data.chunks(64 * 1024) {
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = response.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        {
+            let piece = &buf[..n];
             let start = offset % 64;
             assert!(
                 piece == &expected[start..start + piece.len()],
@@ -224,20 +218,18 @@ async fn fifty_megabytes_download_intact() {
 
 /// A backend's `Connection: close` ends the backend connection only (RFC 9110 §7.6.1): the
 /// client's keep-alive connection carries on, and lb does not reuse the closed upstream one.
-#[tokio::test]
-async fn a_backend_closing_its_connection_leaves_the_client_connection_open() {
-    let backend = raw_backend(
+#[test]
+fn a_backend_closing_its_connection_leaves_the_client_connection_open() {
+    let backend = BadBackend::replying(
         &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"[..],
         true,
-    )
-    .await;
-    let lb = Lb::start(vec![rule("/", backend)]).await;
+    );
+    let lb = Lb::start(vec![rule("/", backend.addr())]);
 
-    let mut conn = RawConn::connect(lb.addr).await;
+    let mut conn = RawClient::connect(lb.addr);
     for n in 0..3 {
-        conn.write(format!("GET /{n} HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes())
-            .await;
-        let response = conn.read_response().await;
+        conn.send(format!("GET /{n} HTTP/1.1\r\nHost: {}\r\n\r\n", lb.addr).as_bytes());
+        let response = conn.read_response();
         assert_eq!((response.status, response.text().as_str()), (200, "ok"));
         assert_eq!(response.header("connection"), None, "request {n}");
     }
@@ -245,68 +237,67 @@ async fn a_backend_closing_its_connection_leaves_the_client_connection_open() {
 
 /// Replies without a body (HEAD, 204, 304) leave the connection usable: the next response on it
 /// is intact.
-#[tokio::test]
-async fn bodiless_replies_keep_the_connection_in_step() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn bodiless_replies_keep_the_connection_in_step() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
     let host = lb.addr;
 
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(format!("HEAD /api/v1/bytes?n=5000 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await;
-    let (status, headers) = conn.read_head().await.expect("no reply to HEAD");
-    assert_eq!(status, 200);
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(format!("HEAD /api/v1/bytes?n=5000 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let head = conn.head().expect("no reply to HEAD");
+    assert_eq!(head.status, 200);
     assert!(
-        headers.contains(&("content-length".to_string(), "5000".to_string())),
-        "{headers:?}"
+        head.headers
+            .contains(&("content-length".to_string(), "5000".to_string())),
+        "{:?}",
+        head.headers
     );
     for (path, status) in [("/api/v1/status/204", 204), ("/api/v1/status/304", 304)] {
-        conn.write(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await;
-        let response = conn.read_response().await;
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        let response = conn.read_response();
         assert_eq!(response.status, status);
         assert!(response.body.is_empty());
     }
-    conn.write(format!("GET /api/v1/echo?after=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await;
-    let response = conn.read_response().await;
+    conn.send(format!("GET /api/v1/echo?after=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+    let response = conn.read_response();
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["uri"], "/api/v1/echo?after=1");
 }
 
 /// A client that sends `Expect: 100-continue` gets its `100 Continue` and its answer.
-#[tokio::test]
-async fn expect_100_continue_does_not_stall_the_client() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn expect_100_continue_does_not_stall_the_client() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
 
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(
         format!(
             "POST /api/v1/echo HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
             lb.addr
         )
         .as_bytes(),
     )
-    .await;
-    let (status, _) = conn.read_head().await.expect("no interim response");
+    ;
+    let status = conn.head().expect("no interim response").status;
     assert_eq!(status, 100);
-    conn.write(b"hello").await;
-    let response = conn.read_response().await;
+    conn.send(b"hello");
+    let response = conn.read_response();
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["body_len"], 5);
 }
 
 /// An HTTP/1.0 client without Host is still served: the backend gets an HTTP/1.1 request with
 /// a Host (the backend's address), and the client's connection closes after the reply.
-#[tokio::test]
-async fn an_http_1_0_client_is_answered_and_closed() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(vec![rule("/", a.addr)]).await;
+#[test]
+fn an_http_1_0_client_is_answered_and_closed() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
 
-    let mut conn = RawConn::connect(lb.addr).await;
-    conn.write(b"GET /api/v1/echo HTTP/1.0\r\n\r\n").await;
-    let response = conn.read_response().await;
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(b"GET /api/v1/echo HTTP/1.0\r\n\r\n");
+    let response = conn.read_response();
     assert_eq!(response.status, 200, "{}", response.text());
     let echo = response.json();
     assert_eq!(echo["version"], "HTTP/1.1");
@@ -316,5 +307,5 @@ async fn an_http_1_0_client_is_answered_and_closed() {
         .map(|(_, value)| value)
         .collect();
     assert_eq!(hosts, [a.addr.to_string()]);
-    assert!(conn.closes_within(PATIENCE).await);
+    assert!(conn.closes_within(PATIENCE));
 }

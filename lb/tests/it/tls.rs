@@ -1,20 +1,24 @@
 //! `-s FILE`: HTTPS in front, plain HTTP to the backends; `-D FILE`: the hexdump of both legs.
 //! Certificates are made for each test with `rcgen` (ECDSA P-256); no key is committed.
+//!
+//! Clients: reqwest over rustls, trusting only the test's certificate; one rustls handshake by
+//! hand to see the protocol ALPN settled on; raw bytes for plain HTTP sent to the TLS port and a
+//! client that never starts its handshake.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use tests::http::{builder, send};
+use tests::reqwest::blocking::Client;
+use tests::reqwest::header::HeaderMap;
+use tests::reqwest::tls::Certificate;
+use tests::{get, RawClient, PATIENCE};
 
-use crate::support::{get, within, Backend, LbProcess, RawConn, PATIENCE};
+use crate::support::{lb_process, Backend, LB};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, as PEM: (certificate, key).
 fn certificate() -> (String, String) {
@@ -30,11 +34,37 @@ fn file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// GET `path` over a new TLS connection that trusts only `cert_pem` (as `curl --cacert` would).
-async fn https_get(addr: SocketAddr, cert_pem: &str, path: &str) -> (u16, http::HeaderMap, String) {
+/// A client for `https://localhost:PORT/` that trusts only `cert_pem` (as `curl --cacert` would)
+/// and reaches `localhost` at `addr`.
+fn https_client(addr: SocketAddr, cert_pem: &str) -> Client {
+    builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .http1_only()
+        .build()
+        .unwrap()
+}
+
+/// GET `path` over a new TLS connection: status, headers and body. (Before it, a handshake by
+/// hand checks that lb agrees to HTTP/1.1 by ALPN.)
+fn https_get(addr: SocketAddr, cert_pem: &str, path: &str) -> (u16, HeaderMap, String) {
+    assert_eq!(
+        negotiated_alpn(addr, cert_pem).as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    let url = format!("https://localhost:{}{path}", addr.port());
+    let reply = send(https_client(addr, cert_pem).get(url));
+    (reply.status.as_u16(), reply.headers.clone(), reply.text())
+}
+
+/// The application protocol a TLS handshake with `addr` settles on when the client offers
+/// `http/1.1` (what reqwest offers, but does not report).
+fn negotiated_alpn(addr: SocketAddr, cert_pem: &str) -> Option<Vec<u8>> {
     let mut roots = rustls::RootCertStore::empty();
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-    roots.add(der).unwrap();
+    roots
+        .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -42,42 +72,26 @@ async fn https_get(addr: SocketAddr, cert_pem: &str, path: &str) -> (u16, http::
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    within(PATIENCE, format!("GET {path} over TLS"), async {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let request = Request::get(path)
-            .header("host", "localhost")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status.as_u16(),
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
-    })
-    .await
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).unwrap();
+    }
+    tls.alpn_protocol().map(<[u8]>::to_vec)
 }
 
 /// HTTPS through lb to two plain backends: they take turns, the log lines are the usual ones, the
 /// backends see `X-Forwarded-Proto: https`, and the certificate verifies against its CA.
-#[tokio::test]
-async fn https_in_front_of_plain_backends() {
+#[test]
+fn https_in_front_of_plain_backends() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate();
     let pem = file(dir.path(), "lb.pem", &format!("{cert}{key}"));
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
-    let lb = LbProcess::start(&[
+    let mut lb = lb_process(&[
         "-p",
         "0",
         "-l",
@@ -90,22 +104,21 @@ async fn https_in_front_of_plain_backends() {
         "-b",
         "/",
         &b_addr,
-    ])
-    .await;
+    ]);
     let mut served = Vec::new();
     for _ in 0..4 {
-        let (status, headers, _) = https_get(lb.addr, &cert, "/api/v1/whoami").await;
+        let (status, headers, _) = https_get(lb.addr, &cert, "/api/v1/whoami");
         assert_eq!(status, 200);
         served.push(headers["x-served-by"].to_str().unwrap().to_string());
     }
     assert_eq!(served, ["a", "b", "a", "b"]);
-    let (_, _, echo) = https_get(lb.addr, &cert, "/api/v1/echo").await;
+    let (_, _, echo) = https_get(lb.addr, &cert, "/api/v1/echo");
     assert!(
         echo.to_ascii_lowercase()
             .contains("\"x-forwarded-proto\",\"https\""),
         "the backend is told the client spoke HTTPS: {echo}"
     );
-    let lines = lb.wait_for_stdout_lines(5).await;
+    let lines = lb.wait_stdout_lines(5, PATIENCE).unwrap();
     assert!(
         lines[0].ends_with(&format!("GET /api/v1/whoami backend={a_addr}")),
         "{lines:?}"
@@ -149,7 +162,7 @@ fn bad_certificates_are_one_line_and_exit_2() {
         ),
     ];
     for (args, expected) in cases {
-        let output = assert_cmd::Command::new(crate::support::LB)
+        let output = assert_cmd::Command::new(LB)
             .args(&args)
             .args(["-p", "0", "-b", "/", "127.0.0.1:1"])
             .assert()
@@ -176,15 +189,15 @@ fn path(p: &Path) -> String {
 /// The key in its own file (`--tls-key`) works; plain HTTP to the TLS port gets its connection
 /// closed and nothing is logged as proxied; a client that stalls in the handshake is dropped
 /// after `--header-timeout`.
-#[tokio::test]
-async fn separate_key_plain_http_and_a_stalled_handshake() {
+#[test]
+fn separate_key_plain_http_and_a_stalled_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate();
     let cert_path = file(dir.path(), "cert.pem", &cert);
     let key_path = file(dir.path(), "key.pem", &key);
-    let a = Backend::start("a").await;
+    let a = Backend::start("a");
     let a_addr = a.addr.to_string();
-    let lb = LbProcess::start(&[
+    let mut lb = lb_process(&[
         "-p",
         "0",
         "-l",
@@ -198,30 +211,29 @@ async fn separate_key_plain_http_and_a_stalled_handshake() {
         "-b",
         "/",
         &a_addr,
-    ])
-    .await;
-    assert_eq!(https_get(lb.addr, &cert, "/").await.0, 200);
+    ]);
+    assert_eq!(https_get(lb.addr, &cert, "/").0, 200);
 
-    let mut plain = RawConn::connect(lb.addr).await;
-    plain.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut plain = RawClient::connect(lb.addr);
+    plain.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     // Returns once lb has closed the connection (reset or not); never a 200.
-    let (bytes, _reset) = plain.read_until_closed(PATIENCE).await;
+    let (bytes, _reset) = plain.read_until_closed(PATIENCE);
     assert!(
         !String::from_utf8_lossy(&bytes).contains("200 OK"),
         "plain HTTP is not answered"
     );
 
     let started = Instant::now();
-    let mut stalled = RawConn::connect(lb.addr).await;
-    assert!(stalled.closes_within(PATIENCE).await);
+    let mut stalled = RawClient::connect(lb.addr);
+    assert!(stalled.closes_within(PATIENCE));
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "dropped after {took:?}"
     );
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = lb.stdout();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = lb.stdout_lines().join("\n");
     assert_eq!(
         log.lines().count(),
         1,
@@ -231,16 +243,16 @@ async fn separate_key_plain_http_and_a_stalled_handshake() {
 
 /// `-D FILE`: one request's bytes on both legs, in order (client -> lb, lb -> backend, backend ->
 /// lb, lb -> client), each chunk a header line and a classic hexdump.
-#[tokio::test]
-async fn the_dump_shows_both_legs_in_order() {
+#[test]
+fn the_dump_shows_both_legs_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump.txt");
-    let a = Backend::start("a").await;
+    let a = Backend::start("a");
     let a_addr = a.addr.to_string();
-    let mut lb = LbProcess::start(&["-p", "0", "-D", &path(&dump), "-b", "/", &a_addr]).await;
-    assert_eq!(get(lb.addr, "/api/v1/whoami").await.status, 200);
-    lb.signal("TERM");
-    let status = lb.wait_exit(PATIENCE).await;
+    let mut lb = lb_process(&["-p", "0", "-D", &path(&dump), "-b", "/", &a_addr]);
+    assert_eq!(get(lb.addr, "/api/v1/whoami").status, 200);
+    lb.signal("TERM").unwrap();
+    let status = lb.wait_exit(PATIENCE).unwrap();
     lb.check(status.success(), format!("exit {status}"));
     let text = std::fs::read_to_string(&dump).unwrap();
 
