@@ -62,20 +62,25 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
 }
 
 /// `GET path` on a new connection, read to the end.
+#[track_caller]
 pub fn get(addr: SocketAddr, path: &str) -> Reply {
     send(client().get(url(addr, path)))
 }
 
 /// Send `request` and read the whole response; fails the test (naming the request and every
 /// cause) if there is no response or the body cannot be read to its end.
+#[track_caller]
 pub fn send(request: RequestBuilder) -> Reply {
     let (client, request) = request.build_split();
-    let request = request.unwrap_or_else(|e| panic!("cannot build a request: {}", causes(&e)));
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => panic!("cannot build a request: {}", causes(&e)),
+    };
     let what = format!("{} {}", request.method(), request.url());
-    let response = client
-        .execute(request)
-        .unwrap_or_else(|e| panic!("{what}: {}", causes(&e)));
-    Reply::read(response, &what)
+    match client.execute(request) {
+        Ok(response) => Reply::read(response, &what),
+        Err(e) => panic!("{what}: {}", causes(&e)),
+    }
 }
 
 /// An error and its sources on one line: reqwest's own message alone rarely says what happened
@@ -101,13 +106,14 @@ pub struct Reply {
 
 impl Reply {
     /// Read `response` to its end (`what` names the request in a failure).
+    #[track_caller]
     pub fn read(response: Response, what: &str) -> Reply {
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .unwrap_or_else(|e| panic!("{what}: reading the body: {}", causes(&e)))
-            .to_vec();
+        let body = match response.bytes() {
+            Ok(body) => body.to_vec(),
+            Err(e) => panic!("{what}: reading the body: {}", causes(&e)),
+        };
         Reply {
             status,
             headers,

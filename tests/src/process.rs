@@ -212,7 +212,7 @@ impl Proc {
                 self.transcript()
             ),
             None => anyhow::anyhow!(
-                "no {what} on {stream} within {timeout:?}\n{}",
+                "{what} not printed on {stream} within {timeout:?}\n{}",
                 self.transcript()
             ),
         }
@@ -241,7 +241,7 @@ impl Proc {
         while self.stdout.seen.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.stdout.receive(left) {
-                let what = format!("{n} lines (only {})", self.stdout.seen.len());
+                let what = format!("{n} lines (only {} so far)", self.stdout.seen.len());
                 return Err(self.no_line(&what, "stdout", timeout));
             }
         }
@@ -316,11 +316,13 @@ impl Proc {
     }
 
     /// Panic with `message` and the [`transcript`](Proc::transcript).
+    #[track_caller]
     pub fn fail(&mut self, message: impl Display) -> ! {
         panic!("{message}\n{}", self.transcript())
     }
 
     /// Fail (with the transcript) unless `ok`.
+    #[track_caller]
     pub fn check(&mut self, ok: bool, message: impl Display) {
         if !ok {
             self.fail(message);
@@ -332,5 +334,73 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A failing wait explains itself: the command line, whether the process exited, and its
+    //! last lines.
+
+    use super::*;
+
+    fn sh(script: &str) -> Proc {
+        Proc::spawn(Path::new("/bin/sh"), &["-c", script]).unwrap()
+    }
+
+    #[test]
+    fn a_process_that_exits_before_its_line_is_reported_with_its_stderr() {
+        let mut proc = sh("echo starting; echo 'cannot listen on 127.0.0.1:80' >&2; exit 3");
+        let error = proc
+            .wait_stderr("Starting LB on ", Duration::from_secs(10))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "exited (exit status: 3) before printing a line containing \"Starting LB on \"",
+            "--- command: /bin/sh -c echo starting;",
+            "--- stdout:\nstarting\n",
+            "--- stderr:\ncannot listen on 127.0.0.1:80\n",
+        ] {
+            assert!(error.contains(needle), "{needle:?} not in:\n{error}");
+        }
+    }
+
+    #[test]
+    fn a_line_that_never_comes_is_reported_with_what_was_printed() {
+        let mut proc = sh("echo 'still thinking' >&2; sleep 10");
+        let error = proc
+            .wait_stderr("Starting LB on ", Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                "a line containing \"Starting LB on \" not printed on stderr within 200ms"
+            ),
+            "{error}"
+        );
+        assert!(error.contains("--- still running"), "{error}");
+        assert!(error.contains("still thinking"), "{error}");
+    }
+
+    #[test]
+    fn a_transcript_shows_the_last_lines_only() {
+        let mut proc = sh("seq 1 100 >&2");
+        proc.wait_exit(Duration::from_secs(10)).unwrap();
+        let transcript = proc.transcript();
+        assert!(
+            transcript.contains("[... 60 earlier lines ...]\n61\n"),
+            "{transcript}"
+        );
+        assert!(transcript.ends_with("100\n---"), "{transcript}");
+    }
+
+    #[test]
+    fn next_stdout_goes_on_after_the_line_waited_for() {
+        let mut proc = sh("echo one; echo ready; echo two");
+        proc.wait_stdout("ready", Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            proc.next_stdout(Duration::from_secs(10)).as_deref(),
+            Some("two")
+        );
     }
 }

@@ -64,9 +64,12 @@ enum Fill {
 }
 
 impl RawClient {
+    #[track_caller]
     pub fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect_timeout(&addr, PATIENCE)
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let stream = match TcpStream::connect_timeout(&addr, PATIENCE) {
+            Ok(stream) => stream,
+            Err(e) => panic!("connect to {addr}: {e}"),
+        };
         stream.set_nodelay(true).unwrap();
         RawClient {
             stream,
@@ -85,10 +88,13 @@ impl RawClient {
     }
 
     /// `GET path` (with `Host: lb.test`, keep-alive), then its final response.
+    #[track_caller]
     pub fn get(&mut self, path: &str) -> RawResponse {
         self.send(format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\n\r\n").as_bytes());
-        self.response(false)
-            .unwrap_or_else(|| panic!("the connection was closed instead of answering GET {path}"))
+        match self.response(false) {
+            Some(response) => response,
+            None => panic!("the connection was closed instead of answering GET {path}"),
+        }
     }
 
     fn fill(&mut self, wait: Duration) -> Fill {
@@ -253,9 +259,12 @@ impl RawClient {
 
     /// The next final response to a request that was not HEAD; fails the test if the
     /// connection closed instead.
+    #[track_caller]
     pub fn read_response(&mut self) -> RawResponse {
-        self.response(false)
-            .unwrap_or_else(|| panic!("the connection was closed instead of answering"))
+        match self.response(false) {
+            Some(response) => response,
+            None => panic!("the connection was closed instead of answering"),
+        }
     }
 
     /// Does the server close the connection within `timeout`, sending nothing more? Bytes that

@@ -62,17 +62,23 @@ pub struct RestfulServer {
 
 impl RestfulServer {
     /// `restful-server ARGS` (built by [`crate::bin`]); pass `-p 0` for a port of its own.
+    #[track_caller]
     pub fn start(args: &[&str]) -> RestfulServer {
         RestfulServer::start_bin(&crate::bin("restful-server"), args)
     }
 
     /// The same with the binary at `program` (a crate's own tests pass
     /// `env!("CARGO_BIN_EXE_restful-server")`).
+    #[track_caller]
     pub fn start_bin(program: &Path, args: &[&str]) -> RestfulServer {
-        let (mut proc, addr) = start_backend(program, args).unwrap_or_else(|e| panic!("{e:#}"));
-        let starting_line = proc
-            .wait_stdout(RESTFUL_READY, READY)
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let (mut proc, addr) = match start_backend(program, args) {
+            Ok(started) => started,
+            Err(e) => panic!("{e:#}"),
+        };
+        let starting_line = match proc.wait_stdout(RESTFUL_READY, READY) {
+            Ok(line) => line,
+            Err(e) => panic!("{e:#}"),
+        };
         RestfulServer {
             proc,
             addr,
@@ -90,23 +96,31 @@ pub struct LbProcess {
 
 impl LbProcess {
     /// `lb ARGS`, verbatim (built by [`crate::bin`]); see [`LbBuilder`] to write them.
+    #[track_caller]
     pub fn start(args: &[&str]) -> LbProcess {
         LbProcess::start_bin(&crate::bin("lb"), args)
     }
 
     /// The same with the binary at `program` (lb's own tests pass `env!("CARGO_BIN_EXE_lb")`).
+    #[track_caller]
     pub fn start_bin(program: &Path, args: &[&str]) -> LbProcess {
-        let (proc, addr) = start_lb(program, args).unwrap_or_else(|e| panic!("{e:#}"));
-        LbProcess { proc, addr }
+        match start_lb(program, args) {
+            Ok((proc, addr)) => LbProcess { proc, addr },
+            Err(e) => panic!("{e:#}"),
+        }
     }
 
     /// The address of the `--admin` listener, from its `Admin on http://ADDR/` line.
+    #[track_caller]
     pub fn admin_addr(&mut self) -> SocketAddr {
-        let line = self
-            .proc
-            .wait_stderr(ADMIN_READY, READY)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        address_after(&line, ADMIN_READY).unwrap_or_else(|e| self.proc.fail(format!("{e:#}")))
+        let line = match self.proc.wait_stderr(ADMIN_READY, READY) {
+            Ok(line) => line,
+            Err(e) => panic!("{e:#}"),
+        };
+        match address_after(&line, ADMIN_READY) {
+            Ok(addr) => addr,
+            Err(e) => self.proc.fail(format!("{e:#}")),
+        }
     }
 }
 
@@ -192,6 +206,7 @@ impl LbBuilder {
     }
 
     /// Start lb and wait until it listens.
+    #[track_caller]
     pub fn start(self) -> LbProcess {
         let program = self.program.clone().unwrap_or_else(|| crate::bin("lb"));
         let args = self.args();
@@ -216,8 +231,12 @@ impl Cluster {
 
 /// `n` restful-servers on ports of their own, and `lb -p 0 -l - FLAGS -b / B1 -b / B2 ...` in
 /// front of them: lb writes its access log to stdout, where [`Proc::next_stdout`] reads it.
+#[track_caller]
 pub fn cluster(n: usize, lb_flags: &[&str]) -> Cluster {
-    let backends: Vec<RestfulServer> = (0..n).map(|_| RestfulServer::start(&["-p", "0"])).collect();
+    let mut backends = Vec::new();
+    for _ in 0..n {
+        backends.push(RestfulServer::start(&["-p", "0"]));
+    }
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     let lb = LbBuilder::new()
         .flags(&["-l", "-"])

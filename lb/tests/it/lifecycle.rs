@@ -73,6 +73,10 @@ fn sigterm_drains_the_request_in_flight_and_exits_0() {
 fn ctrl_c_stops_an_idle_lb_with_exit_0() {
     let a = Backend::start("a");
     let mut lb = lb_process(&["-p", "0", "-b", "/", &a.addr.to_string()]);
+    // lb prints `Starting LB on` before `lb::shutdown::signal()` is first polled, which is when
+    // its SIGINT handler is installed: a signal sent in between gets the default action and kills
+    // lb (exit by signal, not 0). One request served means the handler is in place by now.
+    assert_eq!(get(lb.addr, "/").status, 200);
     let started = Instant::now();
     lb.signal("INT").unwrap();
     let status = lb.wait_exit(PATIENCE).unwrap();
