@@ -433,7 +433,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(found) = &report.find_max {
                 println!("{}", crate::find_max::render_text(found));
-                println!("The highest passing step's run:");
+                match found.rate {
+                    Some(_) => println!("The highest passing step's run:"),
+                    None => println!("The last step's run:"),
+                }
             }
             print!("{}", report.render_text());
         }

@@ -48,12 +48,30 @@ pub struct Search {
 pub fn render_text(found: &FindMax) -> String {
     let mut s = String::new();
     let errors = format!("{}% failed requests", found.max_error_rate * 100.0);
+    // The rate where loadgen fell behind, and the lowest rate the target failed.
+    let saturated_at = found
+        .steps
+        .iter()
+        .find(|s| s.outcome == Outcome::GeneratorSaturated)
+        .map(|s| s.rate);
+    let failed_at = found
+        .steps
+        .iter()
+        .filter(|s| s.outcome == Outcome::Fail)
+        .map(|s| s.rate)
+        .min_by(f64::total_cmp);
     let result = match found.rate {
         Some(rate) if found.generator_saturated => format!(
-            "at least {} req/s meet {} with at most {errors}; loadgen saturated above that, \
-                 so the target's limit is higher (give loadgen more cores, or another machine)",
+            "at least {} req/s meet {} with at most {errors}; the search stopped at {} req/s, \
+             where loadgen itself fell behind, so the target's limit is {} (give loadgen more \
+             CPU to search further)",
             fmt_rate(rate),
-            found.slo
+            found.slo,
+            saturated_at.map_or_else(|| "?".to_owned(), fmt_rate),
+            match failed_at {
+                Some(bad) => format!("between {} and {} req/s", fmt_rate(rate), fmt_rate(bad)),
+                None => format!("{} req/s or more", fmt_rate(rate)),
+            }
         ),
         Some(rate) => format!(
             "{} req/s is the highest rate that meets {} with at most {errors}",
@@ -246,4 +264,71 @@ pub async fn find_max(
     };
     report.find_max = Some(result);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: f64, p99_ms: u64, outcome: Outcome) -> Step {
+        Step {
+            rate,
+            achieved: rate,
+            p50_us: 300,
+            p99_us: p99_ms * 1000,
+            p999_us: p99_ms * 1500,
+            requests: rate as u64 * 2,
+            failed: 0,
+            outcome,
+            why: String::new(),
+        }
+    }
+
+    fn search(steps: Vec<Step>, rate: Option<f64>, saturated: bool) -> FindMax {
+        FindMax {
+            rate,
+            slo: "p99<=10ms".parse().unwrap(),
+            max_error_rate: 0.001,
+            step_duration: Duration::from_secs(2),
+            steps,
+            generator_saturated: saturated,
+        }
+    }
+
+    /// ```text
+    /// asked   1000  2000  4000  3000  3500
+    /// result  pass  pass  fail  pass  generator saturated
+    /// ```
+    /// The target failed at 4000 and passed 3000; 3500 says nothing about it.
+    #[test]
+    fn the_result_names_whose_limit_it_is() {
+        let steps = vec![
+            step(1000.0, 6, Outcome::Pass),
+            step(2000.0, 9, Outcome::Pass),
+            step(4000.0, 16, Outcome::Fail),
+            step(3000.0, 8, Outcome::Pass),
+            step(3500.0, 15, Outcome::GeneratorSaturated),
+        ];
+        let text = render_text(&search(steps.clone(), Some(3000.0), true));
+        assert!(
+            text.starts_with(
+                "Find max: at least 3000 req/s meet p99<=10ms with at most 0.1% failed \
+                 requests; the search stopped at 3500 req/s, where loadgen itself fell behind, \
+                 so the target's limit is between 3000 and 4000 req/s"
+            ),
+            "{text}"
+        );
+        // The curve is sorted by rate.
+        let rates: Vec<&str> = text
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(rates, ["1000", "2000", "3000", "3500", "4000"]);
+
+        let text = render_text(&search(steps[..4].to_vec(), Some(3000.0), false));
+        assert!(text.starts_with("Find max: 3000 req/s is the highest rate that meets"));
+        let text = render_text(&search(vec![step(100.0, 90, Outcome::Fail)], None, false));
+        assert!(text.contains("no rate tried meets p99<=10ms"), "{text}");
+    }
 }

@@ -23,8 +23,9 @@
 //!   objective names), with the objective's limit.
 //!
 //! Each line is one `<polyline>` with a `data-points` attribute (how many points it has), so a
-//! test can check that a chart drew the run's data. The SVGs scale to the page's width and the
-//! layout goes from one column on a phone to two on a laptop.
+//! test can check that a chart drew the run's data. The SVGs scale to the page's width, the
+//! layout goes from one column on a phone to two on a laptop, and on a phone the charts' text
+//! is drawn larger so that it stays readable once the chart is scaled down.
 
 use std::fmt::Write as _;
 
@@ -37,7 +38,7 @@ use crate::stages::{Ramp, Ramped};
 const WIDTH: f64 = 480.0;
 const HEIGHT: f64 = 270.0;
 /// Room for the tick labels and axis titles.
-const LEFT: f64 = 58.0;
+const LEFT: f64 = 64.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 42.0;
@@ -90,6 +91,7 @@ figcaption{font-weight:600}
 figure p{margin:.2em 0 .4em;font-size:.9em;color:#444}
 svg{width:100%;height:auto;display:block}
 svg text{font-size:12px;fill:#333}
+@media (max-width:600px){svg text{font-size:15px}}
 svg .grid{stroke:#e4e4e4}
 svg .axis{stroke:#888}
 ul.legend{list-style:none;padding:0;margin:.3em 0 0;font-size:.9em}
