@@ -131,10 +131,10 @@ pub struct Violation<T> {
     /// Who the period predicted (`None` when the response had no header at all and nothing can
     /// be predicted yet).
     pub expected: Option<T>,
-    /// Up to [`CONTEXT_BEFORE`] entries before it, oldest first; `truncated` if there were more.
+    /// Up to `CONTEXT_BEFORE` (6) entries before it, oldest first; `truncated` if there were more.
     pub before: Vec<Option<T>>,
     pub truncated: bool,
-    /// Up to [`CONTEXT_AFTER`] entries after it.
+    /// Up to `CONTEXT_AFTER` (3) entries after it.
     pub after: Vec<Option<T>>,
 }
 
@@ -149,7 +149,7 @@ pub struct Violation<T> {
 ///
 /// The period is learned from the first entries: it grows with each new name and closes when the
 /// first name comes back. After that each entry must be the one the period predicts. Memory is
-/// the period plus a ring of [`CONTEXT_BEFORE`] recent entries, however long the run.
+/// the period plus a ring of `CONTEXT_BEFORE` recent entries, however long the run.
 #[derive(Debug, Clone)]
 pub struct PeriodicChecker<T> {
     period: Vec<T>,

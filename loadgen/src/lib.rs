@@ -5,10 +5,9 @@
 //! Read the modules in this order, which is also the life of a run:
 //!
 //! 1. [`plan`]: what to send — the [`Plan`] (target, count or duration, connections, rate, and
-//!    the [`stages`] that ramp the rate or the connections),
-//!    which statuses count as success ([`ok_status`]), and the per-request keys that `{n}` in a
-//!    header stands for ([`keys`]).
-//! 2. [`run`]: one event-loop thread per core, one worker per connection on them, in the
+//!    the [`stages`] that ramp the rate or the connections), which statuses count as success
+//!    ([`ok_status`]), and the per-request keys that `{n}` in a header stands for ([`keys`]).
+//! 2. [`run`](mod@run): one event-loop thread per core, one worker per connection on them, in the
 //!    closed or the open loop; in the open loop `pace` (private) keeps the schedule with a
 //!    microsecond timer per worker and tells the generator's own lateness from the target's lag.
 //!    Each thread reports its CPU time (`cpu_time`, private).
@@ -16,13 +15,13 @@
 //!    [`tls`] for an `https://` URL; what goes wrong on it is sorted into the classes of
 //!    [`failure`].
 //! 4. [`report`]: HDR histograms, per-status / per-error / per-backend counts, text and JSON,
-//!    merging runs from several machines; whether the open loop kept its schedule.
-//!    [`series`] keeps what each second looked like; [`html`] draws it all as a self-contained
-//!    HTML report.
-//!    [`find_max`] runs one open-loop step after another to find the highest rate that meets
-//!    an [`slo`].
+//!    merging runs from several machines; whether the open loop kept its schedule; and the
+//!    [`series`], what each second of the run looked like.
 //! 5. [`check`]: judging `--expect round-robin | even | weights=... | sticky=HEADER` (pure
 //!    logic).
+//! 6. Around runs: [`html`] draws a report as one self-contained page of charts, and
+//!    [`find_max`] runs one open-loop step after another to find the highest rate that meets an
+//!    objective ([`slo`]).
 //!
 //! **Invariants:** memory does not grow with the number of requests (histograms, never a list of
 //! samples, except the first `Plan::keep_samples`; the [`series`] grows with the run's duration,

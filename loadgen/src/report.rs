@@ -241,7 +241,7 @@ pub struct Report {
     /// Requests that got a complete response, whatever its status.
     pub responses: u64,
     /// Responses whose status is outside `ok_status`: they count against `max_errors` like the
-    /// transport errors (derived from `status` by [`Report::finish`]).
+    /// transport errors (derived from `status` when the report is finished).
     #[serde(default)]
     pub failed_responses: u64,
     /// The statuses that counted as success (`--ok-status`).
@@ -278,7 +278,7 @@ pub struct Report {
     #[serde(default)]
     pub latency_without_send_lateness: Option<Latency>,
     /// Open loop only: whether the generator kept its schedule, judged from `send_lateness`
-    /// against [`LAG_WARNING`] and [`LAG_UNTRUSTWORTHY_SHARE`] (derived by [`Report::finish`]).
+    /// against [`LAG_WARNING`] and [`LAG_UNTRUSTWORTHY_SHARE`] (derived when the report is finished).
     #[serde(default)]
     pub pacing: Option<Pacing>,
     /// `https://` only: how long each TLS handshake took, from the established TCP connection to

@@ -1,5 +1,5 @@
 //! HTTPS: which certificates to trust ([`Trust`]), the rustls client configuration built from
-//! that once per run ([`Tls`]), and the [`Stream`] a connection reads and writes, plain TCP or
+//! that once per run (`Tls`), and the `Stream` a connection reads and writes, plain TCP or
 //! TLS over it.
 //!
 //! **rustls with the `ring` provider**, like `lb -s`: pure Rust plus ring's assembly, no OpenSSL
