@@ -9,6 +9,8 @@
 //! `LB_ADMIN_SCREENSHOT=docs/admin-page.png cargo test -p tests --test e2e admin_page` also lets
 //! the traffic run for 40 s so that the sparklines fill, and saves a 1200x800 screenshot of the
 //! page to that path (relative to the workspace root): the picture in docs/ comes from here.
+//!
+//! Clients: the browser, and reqwest for the background traffic (one new connection per request).
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -6,6 +6,8 @@
 //! it vanishes with requests in flight) and started again on the same port. Requests caught on
 //! the dying backend's connections are retried on the other one (`lb/src/retry.rs`), so every
 //! response is a 200; the restarted backend is back in the rotation after `--fail-timeout`.
+//!
+//! Clients: loadgen for the traffic, reqwest for the restarted backend's own count.
 
 use std::time::Duration;
 

@@ -1,4 +1,6 @@
 //! loadgen's verdict through the real balancer.
+//!
+//! Clients: loadgen only.
 
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! Backends that misbehave, one behaviour per test (see the table in `tests::bad_backend`), and
 //! what the client of `lb` sees each time. The rule throughout: a broken backend may cost the
 //! client its request, never a wrong or complete-looking answer, and never the next response.
+//!
+//! Clients: raw bytes only: truncation, reframing and the next response on the same connection
+//! are what is checked.
 
 use std::time::{Duration, Instant};
 

@@ -8,6 +8,8 @@
 //!
 //! Where RFC 9112 allows two behaviours, the table holds the one `lb` shows (mostly hyper's parser
 //! deciding), with a comment saying why it is acceptable.
+//!
+//! Clients: raw bytes only: the malformed and smuggling requests are the test.
 
 use std::time::Duration;
 

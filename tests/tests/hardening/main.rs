@@ -1,7 +1,7 @@
 //! The hardening suite: `lb` (the real binary) against clients and backends that break HTTP on
 //! purpose, slow ones, and many at once. Each module is one theme:
 //!
-//! - `support`: start lb, a raw HTTP/1.1 client, `/proc` readers;
+//! - `support`: lb in front of some backends, `/proc` readers;
 //! - `framing`: every parsing and framing row of `proxy-rules.md`, from raw sockets, with what the
 //!   backend received (nothing, or exactly one well-formed request; never a smuggled one);
 //! - `messages`: pipelining, `Expect: 100-continue`, hop-by-hop headers in both directions;
@@ -14,7 +14,10 @@
 //! - `retries`: which failed requests go to the next backend (idempotent ones, ones that never
 //!   left), which never do (a POST that was sent, a body over the limit, a started response).
 //!
-//! The misbehaving backend itself is `tests::bad_backend`.
+//! The misbehaving backend (`tests::BadBackend`), the raw client (`tests::RawClient`) and reqwest
+//! (`tests::http`) come from the harness, described in `tests/README.md`. Raw bytes are the rule
+//! here, since framing is what most of these tests are about; each file's opening comment says
+//! where reqwest is used instead.
 
 mod bad_backend;
 mod framing;

@@ -1,5 +1,8 @@
 //! Well-formed but tricky exchanges: pipelining, `Expect: 100-continue`, hop-by-hop headers in
 //! both directions (RFC 9110 §7.6.1), and what `lb` adds (`X-Forwarded-For`, `Via`).
+//!
+//! Clients: raw bytes only: pipelined writes, `Expect` and hop-by-hop headers must go out exactly
+//! as written.
 
 use std::time::{Duration, Instant};
 
