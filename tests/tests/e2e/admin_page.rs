@@ -33,12 +33,14 @@ use tests::{cluster, project_root, LbBuilder, LbProcess};
 
 #[test]
 fn the_live_page_follows_traffic_a_dying_backend_and_a_restarted_lb() {
+    // A refused connection takes a backend out for --fail-timeout: longer than the test, so its
+    // badge cannot turn back to "up" while we look. The cluster comes first: the first one of a
+    // run builds the binaries, which can take minutes on a cold target, and a browser left idle
+    // that long closes itself.
+    let cluster = cluster(2, &["--admin", "127.0.0.1:0", "--fail-timeout", "60s"]);
     let Some(browser) = start_browser() else {
         return;
     };
-    // A refused connection takes a backend out for --fail-timeout: longer than the test, so its
-    // badge cannot turn back to "up" while we look.
-    let cluster = cluster(2, &["--admin", "127.0.0.1:0", "--fail-timeout", "60s"]);
     let (mut lb, mut backends) = (cluster.lb, cluster.backends);
     let addr = lb.addr;
     let admin = admin_origin(&mut lb);
