@@ -48,11 +48,13 @@ fn main() -> ExitCode {
             }
         };
         let addr = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        // Handlers first, then the readiness line: a signal sent right after it stops lb cleanly.
+        let stop = lb::shutdown::signal();
         eprintln!("Starting LB on {addr}");
         if let Some(Ok(at)) = admin.as_ref().map(tokio::net::TcpListener::local_addr) {
             eprintln!("Admin on http://{at}/");
         }
-        match lb::run_with_admin(listener, admin, config, lb::shutdown::signal()).await {
+        match lb::run_with_admin(listener, admin, config, stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lb: {e}");
