@@ -55,11 +55,9 @@ impl View<'_> {
 
 impl Members for View<'_> {
     fn status(&self, slot: usize) -> Status {
-        match self.backend(slot) {
-            Some(b) if b.health.is_available() => Status::Up {
-                back_for: b.health.back_for(),
-            },
-            _ => Status::Down,
+        match self.backend(slot).and_then(|b| b.health.up()) {
+            Some(back_for) => Status::Up { back_for },
+            None => Status::Down,
         }
     }
 

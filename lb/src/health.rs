@@ -104,7 +104,7 @@ impl Health {
         if until > now {
             return (State::CoolingDown, down_since);
         }
-        match self.back_for() {
+        match self.up().flatten() {
             Some(back) => {
                 let since = now.saturating_sub(back.as_millis() as u64);
                 let state = if back < slow_start {
@@ -118,20 +118,21 @@ impl Health {
         }
     }
 
-    /// How long ago the backend came back after being down, if it ever was (for slow start);
-    /// `None` while it is down or if it never was.
-    pub fn back_for(&self) -> Option<Duration> {
-        if !self.is_available() {
-            return None;
-        }
+    /// `None` if the backend is down; else how long ago it came back after being down, if it ever
+    /// was (slow start ramps its weight over that). One clock read and one load of each atomic:
+    /// the strategy asks this of every member on every request.
+    pub fn up(&self) -> Option<Option<Duration>> {
         let now = now_ms();
         let until = self.down_until.load(Ordering::Relaxed);
+        if self.probe_down.load(Ordering::Relaxed) || until > now {
+            return None;
+        }
         let since = match until {
             0 => self.back_since.load(Ordering::Relaxed),
             // The cool-down has passed but no connection has succeeded yet.
             until => until,
         };
-        (since != 0).then(|| Duration::from_millis(now.saturating_sub(since)))
+        Some((since != 0).then(|| Duration::from_millis(now.saturating_sub(since))))
     }
 
     pub fn is_probe_down(&self) -> bool {
