@@ -117,6 +117,12 @@ impl<'g> Walk<'g> {
         None
     }
 
+    /// Whether another member could still be tried after this attempt (budget and order both
+    /// allow one): if not, a request need not keep a copy of itself for a retry.
+    pub fn has_more(&self) -> bool {
+        self.attempts < self.budget && self.visited < self.order.slots().len()
+    }
+
     /// The attempt on the current member failed before anything was sent (`sent = false`) or
     /// after (`sent = true`).
     pub fn failed(&mut self, why: String, sent: bool) {

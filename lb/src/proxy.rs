@@ -178,7 +178,8 @@ impl<'a> Exchange<'a> {
         upgrade: bool,
     ) -> Result<Delivered, ProxyError> {
         let limit = self.balancer.limits.retry_body_bytes;
-        let replay = (!upgrade)
+        // A copy for a retry costs a clone of the head: keep one only when a retry is possible.
+        let replay = (!upgrade && walk.has_more())
             .then(|| Replay::capture(&mut outgoing, limit))
             .flatten();
         let mut deadline = std::pin::pin!(tokio::time::sleep(self.balancer.timeouts.response));
@@ -214,8 +215,8 @@ impl<'a> Exchange<'a> {
                 }
                 Attempt::Lost(error) => {
                     to.backend.stats.lost.fetch_add(1, Relaxed);
-                    if replay.is_none() {
-                        return Err(error);
+                    if replay.is_none() && walk.has_more() {
+                        return Err(error); // it may not be sent again (see `retry.rs`)
                     }
                     walk.failed(error.to_string(), true);
                 }
