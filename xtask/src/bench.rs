@@ -17,7 +17,8 @@
 //!    kept-alive connections and a new connection per request ([`tls`]);
 //! 7. *one slow backend*: three backends, one of them 20 ms slow, behind lb with each balancing
 //!    strategy and behind nginx's and HAProxy's load-aware ones ([`slow_backend`]);
-//! 8. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`.
+//! 8. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`,
+//!    and every loadgen run drawn in `report.html` ([`html`]).
 //!
 //! `--only proxies,clients,admin,tls,slow-backend` runs a part of it (steps 2-3, 4, 5, 6, 7).
 //!
@@ -30,6 +31,7 @@
 
 mod admin_cost;
 mod client;
+mod html;
 mod measure;
 mod peers;
 mod procfs;
@@ -544,7 +546,8 @@ fn loadgen_vs_wrk(
     Ok(runs)
 }
 
-/// Print the markdown report and write it with the raw JSON into `target/bench/`.
+/// Print the markdown report and write it into `target/bench/` with the raw JSON and the HTML
+/// report of every loadgen run.
 fn write_report(report: &Report, started: Instant) -> Result<()> {
     let markdown = report.markdown();
     let dir = target_dir().join("bench");
@@ -556,12 +559,17 @@ fn write_report(report: &Report, started: Instant) -> Result<()> {
     let json = serde_json::json!({ "report": report, "targets": report.targets() });
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
+    let runs = html::runs(report);
+    let html_path = html::write(&dir, &report.command, &runs)?;
     println!("\n{markdown}");
     println!(
-        "Written to {} and {} in {:.0?}.",
+        "Written to {} and {} in {:.0?}.\nCharts of the {} loadgen runs: {} (each run's report in {}).",
         md_path.display(),
         json_path.display(),
-        started.elapsed()
+        started.elapsed(),
+        runs.len(),
+        html_path.display(),
+        dir.join("runs").display(),
     );
     Ok(())
 }

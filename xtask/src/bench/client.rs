@@ -75,6 +75,11 @@ pub struct Measured {
     /// HTTPS only: the TLS handshakes' p50 and p99, timed apart by loadgen (one per connection).
     pub tls_handshake_p50_us: Option<f64>,
     pub tls_handshake_p99_us: Option<f64>,
+    /// loadgen's JSON report of the run, exactly as it printed it (`None` for wrk): kept for the
+    /// HTML report ([`super::html`]), which saves it and draws its charts. Left out of
+    /// `report.json`, which holds only the figures above.
+    #[serde(skip)]
+    pub loadgen_report: Option<String>,
 }
 
 /// How many responses one backend gave.
@@ -186,6 +191,7 @@ pub fn loadgen(
             .map(str::to_string),
         tls_handshake_p50_us: optional(&json, "tls_handshake", "p50_us"),
         tls_handshake_p99_us: optional(&json, "tls_handshake", "p99_us"),
+        loadgen_report: Some(done.stdout),
     })
 }
 
@@ -269,6 +275,7 @@ fn parse_wrk(text: &str) -> Result<Measured> {
         pacing: None,
         tls_handshake_p50_us: None,
         tls_handshake_p99_us: None,
+        loadgen_report: None,
     })
 }
 

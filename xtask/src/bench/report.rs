@@ -487,6 +487,12 @@ impl Report {
              `req/s range` is (max - min) / median over rounds: a large one means a noisy machine.\n",
             self.duration, self.rounds
         );
+        let _ = writeln!(
+            s,
+            "Charts: each loadgen run over time (requests/s, latency, backends' shares) in \
+             [report.html](report.html), beside this file; each run's loadgen JSON report and page \
+             in `runs/`.\n"
+        );
 
         if !self.loads.is_empty() {
             self.proxies_markdown(&mut s);
