@@ -27,6 +27,12 @@
 //! every request with the same bytes (an invalid head, a body cut short, a fixed reply after a
 //! delay).
 //!
+//! *When* an answer goes out can be held back too, whatever the answer: [`BadBackend::freeze`]
+//! holds the answers to requests that arrive during a window until it ends (a process stopped
+//! with SIGSTOP, then continued), and [`BadBackend::serve_one_at_a_time`] answers in arrival
+//! order, each a fixed service time after the previous one (a single worker: a server of known
+//! capacity). [`BadBackend::refused_addr`] is the address of one that has stopped.
+//!
 //! Everything received is recorded per connection: the raw bytes, and each request parsed by a
 //! strict parser. `lb` must only ever send freshly serialised, well-formed requests, so a test can
 //! assert "the backend saw nothing" or "exactly one well-formed request", and that a smuggled
@@ -121,6 +127,7 @@ pub struct Connection {
 struct State {
     conns: Mutex<Vec<Connection>>,
     behaviour: Mutex<Option<Behaviour>>,
+    timing: Mutex<Timing>,
 }
 
 impl State {
@@ -128,10 +135,42 @@ impl State {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn timing(&self) -> MutexGuard<'_, Timing> {
+        self.timing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn with_conn(&self, id: usize, f: impl FnOnce(&mut Connection)) {
         if let Some(conn) = self.conns().get_mut(id) {
             f(conn);
         }
+    }
+}
+
+/// When answers may go out, whatever they are: set by [`BadBackend::freeze`] and
+/// [`BadBackend::serve_one_at_a_time`].
+#[derive(Debug, Default)]
+struct Timing {
+    /// Requests that arrive in `[start, end)` are answered at `end`.
+    frozen: Option<(Instant, Instant)>,
+    /// A single worker: the time each answer takes, and when the worker is next free.
+    worker: Option<(Duration, Instant)>,
+}
+
+impl Timing {
+    /// How long to hold back the answer to a request that arrived at `now`. With a worker, this
+    /// takes the worker's time: the next request's answer comes one service time later.
+    fn hold(&mut self, now: Instant) -> Duration {
+        let mut ready = now;
+        if let Some((start, end)) = self.frozen {
+            if (start..end).contains(&now) {
+                ready = end;
+            }
+        }
+        if let Some((service_time, next_free)) = &mut self.worker {
+            *next_free = (*next_free).max(ready) + *service_time;
+            ready = *next_free;
+        }
+        ready - now
     }
 }
 
@@ -193,8 +232,35 @@ impl BadBackend {
         backend
     }
 
+    /// A loopback address where a backend listened and has stopped: connecting to it is refused
+    /// (as long as nothing else binds that port, which the kernel's choice of free ports makes
+    /// unlikely within a test).
+    pub fn refused_addr() -> SocketAddr {
+        let backend = BadBackend::start().unwrap_or_else(|e| panic!("{e:#}"));
+        let addr = backend.addr();
+        backend.stop();
+        addr
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Freeze for `length`, starting `after` from now, like a process stopped with SIGSTOP and
+    /// continued: every request that arrives in that window is answered only when it ends (all at
+    /// once); requests before and after it are answered as usual.
+    pub fn freeze(&self, after: Duration, length: Duration) {
+        let start = Instant::now() + after;
+        self.state.timing().frozen = Some((start, start + length));
+    }
+
+    /// Answer like a single worker with a fixed service time (a D/D/1 queue): one request at a
+    /// time, in the order they arrived, each `service_time` after the previous answer (or after it
+    /// arrived, when the worker was idle). Its capacity is `1 / service_time` requests a second:
+    /// below it each answer takes about one service time; above it a queue builds up, and the
+    /// latency grows with it.
+    pub fn serve_one_at_a_time(&self, service_time: Duration) {
+        self.state.timing().worker = Some((service_time, Instant::now()));
     }
 
     /// Answer every request with `behaviour` (or, with `None`, by path again).
@@ -291,6 +357,11 @@ async fn serve(stream: TcpStream, id: usize, state: Arc<State>) {
         let path = request.target.clone();
         state.with_conn(id, |c| c.requests.push(request));
         if !complete {
+            break;
+        }
+        // Frozen, or its single worker busy: the answer waits (unless the peer leaves first).
+        let hold = state.timing().hold(Instant::now());
+        if !hold.is_zero() && !conn.pause(hold).await {
             break;
         }
         let behaviour = state
@@ -710,5 +781,48 @@ fn reason(code: u16) -> &'static str {
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Whatever",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! When a held-back answer goes out, on a clock in milliseconds from `t0`.
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Frozen from 500 to 1500: a request at 400 is answered at once, those at 500 and 1200 at
+    /// 1500, one at 1500 at once again.
+    #[test]
+    fn a_frozen_backend_answers_when_the_freeze_ends() {
+        let t0 = Instant::now();
+        let mut timing = Timing {
+            frozen: Some((t0 + ms(500), t0 + ms(1500))),
+            worker: None,
+        };
+        let holds: Vec<Duration> = [400, 500, 1200, 1500]
+            .map(|at| timing.hold(t0 + ms(at)))
+            .to_vec();
+        assert_eq!(holds, [ms(0), ms(1000), ms(300), ms(0)]);
+    }
+
+    /// One worker, 5 ms a request:
+    ///
+    /// ```text
+    /// arrives at   0   0   0   20
+    /// answered at  5  10  15   25
+    /// ```
+    #[test]
+    fn a_single_worker_answers_one_service_time_after_another() {
+        let t0 = Instant::now();
+        let mut timing = Timing {
+            frozen: None,
+            worker: Some((ms(5), t0)),
+        };
+        let holds: Vec<Duration> = [0, 0, 0, 20].map(|at| timing.hold(t0 + ms(at))).to_vec();
+        assert_eq!(holds, [ms(5), ms(10), ms(15), ms(5)]);
     }
 }

@@ -1,5 +1,6 @@
-//! The one test harness of the workspace: every suite (lb's, restful-server's, the end-to-end and
-//! hardening suites in `tests/tests/`) starts its servers and makes its requests with it, and
+//! The one test harness of the workspace: every suite (lb's, restful-server's, loadgen's, the
+//! end-to-end and hardening suites in `tests/tests/`) starts its servers and makes its requests
+//! with it, and
 //! `cargo xtask demo` and `bench` start their processes with it too. `tests/README.md` says
 //! which suite checks what, and how to write a new test in ten lines.
 //!
@@ -9,8 +10,8 @@
 //!   [`LbBuilder`] for lb's command line, [`cluster`] for N restful-servers behind one lb;
 //! - [`in_process`]: [`InProcess`], a server run in the test process on a thread of its own (lb's
 //!   tests run `lb::run` and `restful_server::serve` with it);
-//! - [`bad_backend`]: [`BadBackend`], a backend that breaks HTTP on purpose and records what it
-//!   received;
+//! - [`bad_backend`]: [`BadBackend`], a backend that breaks HTTP on purpose (or answers late:
+//!   frozen for a while, or one request at a time) and records what it received;
 //! - [`http`]: ordinary requests with reqwest, read into a [`Reply`];
 //! - [`raw`]: [`RawClient`], exact bytes on a socket, for framing, smuggling, keep-alive and
 //!   slow-client tests.
@@ -21,7 +22,8 @@
 //!
 //! This crate depends on neither `lb` nor `restful-server` (their tests depend on it, and a cycle
 //! would build them twice), which is why the in-process servers that need their libraries are
-//! started in lb's own support module, with [`InProcess`].
+//! started in lb's own support module, with [`InProcess`]. Likewise the servers only loadgen's
+//! checks need (stand-ins for a balancer, an HTTPS target) are in loadgen's support module.
 
 pub mod bad_backend;
 pub mod http;
