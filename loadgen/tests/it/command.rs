@@ -1,85 +1,59 @@
 //! The `loadgen` binary: what a user sees (exit codes, report text, JSON files, `merge`).
-
-use std::process::Output;
+//!
+//! Client: the binary, run to its end with `assert_cmd` (`support::loadgen`): its exit code and
+//! what it prints are the point. Targets: `support::Backends` for verdicts, `BadBackend` for a
+//! fixed status, a silent port and a refused one.
 
 use loadgen::Report;
+use tests::{BadBackend, Behaviour};
 
-use crate::servers;
+use crate::support::{loadgen, Backends, Sticky};
 
-/// Runs the binary to completion (killed if the test is dropped first).
-async fn loadgen(args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
-}
-
-/// Everything needed to understand a failed assertion: the command, its status and output.
-fn show(args: &[&str], out: &Output) -> String {
-    format!(
-        "loadgen {}\nstatus: {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[tokio::test]
-async fn round_robin_passes_with_exit_0() {
-    let server = servers::backends(&["a", "b"]).await;
+#[test]
+fn round_robin_passes_with_exit_0() {
+    let server = Backends::start(&["a", "b"]);
     let url = server.url();
     let args = ["--expect", "round-robin", "-n", "20", &url];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
     // Not a terminal: no progress line, nothing but the report.
-    assert!(out.stderr.is_empty(), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.stderr().is_empty(), "{out}");
+    let text = out.stdout();
     for needle in [
         "Latency",
         "Requests/sec",
         "200: 20",
         "Expect round-robin: PASS",
     ] {
-        assert!(
-            text.contains(needle),
-            "missing {needle:?}\n{}",
-            show(&args, &out)
-        );
+        assert!(text.contains(needle), "missing {needle:?}\n{out}");
     }
 }
 
-#[tokio::test]
-async fn two_to_one_pattern_fails_round_robin_at_its_index() {
-    let server = servers::backends(&["a", "a", "b"]).await;
+#[test]
+fn two_to_one_pattern_fails_round_robin_at_its_index() {
+    let server = Backends::start(&["a", "a", "b"]);
     let url = server.url();
     let args = [url.as_str(), "-n", "12", "--expect", "round-robin"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let text = out.stdout();
     assert!(
         text.contains("request #3 went to b, expected a; sequence around it: a a [b] a a b"),
-        "{}",
-        show(&args, &out)
+        "{out}"
     );
 }
 
-#[tokio::test]
-async fn timeouts_are_errors_with_exit_1() {
-    let addr = servers::silent().await;
-    let url = format!("http://{addr}/");
+#[test]
+fn timeouts_are_errors_with_exit_1() {
+    let silent = BadBackend::start().unwrap();
+    silent.set_override(Some(Behaviour::Hang));
+    let url = tests::http::url(silent.addr(), "/");
     let args = [url.as_str(), "-n", "3", "--timeout", "200ms"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("timeout 3"), "{}", show(&args, &out));
-    assert!(
-        text.contains("more than --max-errors 0"),
-        "{}",
-        show(&args, &out)
-    );
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let text = out.stdout();
+    assert!(text.contains("timeout 3"), "{out}");
+    assert!(text.contains("more than --max-errors 0"), "{out}");
 
     // Allowing them turns the run green.
     let args = [
@@ -91,20 +65,21 @@ async fn timeouts_are_errors_with_exit_1() {
         "--max-errors",
         "2",
     ];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
 }
 
 /// A target that answers 502 to everything has not served the load: by default the run fails
 /// and says why. `--ok-status 100-599` only reports the statuses, as wrk does.
-#[tokio::test]
-async fn failed_responses_fail_the_run_unless_accepted() {
-    let addr = servers::status(502).await;
-    let url = format!("http://{addr}/");
+#[test]
+fn failed_responses_fail_the_run_unless_accepted() {
+    let server = BadBackend::start().unwrap();
+    server.set_override(Some(Behaviour::Status(502)));
+    let url = tests::http::url(server.addr(), "/");
     let args = [url.as_str(), "-n", "3"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let text = out.stdout();
     for needle in [
         "502: 3",
         "Errors:       none",
@@ -113,70 +88,63 @@ async fn failed_responses_fail_the_run_unless_accepted() {
         "--ok-status 100-599 reports statuses without judging them",
         "Result: FAIL",
     ] {
-        assert!(
-            text.contains(needle),
-            "missing {needle:?}\n{}",
-            show(&args, &out)
-        );
+        assert!(text.contains(needle), "missing {needle:?}\n{out}");
     }
 
     let args = [url.as_str(), "-n", "3", "--output", "json"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["failed_responses"], 3, "{}", show(&args, &out));
-    assert_eq!(json["ok_status"], "200-399", "{}", show(&args, &out));
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let json: serde_json::Value = out.json();
+    assert_eq!(json["failed_responses"], 3, "{out}");
+    assert_eq!(json["ok_status"], "200-399", "{out}");
 
     let args = [url.as_str(), "-n", "3", "--ok-status", "100-599"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("502: 3"), "{}", show(&args, &out));
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let text = out.stdout();
+    assert!(text.contains("502: 3"), "{out}");
     assert!(
         text.contains("Failed responses: 0 (status outside 100-599)"),
-        "{}",
-        show(&args, &out)
+        "{out}"
     );
 
     // Or allow a few: failed responses count against --max-errors like transport errors.
     let args = [url.as_str(), "-n", "3", "--max-errors", "3"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
 }
 
 /// A typo in `--ok-status` is a usage error: one line that names the flag and shows the form.
-#[tokio::test]
-async fn bad_ok_status_is_a_usage_error() {
+#[test]
+fn bad_ok_status_is_a_usage_error() {
     for bad in ["2xx", "399-200", "200-1000"] {
         let args = ["http://127.0.0.1:1/", "--ok-status", bad];
-        let out = loadgen(&args).await;
-        assert_eq!(out.status.code(), Some(2), "{}", show(&args, &out));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let out = loadgen(&args);
+        assert_eq!(out.code(), Some(2), "{out}");
+        let err = out.stderr();
         let first = err.lines().next().unwrap_or_default();
         // The fix is spelled out: every message shows a well-formed value.
         assert!(
             first.contains("--ok-status") && first.contains("200-399"),
-            "{}",
-            show(&args, &out)
+            "{out}"
         );
     }
 }
 
-#[tokio::test]
-async fn refused_connections_exit_1() {
-    let addr = servers::refused().await;
-    let url = format!("http://{addr}/");
+#[test]
+fn refused_connections_exit_1() {
+    let url = tests::http::url(BadBackend::refused_addr(), "/");
     let args = [url.as_str(), "-n", "4", "--output", "json"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let report: Report = out.json();
     assert_eq!(report.errors.connect_refused, 4);
     assert_eq!(report.requests, 4);
 }
 
-#[tokio::test]
-async fn json_reports_round_trip_and_merge_adds_up() {
-    let server = servers::backends(&["a", "b"]).await;
+#[test]
+fn json_reports_round_trip_and_merge_adds_up() {
+    let server = Backends::start(&["a", "b"]);
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
@@ -193,8 +161,8 @@ async fn json_reports_round_trip_and_merge_adds_up() {
             &path,
             "--quiet",
         ];
-        let out = loadgen(&args).await;
-        assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+        let out = loadgen(&args);
+        assert_eq!(out.code(), Some(0), "{out}");
         let text = std::fs::read_to_string(&path).unwrap();
         let report: Report = serde_json::from_str(&text).unwrap();
         // Reading and writing again gives the same JSON: nothing is lost on the way.
@@ -203,9 +171,9 @@ async fn json_reports_round_trip_and_merge_adds_up() {
         files.push(path);
     }
     let args = ["merge", &files[0], &files[1], "--output", "json"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
-    let merged: Report = serde_json::from_slice(&out.stdout).unwrap();
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let merged: Report = out.json();
     assert_eq!(merged.requests, 80);
     assert_eq!(merged.responses, runs[0].responses + runs[1].responses);
     assert_eq!(merged.bytes, runs[0].bytes + runs[1].bytes);
@@ -228,16 +196,12 @@ async fn json_reports_round_trip_and_merge_adds_up() {
     assert_eq!(a_seconds, 40);
 
     let args = ["merge", &files[0], &files[1]];
-    let out = loadgen(&args).await;
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("80 requests"),
-        "{}",
-        show(&args, &out)
-    );
+    let out = loadgen(&args);
+    assert!(out.stdout().contains("80 requests"), "{out}");
 }
 
-#[tokio::test]
-async fn usage_errors_exit_2() {
+#[test]
+fn usage_errors_exit_2() {
     for args in [
         &["ftp://127.0.0.1:1/"][..],
         &[],
@@ -260,17 +224,17 @@ async fn usage_errors_exit_2() {
             "1s",
         ],
     ] {
-        let out = loadgen(args).await;
-        assert_eq!(out.status.code(), Some(2), "{}", show(args, &out));
+        let out = loadgen(args);
+        assert_eq!(out.code(), Some(2), "{out}");
     }
-    let out = loadgen(&["ftp://127.0.0.1:1/"]).await;
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = loadgen(&["ftp://127.0.0.1:1/"]);
+    let err = out.stderr();
     assert!(err.contains("only http:// and https:// URLs"), "{err}");
 }
 
-#[tokio::test]
-async fn sticky_verdicts_from_the_command_line() {
-    let server = servers::sticky("x-user", &["a", "b"]).await;
+#[test]
+fn sticky_verdicts_from_the_command_line() {
+    let server = Sticky::start("x-user", &["a", "b"]);
     let url = server.url();
     let args = [
         url.as_str(),
@@ -285,16 +249,15 @@ async fn sticky_verdicts_from_the_command_line() {
         "--expect",
         "sticky=X-User",
     ];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let text = out.stdout();
     assert!(
         text.contains("Expect sticky=x-user: PASS: 10 keys (x-user values), 0 moved"),
-        "{}",
-        show(&args, &out)
+        "{out}"
     );
 
-    let round_robin = servers::backends(&["a", "b"]).await;
+    let round_robin = Backends::start(&["a", "b"]);
     let url = round_robin.url();
     let args = [
         url.as_str(),
@@ -307,20 +270,19 @@ async fn sticky_verdicts_from_the_command_line() {
         "--expect",
         "sticky=X-User",
     ];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let text = out.stdout();
     assert!(
         text.contains("Expect sticky=x-user: FAIL: 10 of 10 keys (x-user values) moved"),
-        "{}",
-        show(&args, &out)
+        "{out}"
     );
 }
 
 /// A header without a colon, a sticky header that is never sent, `--keys` with no `{n}`: each
 /// is a usage error (exit 2) that names the flag and shows the right form.
-#[tokio::test]
-async fn bad_headers_and_keys_are_usage_errors() {
+#[test]
+fn bad_headers_and_keys_are_usage_errors() {
     for (args, needles) in [
         (
             &["http://127.0.0.1:1/", "-H", "X-User 7"][..],
@@ -339,15 +301,11 @@ async fn bad_headers_and_keys_are_usage_errors() {
             &["--keys"],
         ),
     ] {
-        let out = loadgen(args).await;
-        assert_eq!(out.status.code(), Some(2), "{}", show(args, &out));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let out = loadgen(args);
+        assert_eq!(out.code(), Some(2), "{out}");
+        let err = out.stderr();
         for needle in needles {
-            assert!(
-                err.contains(needle),
-                "missing {needle:?}\n{}",
-                show(args, &out)
-            );
+            assert!(err.contains(needle), "missing {needle:?}\n{out}");
         }
     }
 }

@@ -2,29 +2,25 @@
 //! second, one after the other. Below 200 req/s its latency is one service time (5 ms); above,
 //! a queue grows for as long as the step lasts, and with it the p99. The search must land
 //! within 20% of 200 req/s.
+//!
+//! Client: the binary (`support::loadgen`): the search, its steps on stderr and its result are
+//! what a user runs and reads. Target: the harness's `BadBackend`, serving one request at a time.
 
-use std::process::Output;
+use std::time::Duration;
 
-use crate::servers;
+use tests::BadBackend;
+
+use crate::support::loadgen;
 
 const CAPACITY: f64 = 200.0;
-
-async fn loadgen(args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
-}
 
 /// The search stops when loadgen itself cannot keep up, which on a machine busy with other
 /// work can happen at any step: such an attempt says nothing about the search, so it is tried
 /// again (up to three times) before the assertions.
-#[tokio::test]
-async fn find_max_lands_near_a_known_limit() {
+#[test]
+fn find_max_lands_near_a_known_limit() {
     for attempt in 1..=3 {
-        if search_once(attempt == 3).await {
+        if search_once(attempt == 3) {
             return;
         }
         println!("attempt {attempt}: loadgen saturated on this machine; trying again");
@@ -32,9 +28,10 @@ async fn find_max_lands_near_a_known_limit() {
 }
 
 /// One search; false if it was cut short by loadgen's own saturation (and `last` is false).
-async fn search_once(last: bool) -> bool {
-    let addr = servers::limited(CAPACITY).await;
-    let url = format!("http://{addr}/");
+fn search_once(last: bool) -> bool {
+    let server = BadBackend::start().unwrap();
+    server.serve_one_at_a_time(Duration::from_secs_f64(1.0 / CAPACITY));
+    let url = tests::http::url(server.addr(), "/");
     let dir = tempfile::tempdir().unwrap();
     let html = dir.path().join("find-max.html").display().to_string();
     let json = dir.path().join("find-max.json").display().to_string();
@@ -54,12 +51,9 @@ async fn search_once(last: bool) -> bool {
         "--json-out",
         &json,
     ];
-    let out = loadgen(&args).await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    let show = format!("--- stdout\n{stdout}--- stderr\n{stderr}");
+    let out = loadgen(&args);
+    let (stdout, stderr) = (out.stdout(), out.stderr());
+    let show = out.to_string();
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let found = &report["find_max"];
@@ -67,7 +61,7 @@ async fn search_once(last: bool) -> bool {
         println!("{show}");
         return false;
     }
-    assert_eq!(out.status.code(), Some(0), "{show}");
+    assert_eq!(out.code(), Some(0), "{show}");
     let rate = found["rate"].as_f64().unwrap();
     assert!(
         (CAPACITY * 0.8..=CAPACITY * 1.2).contains(&rate),

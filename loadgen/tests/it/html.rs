@@ -1,12 +1,14 @@
 //! The HTML report: a well-formed page, one chart per kind with the run's own data, nothing
 //! fetched from elsewhere, and `loadgen report` drawing the same page from the saved JSON.
+//!
+//! Client: the binary (`support::loadgen`): `--html` and `loadgen report` are command-line
+//! features, and the page is read from the file it writes. Target: `support::Backends`.
 
 use std::collections::BTreeMap;
-use std::process::Output;
 
 use loadgen::Report;
 
-use crate::servers;
+use crate::support::{loadgen, Backends};
 
 /// The start tags of the page, in order, with their attributes; panics (naming the tag) when
 /// an element is closed that was not open, or left open. A small checker for the HTML loadgen
@@ -49,18 +51,9 @@ fn parse(html: &str) -> Vec<(String, BTreeMap<String, String>)> {
     tags
 }
 
-async fn loadgen(args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
-}
-
-#[tokio::test]
-async fn the_html_report_draws_every_chart_from_the_run() {
-    let server = servers::backends(&["a", "b"]).await;
+#[test]
+fn the_html_report_draws_every_chart_from_the_run() {
+    let server = Backends::start(&["a", "b"]);
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let html_path = dir.path().join("run.html").display().to_string();
@@ -78,10 +71,10 @@ async fn the_html_report_draws_every_chart_from_the_run() {
         "--json-out",
         &json_path,
     ];
-    let out = loadgen(&args).await;
+    let out = loadgen(&args);
     // On a busy machine the open loop may judge its own pacing untrustworthy (exit 1): the
     // report is written either way, and it is the report that is checked here.
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    assert!(matches!(out.code(), Some(0 | 1)), "{out}");
     let html = std::fs::read_to_string(&html_path).unwrap();
     let report: Report =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
@@ -156,8 +149,8 @@ async fn the_html_report_draws_every_chart_from_the_run() {
     // `loadgen report` draws the same page from the JSON.
     let again = dir.path().join("again.html").display().to_string();
     let args = ["report", json_path.as_str(), "--html", &again];
-    let out = loadgen(&args).await;
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Requests/sec"));
+    let out = loadgen(&args);
+    assert!(matches!(out.code(), Some(0 | 1)), "{out}");
+    assert!(out.stdout().contains("Requests/sec"));
     assert_eq!(std::fs::read_to_string(&again).unwrap(), html);
 }

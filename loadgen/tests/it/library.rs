@@ -1,11 +1,15 @@
 //! `loadgen::run` against in-process servers.
+//!
+//! Client: `loadgen::run` itself, awaited in async tests: its `Report` is what is checked, field
+//! by field. Targets: `support::Backends` and `support::Sticky` for verdicts, counts and
+//! connections; `BadBackend::refused_addr` for a port that refuses.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use loadgen::{ErrorClass, Expectation, Plan};
+use tests::BadBackend;
 
-use crate::servers;
+use crate::support::{Backends, Sticky};
 
 fn plan(url: &str, requests: u64) -> Plan {
     let mut plan = Plan::new(url).unwrap();
@@ -15,7 +19,7 @@ fn plan(url: &str, requests: u64) -> Plan {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_backends_pass_round_robin() {
-    let server = servers::backends(&["a", "b"]).await;
+    let server = Backends::start(&["a", "b"]);
     let mut plan = plan(&server.url(), 20);
     plan.expect = Some(Expectation::RoundRobin);
     let report = loadgen::run(plan).await.unwrap();
@@ -31,21 +35,21 @@ async fn alternating_backends_pass_round_robin() {
     assert_eq!(counts, [("a", 10), ("b", 10)]);
     assert_eq!(report.latency.count(), 20);
     // One keep-alive connection carried everything.
-    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_connections_judge_counts() {
-    let server = servers::backends(&["a", "b", "c"]).await;
+    let server = Backends::start(&["a", "b", "c"]);
     let mut plan = plan(&server.url(), 300);
     plan.connections = 4;
     plan.expect = Some(Expectation::RoundRobin);
     let report = loadgen::run(plan).await.unwrap();
     assert!(report.passed(), "{}", report.render_text());
     assert_eq!(report.requests, 300);
-    assert_eq!(server.connections.load(Ordering::SeqCst), 4);
+    assert_eq!(server.connections(), 4);
 
-    let skewed = servers::backends(&["a", "a", "b"]).await;
+    let skewed = Backends::start(&["a", "a", "b"]);
     let mut plan = self::plan(&skewed.url(), 300);
     plan.connections = 4;
     plan.expect = Some(Expectation::Even);
@@ -60,7 +64,7 @@ async fn several_connections_judge_counts() {
 /// caller's runtime is single-threaded: `run` must not need it to do the work.
 #[tokio::test(flavor = "current_thread")]
 async fn threads_share_one_budget() {
-    let server = servers::backends(&["a", "b"]).await;
+    let server = Backends::start(&["a", "b"]);
     let mut plan = plan(&server.url(), 101);
     plan.connections = 5;
     plan.threads = Some(3);
@@ -71,12 +75,12 @@ async fn threads_share_one_budget() {
     assert_eq!(report.latency.count(), 101);
     let per_backend: u64 = report.backends.iter().map(|b| b.responses).sum();
     assert_eq!(per_backend, 101);
-    assert_eq!(server.connections.load(Ordering::SeqCst), 5);
+    assert_eq!(server.connections(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_backend_header_fails_the_expectation() {
-    let server = servers::backends(&["a", ""]).await;
+    let server = Backends::start(&["a", ""]);
     let mut plan = plan(&server.url(), 6);
     plan.expect = Some(Expectation::RoundRobin);
     let report = loadgen::run(plan).await.unwrap();
@@ -95,7 +99,7 @@ async fn missing_backend_header_fails_the_expectation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_keeps_the_rate() {
-    let server = servers::backends(&["a", "b"]).await;
+    let server = Backends::start(&["a", "b"]);
     let mut plan = Plan::new(&server.url()).unwrap();
     plan.rate = Some(200.0);
     plan.duration = Some(Duration::from_secs(2));
@@ -118,10 +122,8 @@ async fn open_loop_keeps_the_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_counted_not_returned() {
-    let addr = servers::refused().await;
-    let report = loadgen::run(plan(&format!("http://{addr}/"), 5))
-        .await
-        .unwrap();
+    let url = tests::http::url(BadBackend::refused_addr(), "/");
+    let report = loadgen::run(plan(&url, 5)).await.unwrap();
     assert_eq!(report.requests, 5);
     assert_eq!(report.responses, 0);
     assert_eq!(report.errors.connect_refused, 5);
@@ -130,18 +132,18 @@ async fn refused_connections_are_counted_not_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_keepalive_opens_a_connection_per_request() {
-    let server = servers::backends(&["a", "b"]).await;
+    let server = Backends::start(&["a", "b"]);
     let mut plan = plan(&server.url(), 10);
     plan.keepalive = false;
     plan.expect = Some(Expectation::RoundRobin);
     let report = loadgen::run(plan).await.unwrap();
     assert!(report.passed(), "{}", report.render_text());
-    assert_eq!(server.connections.load(Ordering::SeqCst), 10);
+    assert_eq!(server.connections(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_samples_are_kept() {
-    let server = servers::backends(&["a", "b"]).await;
+    let server = Backends::start(&["a", "b"]);
     let mut plan = plan(&server.url(), 10);
     plan.keep_samples = 4;
     let report = loadgen::run(plan).await.unwrap();
@@ -159,8 +161,8 @@ async fn first_samples_are_kept() {
             (4, Some("b"), Some(200))
         ]
     );
-    let addr = servers::refused().await;
-    let mut plan = self::plan(&format!("http://{addr}/"), 3);
+    let url = tests::http::url(BadBackend::refused_addr(), "/");
+    let mut plan = self::plan(&url, 3);
     plan.keep_samples = 10;
     let report = loadgen::run(plan).await.unwrap();
     assert_eq!(report.samples.len(), 3);
@@ -187,12 +189,12 @@ fn sticky_plan(url: &str, requests: u64, keys: u64) -> Plan {
 /// requests always send the same 20 values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_target_passes_sticky() {
-    let server = servers::sticky("x-user", &["a", "b", "c"]).await;
+    let server = Sticky::start("x-user", &["a", "b", "c"]);
     let report = loadgen::run(sticky_plan(&server.url(), 400, 20))
         .await
         .unwrap();
     assert!(report.passed(), "{}", report.render_text());
-    let seen = server.seen.lock().unwrap().clone();
+    let seen = server.seen();
     let expected: std::collections::BTreeSet<String> =
         (0..20).map(|k| format!("user-{k}")).collect();
     assert_eq!(seen, expected);
@@ -211,7 +213,7 @@ async fn a_sticky_target_passes_sticky() {
 /// A round robin ignores the header: keys land on both backends, and the verdict names one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_robin_target_fails_sticky_naming_a_key() {
-    let server = servers::backends(&["a", "b"]).await;
+    let server = Backends::start(&["a", "b"]);
     let report = loadgen::run(sticky_plan(&server.url(), 200, 10))
         .await
         .unwrap();
@@ -229,7 +231,7 @@ async fn a_round_robin_target_fails_sticky_naming_a_key() {
 /// add up to the totals exactly (sends, responses, latencies, backends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_series_has_a_bucket_per_second() {
-    let server = servers::backends(&["a", "b"]).await;
+    let server = Backends::start(&["a", "b"]);
     let mut plan = Plan::new(&server.url()).unwrap();
     plan.rate = Some(200.0);
     plan.duration = Some(Duration::from_secs(2));

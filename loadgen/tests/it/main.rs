@@ -1,10 +1,14 @@
-//! Integration tests of loadgen, one test binary for the package. Every test starts its own
-//! small HTTP servers on `127.0.0.1:0` inside the test process and points loadgen at them.
+//! Integration tests of loadgen, one test binary for the package. Every test points loadgen at
+//! servers it starts on `127.0.0.1:0` in this process, on threads of their own: the harness's
+//! misbehaving backend (`tests::BadBackend`), or the stand-ins for a balancer in `support`.
 //!
-//! - `servers`: the test servers (a backend pattern like `a,b` or `a,a,b`, one answering a fixed
-//!   status, one that freezes for a while, one
-//!   with a known capacity, one that never answers, a port nobody listens on, one
-//!   that hashes a request header to a backend name like a sticky balancer).
+//! The client is always loadgen itself, since loadgen is what is tested: `loadgen::run` in async
+//! tests (it is an async function), or the binary, run to its end, in plain tests where what a
+//! user sees (exit codes, text, files) is the point.
+//!
+//! - `support`: what these tests add to the harness: targets that name their backends in a
+//!   pattern like `a,b` or `a,a,b`, or by hashing a request header (sticky), an HTTPS target,
+//!   and the binary run with `assert_cmd`.
 //! - `library`: `loadgen::run` driven directly: counts, open-loop pacing, errors, samples,
 //!   per-request keys and `--expect sticky`.
 //! - `command`: the `loadgen` binary: exit codes, text report, JSON output and `merge`.
@@ -21,6 +25,6 @@ mod find_max;
 mod html;
 mod library;
 mod pacing;
-mod servers;
 mod stages;
+mod support;
 mod tls;

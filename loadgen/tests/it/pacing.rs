@@ -12,13 +12,17 @@
 //! on the target's speed (the 10,000 req/s run, the sub-millisecond naive p99 after the freeze)
 //! are therefore checked in optimized builds (`cargo test --release -p loadgen pacing`); a debug
 //! build checks the rest.
+//!
+//! Client: `loadgen::run`, whose report holds both latencies and its own send lateness. Targets:
+//! `support::Backends` (fast), and the harness's `BadBackend` frozen for a second.
 
 use std::time::Duration;
 
 use loadgen::report::{Pacing, Report};
 use loadgen::Plan;
+use tests::BadBackend;
 
-use crate::servers;
+use crate::support::Backends;
 
 /// Held by each test here for its whole run.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -43,7 +47,7 @@ fn p50s(report: &Report) -> (Duration, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrected_p50_matches_uncorrected_against_a_fast_target() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let server = servers::backends(&["a"]).await;
+    let server = Backends::start(&["a"]);
     let mut rates = vec![(1_000.0, Duration::from_secs(1))];
     if cfg!(debug_assertions) {
         println!("10000 req/s: skipped in a debug build (see the top of tests/it/pacing.rs)");
@@ -95,14 +99,10 @@ async fn a_frozen_target_shows_in_the_corrected_tail_only() {
     };
     let mut last = String::new();
     for attempt in 1..=2 {
-        let addr = servers::stalling(Duration::from_millis(500), Duration::from_secs(1)).await;
-        let report = open_loop(
-            &format!("http://{addr}/"),
-            1_000.0,
-            Duration::from_secs(2),
-            4,
-        )
-        .await;
+        let server = BadBackend::start().unwrap();
+        server.freeze(Duration::from_millis(500), Duration::from_secs(1));
+        let url = tests::http::url(server.addr(), "/");
+        let report = open_loop(&url, 1_000.0, Duration::from_secs(2), 4).await;
         let uncorrected = report.latency_uncorrected.as_ref().unwrap();
         let lag = report.target_lag.as_ref().unwrap();
         let (p99, max, naive_p99) = (

@@ -1,13 +1,17 @@
 //! Load that changes over time: each stage's rate (or connection count) shows in the series,
 //! second by second, within 5%. The rates depend on loadgen sending on time, which a machine
 //! busy with other work can prevent; each open-loop test tries twice before failing.
+//!
+//! Client: `loadgen::run` for `--stages` (its report's series is checked), the binary
+//! (`support::loadgen`) for `-q START:END`, which is a command-line form. Target:
+//! `support::Backends`, which counts connections.
 
 use std::time::Duration;
 
 use loadgen::stages::StageList;
 use loadgen::{Plan, Report};
 
-use crate::servers;
+use crate::support::{loadgen, Backends};
 
 /// Each second's sends against what the plan asked for it, within 5%.
 fn check_rates(report: &Report, expected: &[f64]) -> Result<(), String> {
@@ -26,7 +30,7 @@ fn check_rates(report: &Report, expected: &[f64]) -> Result<(), String> {
 /// A step: 1 s at 100 req/s, then at once 400 req/s for 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_stages_reach_their_rates() {
-    let server = servers::backends(&["a"]).await;
+    let server = Backends::start(&["a"]);
     let mut failure = String::new();
     for _attempt in 1..=2 {
         let mut plan = Plan::new(&server.url()).unwrap();
@@ -53,9 +57,9 @@ async fn open_loop_stages_reach_their_rates() {
 }
 
 /// `-q 100:300 -z 2s`: a linear ramp, so 150 sends in the first second and 250 in the second.
-#[tokio::test]
-async fn a_rate_ramp_over_the_run() {
-    let server = servers::backends(&["a"]).await;
+#[test]
+fn a_rate_ramp_over_the_run() {
+    let server = Backends::start(&["a"]);
     let url = server.url();
     let args = [
         url.as_str(),
@@ -70,13 +74,7 @@ async fn a_rate_ramp_over_the_run() {
     ];
     let mut failure = String::new();
     for _attempt in 1..=2 {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args(args)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap();
-        let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+        let report: Report = loadgen(&args).json();
         assert_eq!(report.errors.total(), 0, "{}", report.render_text());
         assert_eq!(report.requests, 400, "{}", report.render_text());
         match check_rates(&report, &[150.0, 250.0]) {
@@ -90,7 +88,7 @@ async fn a_rate_ramp_over_the_run() {
 /// Connections: 2 for a second, then 6 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_loop_stages_ramp_the_connections() {
-    let server = servers::backends(&["a"]).await;
+    let server = Backends::start(&["a"]);
     let mut plan = Plan::new(&server.url()).unwrap();
     plan.connections = 2;
     plan.duration = Some(Duration::from_secs(10));
@@ -111,8 +109,5 @@ async fn closed_loop_stages_ramp_the_connections() {
         .map(|s| s.connections)
         .collect();
     assert_eq!(used, [2, 6], "{table}");
-    assert_eq!(
-        server.connections.load(std::sync::atomic::Ordering::SeqCst),
-        6
-    );
+    assert_eq!(server.connections(), 6);
 }

@@ -1,13 +1,14 @@
 //! `https://` targets: trusting a CA file, refusing an unknown certificate with a sentence that
 //! says what to do, `--insecure`, and `--no-keepalive` paying (and reporting) one handshake per
-//! request. The server is in-process, with a certificate made by `rcgen` for each test.
-
-use std::process::Output;
-use std::sync::atomic::Ordering;
+//! request. The server is in-process (`support::TlsBackend`), with a certificate made by `rcgen`
+//! for each test.
+//!
+//! Client: `loadgen::run` where the report's fields are checked, the binary (`support::loadgen`)
+//! where the flags, exit codes and what is printed are.
 
 use loadgen::{Plan, Trust};
 
-use crate::servers;
+use crate::support::{loadgen, TlsBackend};
 
 fn plan(url: &str, requests: u64, trust: Trust) -> Plan {
     let mut plan = Plan::new(url).unwrap();
@@ -18,7 +19,7 @@ fn plan(url: &str, requests: u64, trust: Trust) -> Plan {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_its_ca_works_over_one_connection() {
-    let server = servers::tls().await;
+    let server = TlsBackend::start();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &server.cert_pem).unwrap();
@@ -31,14 +32,14 @@ async fn https_with_its_ca_works_over_one_connection() {
     // Keep-alive: one connection, one handshake, carried all 20 requests.
     let handshakes = report.tls_handshake.as_ref().unwrap();
     assert_eq!(handshakes.count(), 1, "{}", report.render_text());
-    assert_eq!(server.handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(server.handshakes(), 1);
 }
 
 /// Mozilla's roots do not include a certificate made a moment ago: every request fails in the
 /// handshake, counted as such, and the report says why and what to do. No panic, no `Err`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_certificate_fails_with_a_clear_error() {
-    let server = servers::tls().await;
+    let server = TlsBackend::start();
     let report = loadgen::run(plan(&server.url(), 3, Trust::WebPkiRoots))
         .await
         .unwrap();
@@ -56,7 +57,7 @@ async fn an_unknown_certificate_fails_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_accepts_any_certificate() {
-    let server = servers::tls().await;
+    let server = TlsBackend::start();
     let report = loadgen::run(plan(&server.url(), 5, Trust::Insecure))
         .await
         .unwrap();
@@ -66,9 +67,9 @@ async fn insecure_accepts_any_certificate() {
 
 /// `--no-keepalive` over HTTPS: a new connection, so a full handshake, for every request, and
 /// the report's handshake block counts one per request (text and JSON).
-#[tokio::test]
-async fn no_keepalive_reports_a_handshake_per_request() {
-    let server = servers::tls().await;
+#[test]
+fn no_keepalive_reports_a_handshake_per_request() {
+    let server = TlsBackend::start();
     let url = server.url();
     let args = [
         url.as_str(),
@@ -81,38 +82,29 @@ async fn no_keepalive_reports_a_handshake_per_request() {
         "--output",
         "json",
     ];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let json: serde_json::Value = out.json();
     let handshake = &json["tls_handshake"];
-    assert_eq!(handshake["count"], 12, "{}", show(&args, &out));
+    assert_eq!(handshake["count"], 12, "{out}");
     assert!(handshake["p50_us"].as_u64().unwrap() > 0);
     assert!(handshake["p99_us"].as_u64().unwrap() >= handshake["p50_us"].as_u64().unwrap());
-    assert_eq!(server.handshakes.load(Ordering::SeqCst), 12);
+    assert_eq!(server.handshakes(), 12);
     // Said once on stderr: nothing was verified.
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        err.matches("--insecure").count(),
-        1,
-        "{}",
-        show(&args, &out)
-    );
+    let err = out.stderr();
+    assert_eq!(err.matches("--insecure").count(), 1, "{out}");
 
     let args = [url.as_str(), "-n", "4", "--no-keepalive", "--insecure"];
-    let out = loadgen(&args).await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("TLS handshakes: 4, p50 "),
-        "{}",
-        show(&args, &out)
-    );
+    let out = loadgen(&args);
+    let text = out.stdout();
+    assert!(text.contains("TLS handshakes: 4, p50 "), "{out}");
 }
 
 /// The command line's view of the same: `--cacert` works, no CA fails (exit 1) with the
 /// sentence, and flags that make no sense for http:// are usage errors.
-#[tokio::test]
-async fn cacert_and_insecure_on_the_command_line() {
-    let server = servers::tls().await;
+#[test]
+fn cacert_and_insecure_on_the_command_line() {
+    let server = TlsBackend::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -120,60 +112,32 @@ async fn cacert_and_insecure_on_the_command_line() {
     let ca = ca.display().to_string();
 
     let args = [url.as_str(), "-n", "5", "--cacert", &ca];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&args, &out));
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(0), "{out}");
 
     let args = [url.as_str(), "-n", "2"];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let text = out.stdout();
     assert!(
         text.contains("certificate was rejected") && text.contains("--cacert FILE"),
-        "{}",
-        show(&args, &out)
+        "{out}"
     );
 
     let missing = dir.path().join("missing.pem").display().to_string();
     let args = [url.as_str(), "-n", "2", "--cacert", &missing];
-    let out = loadgen(&args).await;
-    assert_eq!(out.status.code(), Some(1), "{}", show(&args, &out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot read --cacert"),
-        "{}",
-        show(&args, &out)
-    );
+    let out = loadgen(&args);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let err = out.stderr();
+    assert!(err.contains("cannot read --cacert"), "{out}");
 
     for args in [
         &["http://127.0.0.1:1/", "--insecure"][..],
         &["http://127.0.0.1:1/", "--cacert", &ca],
     ] {
-        let out = loadgen(args).await;
-        assert_eq!(out.status.code(), Some(2), "{}", show(args, &out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("applies to https:// URLs only"),
-            "{}",
-            show(args, &out)
-        );
+        let out = loadgen(args);
+        assert_eq!(out.code(), Some(2), "{out}");
+        let err = out.stderr();
+        assert!(err.contains("applies to https:// URLs only"), "{out}");
     }
-}
-
-async fn loadgen(args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn show(args: &[&str], out: &Output) -> String {
-    format!(
-        "loadgen {}\nstatus: {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
