@@ -204,15 +204,28 @@ fn prepare(
             return None;
         }
     };
-    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true); // small heads and chunks: never wait for Nagle
     Some(serve_connection(
         stream,
         peer,
-        id,
         balancer.clone(),
         stop.clone(),
-        held,
+        Some(held),
     ))
+}
+
+/// Serve one client connection over any byte stream, outside the acceptor and its `--max-conns`
+/// cap: the in-memory benchmark of the request path (`lb/benches/request_path.rs`) serves one end
+/// of an in-memory pipe with it.
+pub async fn serve_stream<S>(
+    stream: S,
+    peer: SocketAddr,
+    balancer: Arc<Balancer>,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_connection(stream, peer, balancer, stop, None).await;
 }
 
 /// What a connection holds while it lives: its `--max-conns` permit, its place in the
@@ -243,15 +256,16 @@ impl Drop for Held {
 }
 
 /// Serve one client connection until it closes, idles out, or shutdown finishes it.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
-    id: u64,
     balancer: Arc<Balancer>,
     stop: watch::Receiver<bool>,
-    _held: Held,
-) {
-    let _ = stream.set_nodelay(true); // small heads and chunks: never wait for Nagle
+    _held: Option<Held>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     let trace = Trace::new(balancer.trace, id);
     trace.conn_event(format_args!("accepted from {peer}"));
     let scheme = if balancer.tls.is_some() {

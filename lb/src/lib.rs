@@ -64,7 +64,7 @@ use access_log::AccessLog;
 use config::{Limits, Timeouts};
 use dump::Dump;
 use route::Router;
-use upstream::{Backend, PoolSettings};
+use upstream::{Backend, Connector, PoolSettings};
 
 /// The shared state every request reads: routes, backends, settings, the log handle.
 #[derive(Debug)]
@@ -93,6 +93,17 @@ pub struct Balancer {
 impl Balancer {
     /// Resolve every backend address once and group the rules.
     pub fn new(config: &Config, log: AccessLog, dump: Dump) -> std::io::Result<Self> {
+        Self::with_connector(config, log, dump, Connector::Tcp)
+    }
+
+    /// [`Balancer::new`], reaching backends through `connector` (in-memory pipes in the benchmark
+    /// of the request path, `lb/benches/request_path.rs`).
+    pub fn with_connector(
+        config: &Config,
+        log: AccessLog,
+        dump: Dump,
+        connector: Connector,
+    ) -> std::io::Result<Self> {
         let settings = PoolSettings {
             workers: config.threads.max(1),
             connect_timeout: config.timeouts.connect,
@@ -117,6 +128,7 @@ impl Balancer {
                 settings,
                 load,
                 dump.clone(),
+                connector.clone(),
             )));
         }
         let router = Router::new(

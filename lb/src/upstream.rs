@@ -18,6 +18,10 @@
 //! With several worker threads (`--threads`), each worker has its own event loop, so each keeps
 //! its own pool per backend: a connection's socket is registered with the event loop that opened
 //! it, and is only ever used from that thread.
+//!
+//! A backend is reached over TCP, except in the in-memory benchmark (`lb/benches/request_path.rs`),
+//! whose [`Connector::Memory`] hands out one end of an in-memory pipe instead of a socket, so that
+//! the request path's own cost is measured without the kernel's.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
@@ -45,8 +50,99 @@ pub type Sender = SendRequest<RequestBody>;
 /// The I/O half of one HTTP/1.1 connection: a future that reads and writes the socket when polled.
 pub type Driver = Pin<Box<Connection<Io, RequestBody>>>;
 
-/// The socket under an upstream connection: TCP, tapped for `-D` when it is on.
-pub type Io = TokioIo<Tapped<TcpStream>>;
+/// The socket under an upstream connection, tapped for `-D` when it is on.
+pub type Io = TokioIo<Tapped<Stream>>;
+
+/// How connections to backends are opened.
+#[derive(Clone, Default)]
+pub enum Connector {
+    /// A TCP connection to the backend's address: what `lb` always does.
+    #[default]
+    Tcp,
+    /// One end of an in-memory pipe, made by the function given the backend's address (the other
+    /// end goes to an in-memory backend): for benchmarks of the user-space path.
+    Memory(Arc<dyn Fn(SocketAddr) -> DuplexStream + Send + Sync>),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connector::Tcp => "Tcp",
+            Connector::Memory(_) => "Memory",
+        })
+    }
+}
+
+/// The byte stream under an upstream connection (see [`Connector`]).
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Memory(DuplexStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Memory(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Memory(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Memory(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Memory(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Memory(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// One backend server and its pool of idle connections.
 #[derive(Debug)]
@@ -65,6 +161,7 @@ pub struct Backend {
     settings: PoolSettings,
     /// `-D`: where this backend's connections copy their bytes.
     dump: Dump,
+    connector: Connector,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +276,7 @@ impl Backend {
         settings: PoolSettings,
         load: Load,
         dump: Dump,
+        connector: Connector,
     ) -> Self {
         Backend {
             name,
@@ -192,6 +290,7 @@ impl Backend {
             next_id: AtomicU64::new(1),
             settings,
             dump,
+            connector,
         }
     }
 
@@ -238,29 +337,15 @@ impl Backend {
         Ok(upstream)
     }
 
-    /// TCP connect (bounded by `--connect-timeout`), then the HTTP/1.1 handshake.
+    /// Connect (see [`Connector`]), then the HTTP/1.1 handshake.
     async fn open(
         self: &Arc<Self>,
     ) -> Result<(Upstream, Connection<Io, RequestBody>), ConnectError> {
         let started = Instant::now();
-        let timeout = self.settings.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
-                return Err(ConnectError::Io {
-                    backend: self.name.clone(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    backend: self.name.clone(),
-                    timeout,
-                })
-            }
+        let stream = match &self.connector {
+            Connector::Tcp => Stream::Tcp(self.connect_tcp().await?),
+            Connector::Memory(make) => Stream::Memory(make(self.addr)),
         };
-        // Proxies write small heads and forward small chunks: do not let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let user = self.dump.is_enabled().then(Arc::default);
         let stream = Tapped::new(stream, &self.dump, || Leg::Backend {
@@ -284,6 +369,29 @@ impl Backend {
             user,
         };
         Ok((upstream, connection))
+    }
+
+    /// TCP connect, bounded by `--connect-timeout`.
+    async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
+        let timeout = self.settings.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(ConnectError::Io {
+                    backend: self.name.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    backend: self.name.clone(),
+                    timeout,
+                })
+            }
+        };
+        // Proxies write small heads and forward small chunks: do not let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 
     /// Return a connection whose exchange completed cleanly (see [`Upstream::check_in`]).
