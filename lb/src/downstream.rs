@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
 use crate::health::now_ms;
 use crate::trace::Trace;
 
@@ -31,9 +29,6 @@ pub struct ConnInfo {
     idle_since_ms: AtomicU64,
     /// [`now_ms`] of the first byte read since the last request started or finished; 0 = none.
     head_started_ms: AtomicU64,
-    /// Wakes the watchdog whenever a request ends or a head starts arriving, so that it re-arms
-    /// its timer for the deadline that now applies instead of sleeping on a stale one.
-    pub changed: Notify,
 }
 
 impl ConnInfo {
@@ -48,7 +43,6 @@ impl ConnInfo {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(0),
-            changed: Notify::new(),
         }
     }
 
@@ -62,8 +56,6 @@ impl ConnInfo {
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
-        // No need to wake the watchdog: with a request in flight no deadline applies, and it
-        // looks again whenever its timer fires.
         InFlight {
             conn: self.clone(),
             number,
@@ -75,7 +67,6 @@ impl ConnInfo {
     pub fn head_bytes_arrived(&self) {
         if self.head_started_ms.load(Ordering::Relaxed) == 0 {
             self.head_started_ms.store(now_ms(), Ordering::Relaxed);
-            self.changed.notify_one();
         }
     }
 
@@ -119,6 +110,5 @@ impl Drop for InFlight {
         self.conn.idle_since_ms.store(now_ms(), Ordering::Relaxed);
         self.conn.head_started_ms.store(0, Ordering::Relaxed);
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.conn.changed.notify_one();
     }
 }
