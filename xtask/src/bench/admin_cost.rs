@@ -304,7 +304,7 @@ impl AdminCost {
                 .map(|r| {
                     (
                         &r.measured,
-                        r.proxy.map(|u| u.cpu),
+                        r.proxy.map(|u| u.cpu()),
                         r.proxy.map(|u| u.peak_rss),
                     )
                 }),

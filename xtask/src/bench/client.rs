@@ -344,10 +344,10 @@ fn run_child(program: &Path, args: &[String], limit: Duration) -> Result<Finishe
     loop {
         match procfs::stat(pid) {
             Ok(s) if s.state == 'Z' => {
-                last_ticks = s.cpu_ticks;
+                last_ticks = s.cpu_ticks();
                 break;
             }
-            Ok(s) => last_ticks = s.cpu_ticks,
+            Ok(s) => last_ticks = s.cpu_ticks(),
             // Cannot happen before we reap it; keep the last value if it does.
             Err(_) => break,
         }

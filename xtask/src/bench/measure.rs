@@ -164,7 +164,7 @@ pub fn progress_line(run: &ProxyRun, rounds: u32, width: usize) -> String {
         |u| {
             format!(
                 "{:>7.1}",
-                u.cpu.as_secs_f64() * 1e6 / m.responses.max(1) as f64
+                u.cpu().as_secs_f64() * 1e6 / m.responses.max(1) as f64
             )
         },
     );

@@ -1,9 +1,12 @@
 //! What the kernel knows about a running process: the CPU time it has used and its peak memory,
 //! read from `/proc`. The bench charges each proxy (and each load generator) with these numbers.
 //!
-//! - CPU: `utime + stime`, fields 14 and 15 of `/proc/PID/stat`, counted in clock ticks
-//!   (`getconf CLK_TCK`, 100 per second on Linux). The process-level file covers every thread,
-//!   live or already exited, so a multi-threaded proxy is charged in full.
+//! - CPU: `utime` and `stime`, fields 14 and 15 of `/proc/PID/stat`, counted in clock ticks
+//!   (`getconf CLK_TCK`, 100 per second on Linux): the time spent running the program's own code
+//!   (user) and the time the kernel spent on its behalf (system calls, here mostly loopback TCP).
+//!   The process-level file covers every thread, live or already exited, so a multi-threaded
+//!   proxy is charged in full. The kernel samples which of the two a tick belongs to, so the split
+//!   is exact only over many ticks: a run of a few seconds gives hundreds.
 //! - Peak memory: `VmHWM` ("high water mark" of the resident set) in `/proc/PID/status`. Writing
 //!   `5` to `/proc/PID/clear_refs` resets it to the current RSS (Linux >= 4.0), which lets one
 //!   long-lived proxy report a peak *per load point* instead of one peak since it started.
@@ -33,8 +36,17 @@ pub struct Stat {
     /// `R`, `S`, ..., `Z` for a zombie: exited, not yet reaped by its parent.
     pub state: char,
     pub ppid: u32,
+    /// CPU time spent in user space, in clock ticks.
+    pub utime: u64,
+    /// CPU time the kernel spent on the process's behalf, in clock ticks.
+    pub stime: u64,
+}
+
+impl Stat {
     /// `utime + stime`, in clock ticks.
-    pub cpu_ticks: u64,
+    pub fn cpu_ticks(&self) -> u64 {
+        self.utime + self.stime
+    }
 }
 
 /// Read `/proc/PID/stat`.
@@ -60,12 +72,13 @@ fn parse_stat(text: &str) -> Result<Stat> {
     };
     let state = field(3)?.chars().next().context("empty state")?;
     let ppid = field(4)?.parse().context("field 4 (ppid)")?;
-    let utime: u64 = field(14)?.parse().context("field 14 (utime)")?;
-    let stime: u64 = field(15)?.parse().context("field 15 (stime)")?;
+    let utime = field(14)?.parse().context("field 14 (utime)")?;
+    let stime = field(15)?.parse().context("field 15 (stime)")?;
     Ok(Stat {
         state,
         ppid,
-        cpu_ticks: utime + stime,
+        utime,
+        stime,
     })
 }
 
@@ -120,20 +133,31 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
 /// What one proxy used during one measurement.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Usage {
-    /// CPU time (user + system) of all its processes (in JSON: seconds).
+    /// CPU time in user space of all its processes (in JSON: seconds).
     #[serde(serialize_with = "super::report::secs::serialize")]
-    pub cpu: Duration,
+    pub user: Duration,
+    /// CPU time the kernel spent for all its processes (in JSON: seconds).
+    #[serde(serialize_with = "super::report::secs::serialize")]
+    pub system: Duration,
     /// The sum of its processes' peak RSS, in bytes.
     pub peak_rss: u64,
     /// False if the peak could not be reset first (then it is the peak since the proxy started).
     pub peak_is_per_run: bool,
 }
 
+impl Usage {
+    /// User and system CPU time together.
+    pub fn cpu(&self) -> Duration {
+        self.user + self.system
+    }
+}
+
 /// Measures one proxy across one run: [`Meter::start`] before, [`Meter::finish`] after.
 #[derive(Debug)]
 pub struct Meter {
     pids: Vec<u32>,
-    ticks_before: u64,
+    /// (utime, stime) summed over `pids` at the start.
+    ticks_before: (u64, u64),
     hz: u64,
     peak_is_per_run: bool,
 }
@@ -156,27 +180,31 @@ impl Meter {
     }
 
     pub fn finish(self) -> Result<Usage> {
-        let ticks = total_ticks(&self.pids)?.saturating_sub(self.ticks_before);
+        let (user, system) = total_ticks(&self.pids)?;
+        let (user_before, system_before) = self.ticks_before;
         let mut peak_rss = 0;
         for &p in &self.pids {
             peak_rss += peak_rss_or_zero(p);
         }
         Ok(Usage {
-            cpu: ticks_to_duration(ticks, self.hz),
+            user: ticks_to_duration(user.saturating_sub(user_before), self.hz),
+            system: ticks_to_duration(system.saturating_sub(system_before), self.hz),
             peak_rss,
             peak_is_per_run: self.peak_is_per_run,
         })
     }
 }
 
-fn total_ticks(pids: &[u32]) -> Result<u64> {
-    let mut ticks = 0;
+/// (utime, stime) summed over `pids`, in clock ticks.
+fn total_ticks(pids: &[u32]) -> Result<(u64, u64)> {
+    let (mut user, mut system) = (0, 0);
     for &p in pids {
-        ticks += stat(p)
-            .with_context(|| format!("process {p} of a proxy is gone: did it crash?"))?
-            .cpu_ticks;
+        let s =
+            stat(p).with_context(|| format!("process {p} of a proxy is gone: did it crash?"))?;
+        user += s.utime;
+        system += s.stime;
     }
-    Ok(ticks)
+    Ok((user, system))
 }
 
 fn peak_rss_or_zero(pid: u32) -> u64 {
@@ -227,7 +255,7 @@ impl OtherLoad {
         let ours = pids
             .iter()
             .filter_map(|&p| stat(p).ok())
-            .map(|s| s.cpu_ticks)
+            .map(|s| s.cpu_ticks())
             .sum();
         Some(OtherLoad {
             busy,
@@ -244,7 +272,7 @@ impl OtherLoad {
             .pids
             .iter()
             .filter_map(|&p| stat(p).ok())
-            .map(|s| s.cpu_ticks)
+            .map(|s| s.cpu_ticks())
             .sum();
         let ours = ours.saturating_sub(self.ours) as f64 + client_cpu.as_secs_f64() * hz as f64;
         let busy = busy.saturating_sub(self.busy) as f64;
@@ -277,7 +305,8 @@ mod tests {
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 17);
-        assert_eq!(s.cpu_ticks, 281);
+        assert_eq!((s.utime, s.stime), (250, 31));
+        assert_eq!(s.cpu_ticks(), 281);
     }
 
     #[test]

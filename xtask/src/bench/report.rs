@@ -149,7 +149,7 @@ impl SlowBackend {
         let summary = summarize(runs().map(|r| {
             (
                 &r.measured,
-                r.proxy.map(|u| u.cpu),
+                r.proxy.map(|u| u.cpu()),
                 r.proxy.map(|u| u.peak_rss),
             )
         }))?;
@@ -401,7 +401,7 @@ impl Report {
                 .map(|r| {
                     (
                         &r.measured,
-                        r.proxy.map(|u| u.cpu),
+                        r.proxy.map(|u| u.cpu()),
                         r.proxy.map(|u| u.peak_rss),
                     )
                 }),
@@ -480,7 +480,8 @@ impl Report {
              Figures are medians over rounds (errors are summed). Everything shares the same cores: \
              read ratios, not absolute numbers. \
              Proxy CPU is utime+stime of the proxy's processes (nginx: master and workers) from \
-             /proc/PID/stat before and after each run, divided by responses; peak RSS is VmHWM \
+             /proc/PID/stat before and after each run, divided by responses (user and kernel apart in \
+             `CPU per request, user / kernel`); peak RSS is VmHWM \
              (summed over processes), reset before each run through /proc/PID/clear_refs. \
              The open loop sends at 70% of lb's median peak for all scenarios alike; its latency \
              is measured from the scheduled send time (coordinated omission corrected). \
@@ -746,6 +747,72 @@ impl Report {
                 ratio("haproxy", cpu),
             );
         }
+        self.cpu_split_markdown(s);
+    }
+
+    /// Medians over rounds of `scenario`'s CPU microseconds per response at `load`, split into
+    /// user space and kernel: `(user, kernel)`. `None` if it did not run or has no proxy.
+    pub fn cpu_split(&self, load: &Load, scenario: &str) -> Option<(f64, f64)> {
+        let runs: Vec<(f64, f64)> = self
+            .proxy_runs
+            .iter()
+            .filter(|r| &r.load == load && r.scenario == scenario)
+            .filter_map(|r| {
+                let usage = r.proxy?;
+                Some((
+                    per_request_us(usage.user, r.measured.responses)?,
+                    per_request_us(usage.system, r.measured.responses)?,
+                ))
+            })
+            .collect();
+        let user: Vec<f64> = runs.iter().map(|&(u, _)| u).collect();
+        let kernel: Vec<f64> = runs.iter().map(|&(_, k)| k).collect();
+        Some((median(&user)?, median(&kernel)?))
+    }
+
+    /// Each proxy's CPU per request split into user space and kernel, and lb's ratios to the
+    /// peers: the kernel's share is mostly loopback TCP, much the same work for every proxy, so
+    /// a gap in the user column is the proxy's own code.
+    fn cpu_split_markdown(&self, s: &mut String) {
+        const PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
+        let _ = writeln!(s, "\n## CPU per request, user / kernel (µs)\n");
+        let _ = writeln!(
+            s,
+            "utime / stime of the proxy's processes from /proc/PID/stat, before and after each run, divided \
+             by the responses; medians over rounds. The kernel assigns each clock tick ({} ms) to user or \
+             kernel by sampling, so a split is only as good as the number of ticks in a run. Ratios are \
+             lb / peer: `total (user, kernel)`, below 1 means lb uses less.\n",
+            1000 / super::procfs::clock_ticks().max(1)
+        );
+        let _ = writeln!(
+            s,
+            "| load | lb user / kernel | nginx user / kernel | haproxy user / kernel | lb/nginx total (user, kernel) | lb/haproxy total (user, kernel) |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+        for load in &self.loads {
+            let cells: Vec<String> = PROXIES
+                .iter()
+                .map(
+                    |&proxy| match (self.skipped(proxy), self.cpu_split(load, proxy)) {
+                        (Some(why), _) => why.to_string(),
+                        (None, Some((user, kernel))) => format!("{user:.1} / {kernel:.1}"),
+                        (None, None) => "—".into(),
+                    },
+                )
+                .collect();
+            let lb = self.cpu_split(load, "lb");
+            let ratios: Vec<String> = ["nginx", "haproxy"]
+                .iter()
+                .map(|&peer| cpu_ratios(lb, self.cpu_split(load, peer)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                load.label(),
+                cells.join(" | "),
+                ratios.join(" | ")
+            );
+        }
     }
 
     /// loadgen against wrk.
@@ -868,6 +935,27 @@ fn lateness(x: &Summary, rounds: u32) -> String {
     }
 }
 
+/// `lb / peer` of the total CPU per request, then of its user and kernel parts:
+/// `1.40 (3.50, 0.98)`. `—` when either side is missing or a peer's figure is zero.
+fn cpu_ratios(lb: Option<(f64, f64)>, peer: Option<(f64, f64)>) -> String {
+    let Some(((lb_user, lb_kernel), (user, kernel))) = lb.zip(peer) else {
+        return "—".into();
+    };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "—".into()
+        }
+    };
+    format!(
+        "{} ({}, {})",
+        ratio(lb_user + lb_kernel, user + kernel),
+        ratio(lb_user, user),
+        ratio(lb_kernel, kernel)
+    )
+}
+
 pub fn opt(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
 }
@@ -875,6 +963,96 @@ pub fn opt(value: Option<f64>, digits: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run of `scenario` that served 1,000 responses with `user` and `kernel` ms of its CPU.
+    fn run(scenario: &'static str, load: Load, round: u32, user: u64, kernel: u64) -> ProxyRun {
+        ProxyRun {
+            round,
+            load,
+            scenario,
+            order: 0,
+            measured: Measured {
+                requests_per_sec: 1000.0,
+                responses: 1000,
+                errors: 0,
+                p50_us: 100.0,
+                p99_us: 200.0,
+                p999_us: None,
+                client_cpu: Duration::ZERO,
+                backends: Vec::new(),
+                send_lateness_p99_us: None,
+                pacing: None,
+                tls_handshake_p50_us: None,
+                tls_handshake_p99_us: None,
+                loadgen_report: None,
+            },
+            proxy: Some(Usage {
+                user: Duration::from_millis(user),
+                system: Duration::from_millis(kernel),
+                peak_rss: 0,
+                peak_is_per_run: true,
+            }),
+            other_load: None,
+        }
+    }
+
+    fn report(proxy_runs: Vec<ProxyRun>) -> Report {
+        Report {
+            command: "bench".into(),
+            machine: Machine {
+                cores: 2,
+                kernel: "6".into(),
+                cpu_model: "test".into(),
+                busy_before: None,
+                load_average_before: String::new(),
+                load_average_after: String::new(),
+                versions: Vec::new(),
+            },
+            quick: false,
+            rounds: 3,
+            duration: Duration::from_secs(5),
+            scenarios: vec![
+                ("direct", None),
+                ("lb", None),
+                ("nginx", None),
+                ("haproxy", Some("not installed".into())),
+            ],
+            loads: vec![Load::Closed { connections: 50 }],
+            wrk_missing: None,
+            client_targets: Vec::new(),
+            proxy_runs,
+            client_runs: Vec::new(),
+            slow_backend: None,
+            admin: None,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn cpu_is_split_into_user_and_kernel_per_request_with_lb_s_ratios() {
+        let c50 = Load::Closed { connections: 50 };
+        // Per request, in µs: lb 8 user + 17 kernel over three rounds (one noisy), nginx 2 + 16.
+        let report = report(vec![
+            run("lb", c50, 0, 8, 17),
+            run("lb", c50, 1, 9, 18),
+            run("lb", c50, 2, 8, 16),
+            run("nginx", c50, 0, 2, 16),
+        ]);
+        assert_eq!(report.cpu_split(&c50, "lb"), Some((8.0, 17.0)));
+        assert_eq!(report.cpu_split(&c50, "nginx"), Some((2.0, 16.0)));
+        assert_eq!(report.cpu_split(&c50, "direct"), None);
+
+        let mut s = String::new();
+        report.proxies_markdown(&mut s);
+        assert!(s.contains("## CPU per request, user / kernel (µs)"), "{s}");
+        // lb/nginx: total 25 / 18, user 8 / 2, kernel 17 / 16.
+        assert!(
+            s.contains(
+                "| 50 conns | 8.0 / 17.0 | 2.0 / 16.0 | not installed | 1.39 (4.00, 1.06) | — |"
+            ),
+            "{s}"
+        );
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -269,7 +269,7 @@ impl TlsBench {
                 .map(|r| {
                     (
                         &r.measured,
-                        r.proxy.map(|u| u.cpu),
+                        r.proxy.map(|u| u.cpu()),
                         r.proxy.map(|u| u.peak_rss),
                     )
                 }),
