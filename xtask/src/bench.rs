@@ -316,6 +316,7 @@ fn main_scenarios(bench: &Bench, main: &Main, report: &mut Report) -> Result<()>
         workers: main.cores,
         balance: "",
         tls: None,
+        max_conns: peers::MAX_CONNS,
     };
     let nginx = nginx_bin
         .as_deref()

@@ -257,6 +257,7 @@ fn start_peer(bin: &Path, plan: &Plan, c: &Contender, backends: &[SocketAddr]) -
         workers: plan.cores,
         balance: c.balance,
         tls: None,
+        max_conns: peers::MAX_CONNS,
     };
     let (peer, fix) = if c.proxy == Proxy::Nginx {
         (peers::start_nginx(bin, plan.tmp, &setup), "--skip nginx")

@@ -248,6 +248,7 @@ fn start_peer(
         workers: plan.cores,
         balance,
         tls: Some(files),
+        max_conns: peers::MAX_CONNS,
     };
     let started = if proxy == "nginx" {
         peers::start_nginx(bin, plan.tmp, &setup)
