@@ -17,13 +17,17 @@
 //!    kept-alive connections and a new connection per request ([`tls`]);
 //! 7. *one slow backend*: three backends, one of them 20 ms slow, behind lb with each balancing
 //!    strategy and behind nginx's and HAProxy's load-aware ones ([`slow_backend`]);
-//! 8. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`,
+//! 8. *idle connections*: lb, nginx and HAProxy each holding 2,000 and then 10,000 keep-alive
+//!    clients that sent one request and wait, their memory before and with them ([`idle`]);
+//! 9. medians over rounds and ratios in `target/bench/report.md`, raw runs in `report.json`,
 //!    and every loadgen run drawn in `report.html` ([`html`]).
 //!
-//! `--only proxies,clients,admin,tls,slow-backend` runs a part of it (steps 2-3, 4, 5, 6, 7).
+//! `--only proxies,clients,admin,tls,slow-backend,idle` runs a part of it (steps 2-3, 4, 5, 6, 7,
+//! 8).
 //!
-//! The proxy's CPU time and peak memory come from `/proc` ([`procfs`]). Everything runs on the
-//! same cores, so only medians and ratios are reported, never one lone absolute number.
+//! The proxy's CPU time (user and kernel apart) and its memory come from `/proc` ([`procfs`]).
+//! Everything runs on the same cores, so only medians and ratios are reported, never one lone
+//! absolute number.
 //!
 //! `--quick` (CI) runs each scenario for a second, once, and only checks that everything ran:
 //! every run got responses and lb answered without errors (and round robin gave the slow backend
@@ -32,6 +36,7 @@
 mod admin_cost;
 mod client;
 mod html;
+mod idle;
 mod measure;
 mod peers;
 mod procfs;
@@ -86,6 +91,8 @@ enum Part {
     Tls,
     /// Three backends, one slow, behind each balancing strategy ([`slow_backend`]).
     SlowBackend,
+    /// The memory of idle keep-alive connections, lb beside nginx and HAProxy ([`idle`]).
+    Idle,
 }
 
 /// The peers `--skip` can leave out.
@@ -132,6 +139,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Part::Admin,
             Part::Tls,
             Part::SlowBackend,
+            Part::Idle,
         ]
     } else {
         args.only.clone()
@@ -191,6 +199,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         slow_backend: None,
         admin: None,
         tls: None,
+        idle: None,
     };
     let plan = Plan {
         bins: &bins,
@@ -243,6 +252,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
             slow_backend::CONNECTIONS
         ));
         report.slow_backend = Some(slow_backend::run(&bench, &plan)?);
+    }
+    if parts.contains(&Part::Idle) {
+        let counts = if args.quick {
+            idle::QUICK_COUNTS
+        } else {
+            idle::COUNTS
+        };
+        step(&format!(
+            "Idle keep-alive connections: each proxy started afresh holds {} connections that sent one \
+             GET each, then waits {:?}; its RSS is read before and with them; {rounds} round(s).",
+            counts.map(|c| c.to_string()).join(" and then "),
+            idle::SETTLE
+        ));
+        report.idle = Some(idle::run(&plan, &counts)?);
     }
     report.machine.load_average_after = procfs::load_average();
     write_report(&report, started)?;
@@ -617,6 +640,9 @@ fn everything_ran(report: &Report) -> Vec<String> {
     }
     if let Some(tls) = &report.tls {
         problems.extend(tls.problems());
+    }
+    if let Some(idle) = &report.idle {
+        problems.extend(idle.problems());
     }
     for r in &report.client_runs {
         if r.measured.responses == 0 {

@@ -301,6 +301,8 @@ fn part_title(part: Part) -> &'static str {
         Part::Tls => "TLS termination",
         Part::Clients => "loadgen beside wrk (loadgen's runs)",
         Part::SlowBackend => "One slow backend",
+        // Holds connections with a client of its own, not loadgen: it has no runs to draw.
+        Part::Idle => "Idle keep-alive connections",
     }
 }
 

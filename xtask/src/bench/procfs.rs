@@ -10,12 +10,16 @@
 //! - Peak memory: `VmHWM` ("high water mark" of the resident set) in `/proc/PID/status`. Writing
 //!   `5` to `/proc/PID/clear_refs` resets it to the current RSS (Linux >= 4.0), which lets one
 //!   long-lived proxy report a peak *per load point* instead of one peak since it started.
+//! - Current memory: `VmRSS` in the same file, what the idle-connection part reads before and
+//!   after opening its connections.
+//! - This process's open-file limit (`/proc/self/limits`) and open descriptors
+//!   (`/proc/self/fd`): how many connections the idle-connection part can hold.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Clock ticks per second of the CPU fields in `/proc/PID/stat`: `getconf CLK_TCK`, asked once,
 /// or 100 (the value Linux has used for `USER_HZ` on every architecture we know) if that fails.
@@ -115,19 +119,41 @@ pub fn reset_peak_rss(pid: u32) -> bool {
 
 /// The peak resident set (`VmHWM`) of `pid`, in bytes.
 pub fn peak_rss(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// The resident set (`VmRSS`) of `pid` now, in bytes.
+pub fn rss(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// The current resident set of `pid` and its direct children, summed (nginx: master and
+/// workers). Pages the processes share are counted once per process; the bench only ever
+/// subtracts two such sums, where they cancel out.
+pub fn group_rss(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for p in process_group(pid) {
+        total +=
+            rss(p).with_context(|| format!("process {p} of a proxy is gone: did it crash?"))?;
+    }
+    Ok(total)
+}
+
+/// A `NAME:   1234 kB` line of `/proc/PID/status`, in bytes.
+fn status_bytes(pid: u32, name: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:")) else {
-        bail!("no VmHWM line in {path}");
-    };
-    let kib: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .with_context(|| format!("parsing {line:?} in {path}"))?;
-    Ok(kib * 1024)
+    parse_status_kib(&text, name)
+        .map(|kib| kib * 1024)
+        .with_context(|| format!("no {name} in {path}"))
+}
+
+fn parse_status_kib(status: &str, name: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.split_once(':').is_some_and(|(key, _)| key == name))?;
+    let (_, value) = line.split_once(':')?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// What one proxy used during one measurement.
@@ -209,6 +235,35 @@ fn total_ticks(pids: &[u32]) -> Result<(u64, u64)> {
 
 fn peak_rss_or_zero(pid: u32) -> u64 {
     peak_rss(pid).unwrap_or(0)
+}
+
+/// An unlimited resource limit, as [`open_files_limit`] returns it.
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// This process's open-file limit (`RLIMIT_NOFILE`), soft and hard, from `/proc/self/limits`.
+pub fn open_files_limit() -> Option<(u64, u64)> {
+    parse_open_files_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+/// How many more files this process may open: its soft open-file limit less the descriptors
+/// it has open (the entries of `/proc/self/fd`).
+pub fn free_descriptors() -> Option<usize> {
+    let (soft, _) = open_files_limit()?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(usize::try_from(soft.saturating_sub(open)).unwrap_or(usize::MAX))
+}
+
+/// The `Max open files   SOFT   HARD   files` line; `unlimited` is [`UNLIMITED`].
+fn parse_open_files_limit(limits: &str) -> Option<(u64, u64)> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut values = line["Max open files".len()..].split_whitespace().map(|v| {
+        if v == "unlimited" {
+            Some(UNLIMITED)
+        } else {
+            v.parse().ok()
+        }
+    });
+    Some((values.next()??, values.next()??))
 }
 
 /// How busy all CPUs were over `window` (0.0 idle .. 1.0 saturated), from `/proc/stat`.
@@ -310,9 +365,39 @@ mod tests {
     }
 
     #[test]
+    fn status_lines_are_found_by_their_whole_name() {
+        let status = "Name:\tnginx\nVmHWM:\t   9000 kB\nVmRSS:\t   8192 kB\nRssAnon:\t 100 kB\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(8192));
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(9000));
+        assert_eq!(parse_status_kib(status, "Rss"), None);
+    }
+
+    #[test]
+    fn the_open_files_line_is_found_among_the_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95859                95859                processes \n\
+                      Max open files            1024                 524288               files     \n\
+                      Max locked memory         8388608              unlimited            bytes     \n";
+        assert_eq!(parse_open_files_limit(limits), Some((1024, 524_288)));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(
+            parse_open_files_limit(unlimited),
+            Some((UNLIMITED, UNLIMITED))
+        );
+        assert_eq!(
+            parse_open_files_limit("Max processes 1 1 processes\n"),
+            None
+        );
+        assert!(open_files_limit().is_some_and(|(soft, hard)| soft > 0 && soft <= hard));
+        assert!(free_descriptors().is_some_and(|free| free > 0));
+    }
+
+    #[test]
     fn our_own_process_can_be_read() {
         let me = std::process::id();
         assert!(stat(me).is_ok());
         assert!(peak_rss(me).unwrap() > 0);
+        assert!(rss(me).unwrap() > 0);
     }
 }

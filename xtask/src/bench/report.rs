@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::admin_cost::AdminCost;
 use super::client::{Load, Measured};
+use super::idle::IdleMemory;
 use super::procfs::Usage;
 use super::tls::TlsBench;
 
@@ -103,6 +104,8 @@ pub struct Report {
     pub admin: Option<AdminCost>,
     /// TLS termination, if it ran.
     pub tls: Option<TlsBench>,
+    /// Idle keep-alive connections, if that part ran.
+    pub idle: Option<IdleMemory>,
 }
 
 /// The "one slow backend" scenario: three backends, one of them slow, behind each balancing
@@ -510,6 +513,9 @@ impl Report {
         if let Some(slow) = &self.slow_backend {
             slow.markdown(&mut s, self.duration, self.rounds);
         }
+        if let Some(idle) = &self.idle {
+            idle.markdown(&mut s);
+        }
         let _ = writeln!(s, "\n## Targets\n");
         let _ = writeln!(s, "| target | measured | verdict |");
         let _ = writeln!(s, "|---|---|---|");
@@ -578,6 +584,9 @@ impl Report {
         }
         if let Some(slow) = &self.slow_backend {
             out.extend(slow.targets());
+        }
+        if let Some(idle) = &self.idle {
+            out.extend(idle.targets());
         }
         out
     }
@@ -1025,6 +1034,7 @@ mod tests {
             slow_backend: None,
             admin: None,
             tls: None,
+            idle: None,
         }
     }
 
