@@ -18,10 +18,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -281,22 +282,39 @@ async fn serve_connection<S>(
             serve_http(io, &info, &balancer, stop).await
         }
         // The handshake is part of reading the first request head: --header-timeout bounds it.
-        Some(tls) => match timeout(balancer.timeouts.header, tls.0.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let io = Tapped::new(stream, &balancer.dump, tap);
-                serve_http(io, &info, &balancer, stop).await
-            }
-            Ok(Err(e)) => Ended::Handshake(e.to_string()),
-            Err(_) => Ended::Handshake(format!(
-                "no TLS handshake within {:?} (--header-timeout)",
-                balancer.timeouts.header
-            )),
-        },
+        // Boxed: a TLS connection's state is large, and a plain connection's task (kept for as
+        // long as the client stays connected) should not make room for it.
+        Some(tls) => {
+            Box::pin(async {
+                match timeout(balancer.timeouts.header, tls.0.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let io = Tapped::new(stream, &balancer.dump, tap);
+                        serve_http(io, &info, &balancer, stop).await
+                    }
+                    Ok(Err(e)) => Ended::Handshake(e.to_string()),
+                    Err(_) => Ended::Handshake(format!(
+                        "no TLS handshake within {:?} (--header-timeout)",
+                        balancer.timeouts.header
+                    )),
+                }
+            })
+            .await
+        }
     };
     ended.record(peer, &balancer, &trace);
 }
 
+/// The client's socket as hyper sees it.
+type ClientIo<S> = TokioIo<WatchedIo<S>>;
+
 /// Serve HTTP/1.1 on `io` (plain or TLS) until the client closes, idles out, or shutdown ends it.
+///
+/// A connection alternates between two states. Served: a hyper connection reads request heads
+/// and writes responses, with its read and write buffers (8 KiB each) and its state. Parked,
+/// once it has been idle for a second (`watchdog::PARK_AFTER`): hyper's connection is gone and
+/// only the socket remains, until the client's next bytes arrive, which a new hyper connection
+/// then reads first. This is what nginx and HAProxy do with a keep-alive connection between
+/// requests, and why ten thousand idle clients cost them little memory.
 async fn serve_http<S>(
     io: S,
     info: &Arc<ConnInfo>,
@@ -306,39 +324,125 @@ async fn serve_http<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut io = TokioIo::new(WatchedIo::new(io, info.clone()));
+    let mut watchdog = Watchdog::new(info.clone(), &balancer.timeouts);
+    loop {
+        io = match serve_requests(io, info, balancer, &mut watchdog, &mut stop).await {
+            Served::Ended(ended) => return ended,
+            Served::Parked(io) => io,
+        };
+        if let Some(ended) = park(&mut io, info, &mut watchdog, &mut stop).await {
+            return ended;
+        }
+    }
+}
+
+/// How serving requests with hyper stopped.
+enum Served<S> {
+    Ended(Ended),
+    /// Idle for a while: hyper let go of the socket, which is given back.
+    Parked(ClientIo<S>),
+}
+
+/// Serve requests with a hyper connection until the connection ends or parks.
+async fn serve_requests<S>(
+    io: ClientIo<S>,
+    info: &Arc<ConnInfo>,
+    balancer: &Arc<Balancer>,
+    watchdog: &mut Watchdog,
+    stop: &mut watch::Receiver<bool>,
+) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
         let (balancer, info) = (balancer.clone(), info.clone());
         service_fn(move |request| crate::proxy::handle(request, balancer.clone(), info.clone()))
     };
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None) // the watchdog does it, see `watchdog.rs`
-        .max_header_size(balancer.limits.max_header_bytes)
-        .serve_connection(TokioIo::new(WatchedIo::new(io, info.clone())), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    let mut watchdog = Watchdog::new(info.clone(), &balancer.timeouts);
-    let stop_signal = stopped(&mut stop);
+    // Boxed, so that a parked connection's task does not keep room for it.
+    let mut connection = Box::new(
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None) // the watchdog does it, see `watchdog.rs`
+            .max_header_size(balancer.limits.max_header_bytes)
+            .serve_connection(io, service)
+            .with_upgrades(),
+    );
+    let stop_signal = stopped(stop);
     tokio::pin!(stop_signal);
     let mut stopping = false;
     loop {
         tokio::select! {
-            result = connection.as_mut() => return Ended::from_result(result, stopping),
+            result = &mut *connection => {
+                if info.is_parked() && result.is_ok() {
+                    if let Some(parts) = connection.into_parts() {
+                        let mut io = parts.io;
+                        if !parts.read_buf.is_empty() {
+                            // A copy: the bytes hyper read ahead keep its whole buffer alive.
+                            io.inner_mut().unread(Bytes::copy_from_slice(&parts.read_buf));
+                        }
+                        return Served::Parked(io);
+                    }
+                }
+                return Served::Ended(Ended::from_result(result, stopping));
+            }
             _ = &mut stop_signal, if !stopping => {
                 stopping = true;
-                connection.as_mut().graceful_shutdown();
+                Pin::new(&mut *connection).graceful_shutdown();
             }
             expired = watchdog.expired() => match expired {
-                Expired::Head => return Ended::HeadTimeout(balancer.timeouts.header),
-                Expired::Idle if stopping => return Ended::IdleDuringShutdown,
+                Expired::Head => return Served::Ended(Ended::HeadTimeout(balancer.timeouts.header)),
+                Expired::Idle if stopping => return Served::Ended(Ended::IdleDuringShutdown),
                 Expired::Idle => {
                     info.trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
                     stopping = true;
-                    connection.as_mut().graceful_shutdown();
+                    Pin::new(&mut *connection).graceful_shutdown();
                 }
+                // hyper closes an idle connection at once when told to shut down gracefully; the
+                // socket's wrapper keeps the socket open (`WatchedIo::poll_shutdown`).
+                Expired::Park if !stopping => {
+                    info.trace.conn_event(format_args!("parking: idle, letting go of hyper's connection and its buffers"));
+                    info.set_parked(true);
+                    Pin::new(&mut *connection).graceful_shutdown();
+                }
+                Expired::Park => {}
             },
         }
     }
+}
+
+/// Wait, holding only the socket, for the client's next bytes; `None` once they are in (kept in
+/// the socket's wrapper for the next hyper connection), or how the connection ended meanwhile.
+async fn park<S>(
+    io: &mut ClientIo<S>,
+    info: &Arc<ConnInfo>,
+    watchdog: &mut Watchdog,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Ended>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut first = [0u8; 512];
+    let ended = tokio::select! {
+        read = io.inner_mut().read(&mut first) => match read {
+            Ok(n) if n > 0 => {
+                io.inner_mut().unread(Bytes::copy_from_slice(&first[..n]));
+                info.set_parked(false);
+                watchdog.look_again();
+                return None;
+            }
+            _ => Ended::Closed,
+        },
+        _ = stopped(stop) => Ended::IdleDuringShutdown,
+        // Only the idle deadline applies to a parked connection: its first byte unparks it.
+        _ = watchdog.expired() => {
+            info.trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
+            Ended::Closed
+        }
+    };
+    info.set_parked(false); // so that the socket is shut down properly
+    let _ = timeout(Duration::from_secs(1), io.inner_mut().shutdown()).await;
+    Some(ended)
 }
 
 /// Why a client connection ended.

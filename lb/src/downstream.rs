@@ -8,7 +8,7 @@
 //! loop and the request path can depend on it without depending on each other.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::health::now_ms;
@@ -29,6 +29,8 @@ pub struct ConnInfo {
     idle_since_ms: AtomicU64,
     /// [`now_ms`] of the first byte read since the last request started or finished; 0 = none.
     head_started_ms: AtomicU64,
+    /// Whether the connection is parked: idle, served by no hyper connection (see `accept.rs`).
+    parked: AtomicBool,
 }
 
 impl ConnInfo {
@@ -43,6 +45,7 @@ impl ConnInfo {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
         }
     }
 
@@ -68,6 +71,15 @@ impl ConnInfo {
         if self.head_started_ms.load(Ordering::Relaxed) == 0 {
             self.head_started_ms.store(now_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// Whether the connection is parked (or being parked).
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    pub fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Relaxed);
     }
 
     /// Requests started on this connection so far.

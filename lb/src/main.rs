@@ -2,7 +2,14 @@
 
 use std::process::ExitCode;
 
+/// jemalloc rather than the system's malloc: with its background thread on (see `main`), memory
+/// freed by parked connections (see `accept.rs`) goes back to the system within seconds, where
+/// glibc's malloc keeps it for good.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
     let config = match lb::cli::parse(std::env::args_os()) {
         Ok(config) => config,
         Err(lb::cli::CliError::Clap(e)) => e.exit(),

@@ -13,15 +13,20 @@
 //!   part of a head has arrived        head's first byte + --header-timeout   -> drop (408)
 //!   idle, before its first request    accepted + --header-timeout            -> close
 //!   idle, between requests            last response + --idle-timeout         -> close
+//!   idle (either) for PARK_AFTER      idle since + PARK_AFTER                -> park
 //! ```
+//!
+//! Parking (see `accept.rs`) lets go of hyper's connection and its buffers while the client is
+//! quiet, keeping only the socket, so that thousands of idle keep-alive clients cost little.
 //!
 //! Nobody tells the watchdog when a request ends or a head starts arriving: it looks at the
 //! connection when its timer fires, and sets the timer for the deadline that applies then, but
 //! never further away than the shorter of the two timeouts. Any deadline that appears meanwhile is
 //! at least that far from when it appears (a head started at `t` must end by `t + header`), so
 //! the watchdog is never late, and a busy keep-alive connection costs no timer or wake-up per
-//! request: one look every few seconds instead (nginx moves its timers lazily for the same reason).
-//! Telling it on every change cost two wake-ups of the connection's task per request.
+//! request: one look a second instead (nginx moves its timers lazily for the same reason).
+//! Telling it on every change cost two wake-ups of the connection's task per request. Parking is
+//! not a deadline: it may come up to a second late.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +34,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -43,7 +49,14 @@ pub enum Expired {
     Head,
     /// The connection sat idle past its allowance.
     Idle,
+    /// The connection has been idle for [`PARK_AFTER`] and is not parked yet.
+    Park,
 }
+
+/// How long a keep-alive connection stays idle before it is parked. Long enough that a client
+/// sending request after request never pays for parking; short enough that idle ones soon cost
+/// little.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// One connection's timer (see the module comment for when it is set).
 #[derive(Debug)]
@@ -67,6 +80,12 @@ impl Watchdog {
         }
     }
 
+    /// Look at the connection again now, instead of when the timer fires: for a connection leaving
+    /// the parked state, whose next deadline (parking again) may be sooner than the timer.
+    pub fn look_again(&mut self) {
+        self.armed = false;
+    }
+
     /// Completes when a deadline has passed (cancel-safe: a new call picks up where this left).
     pub async fn expired(&mut self) -> Expired {
         loop {
@@ -74,9 +93,14 @@ impl Watchdog {
                 // Until the deadline that applies now, but look again within the shorter timeout:
                 // a deadline that appears meanwhile is never sooner than that.
                 let now = now_ms();
-                let look_again = now + self.header.min(self.idle).as_millis() as u64;
+                let mut shortest = self.header.min(self.idle);
+                if !self.conn.is_parked() {
+                    shortest = shortest.min(PARK_AFTER); // parking is not a deadline: about on time
+                }
+                let look_again = now + shortest.as_millis() as u64;
                 let at = match deadline(&self.conn, self.header, self.idle) {
-                    Deadline::Head(at) | Deadline::Idle(at) => at.min(look_again),
+                    Deadline::Head(at) => at.min(look_again),
+                    Deadline::Idle { close, park } => close.min(park).min(look_again),
                     Deadline::None => look_again,
                 };
                 let wait = at.saturating_sub(now).max(5);
@@ -87,9 +111,11 @@ impl Watchdog {
             }
             self.timer.as_mut().await;
             self.armed = false;
+            let now = now_ms();
             match deadline(&self.conn, self.header, self.idle) {
-                Deadline::Head(at) if at <= now_ms() => return Expired::Head,
-                Deadline::Idle(at) if at <= now_ms() => return Expired::Idle,
+                Deadline::Head(at) if at <= now => return Expired::Head,
+                Deadline::Idle { close, .. } if close <= now => return Expired::Idle,
+                Deadline::Idle { park, .. } if park <= now => return Expired::Park,
                 _ => {}
             }
         }
@@ -102,8 +128,9 @@ enum Deadline {
     None,
     /// Part of a request head has arrived: the rest must come by then.
     Head(u64),
-    /// Nothing in flight, nothing arriving: the connection may idle until then.
-    Idle(u64),
+    /// Nothing in flight, nothing arriving: the connection may idle until `close`, and is parked
+    /// at `park` (`u64::MAX` once it is).
+    Idle { close: u64, park: u64 },
 }
 
 fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
@@ -116,18 +143,44 @@ fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
     }
     // Before the first request a silent client gets only the header timeout.
     let allowed = if conn.requests() == 0 { header } else { idle };
-    Deadline::Idle(conn.idle_since_ms() + allowed.as_millis() as u64)
+    let since = conn.idle_since_ms();
+    let park = if conn.is_parked() {
+        u64::MAX
+    } else {
+        since + PARK_AFTER.as_millis() as u64
+    };
+    Deadline::Idle {
+        close: since + allowed.as_millis() as u64,
+        park,
+    }
 }
 
-/// The client socket, noting when the first byte of a request head arrives.
+/// The client socket, noting when the first byte of a request head arrives. While the connection
+/// parks, it also holds the bytes read meanwhile (hyper reads them first when serving resumes),
+/// and does not shut the socket down when hyper lets go of it.
 pub struct WatchedIo<S> {
     inner: S,
     conn: Arc<ConnInfo>,
+    unread: Bytes,
 }
 
 impl<S> WatchedIo<S> {
     pub fn new(inner: S, conn: Arc<ConnInfo>) -> Self {
-        WatchedIo { inner, conn }
+        WatchedIo {
+            inner,
+            conn,
+            unread: Bytes::new(),
+        }
+    }
+
+    /// Give `bytes` (read from the socket but not yet parsed) back to the next reader.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 }
 
@@ -137,6 +190,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -172,6 +230,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.is_parked() {
+            // hyper is letting go of a parked connection: the socket stays open.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -309,3 +309,35 @@ fn an_http_1_0_client_is_answered_and_closed() {
     assert_eq!(hosts, [a.addr.to_string()]);
     assert!(conn.closes_within(PATIENCE));
 }
+
+/// A keep-alive connection idle for a second is parked: lb lets go of hyper's connection and its
+/// buffers and keeps only the socket (the memory of ten thousand idle clients). The client must
+/// notice nothing: a request after the pause, two requests pipelined in one write after another
+/// pause, and a head that was half sent before a pause (not parked: a head is arriving) are all
+/// answered, in order, on the same connection (each asks for a status of its own).
+#[test]
+fn a_parked_keep_alive_connection_answers_its_next_requests_in_order() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
+    let pause = Duration::from_millis(1600); // past the one second after which lb parks
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(b"GET /api/v1/status/201 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().status, 201);
+
+    std::thread::sleep(pause);
+    conn.send(b"GET /api/v1/status/202 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().status, 202, "after a pause");
+
+    std::thread::sleep(pause);
+    conn.send(
+        b"GET /api/v1/status/203 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /api/v1/status/204 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(conn.read_response().status, 203, "first pipelined");
+    assert_eq!(conn.read_response().status, 204, "second pipelined");
+
+    conn.send(b"GET /api/v1/status/205 HTT");
+    std::thread::sleep(pause);
+    conn.send(b"P/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().status, 205, "a head split by a pause");
+}
