@@ -12,8 +12,8 @@
 //! floor, to subtract.
 //!
 //! `cargo bench -p lb --bench request_path` prints ns per request (`time`) and allocations per
-//! request (`alloc`, counted by divan's counting global allocator, in this bench only). The figures
-//! are discussed in README's Performance section.
+//! request (`alloc`, counted by divan's counting global allocator around lb's jemalloc, in this
+//! bench only). The figures are discussed in README's Performance section.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +22,10 @@ use divan::{AllocProfiler, Bencher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::runtime::Runtime;
 
+/// lb's own allocator (jemalloc, see lb/src/main.rs), counted.
 #[global_allocator]
-static ALLOC: AllocProfiler = AllocProfiler::system();
+static ALLOC: AllocProfiler<tikv_jemallocator::Jemalloc> =
+    AllocProfiler::new(tikv_jemallocator::Jemalloc);
 
 fn main() {
     divan::main();

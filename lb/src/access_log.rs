@@ -260,13 +260,20 @@ fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>) -> io::Result<
 pub fn format_line(format: LogFormat, r: &Record) -> String {
     let backend = r.backend.as_deref().unwrap_or("not defined");
     match format {
-        LogFormat::Mongoose => format!(
-            "{} {} {} backend={}\n",
-            r.unix_time,
-            r.method,
-            r.path(),
-            backend
-        ),
+        LogFormat::Mongoose => {
+            // Built by hand: `format!` costs twice as much, on every request.
+            let (method, path) = (r.method.as_str(), r.path());
+            let mut line = String::with_capacity(32 + method.len() + path.len() + backend.len());
+            line.push_str(itoa(r.unix_time, &mut [0; 20]));
+            line.push(' ');
+            line.push_str(method);
+            line.push(' ');
+            line.push_str(path);
+            line.push_str(" backend=");
+            line.push_str(backend);
+            line.push('\n');
+            line
+        }
         LogFormat::Combined => format!(
             "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" backend={} duration={:.3}ms\n",
             r.client.ip(),
@@ -300,6 +307,20 @@ pub fn format_line(format: LogFormat, r: &Record) -> String {
             line
         }
     }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).unwrap_or("0")
 }
 
 fn header_text(value: Option<&HeaderValue>) -> String {
@@ -337,6 +358,13 @@ fn clf_time(unix: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 1_465_822_060, u64::MAX] {
+            assert_eq!(itoa(n, &mut [0; 20]), n.to_string());
+        }
+    }
 
     fn record() -> Record {
         Record {

@@ -20,6 +20,8 @@ pub struct ConnInfo {
     /// The connection's number (`conn=` in `--trace` and `-D`).
     pub id: u64,
     pub peer: SocketAddr,
+    /// The peer's IP as the value appended to `X-Forwarded-For` (made once, used per request).
+    pub forwarded_for: http::HeaderValue,
     /// `http`, or `https` behind `-s`: what `X-Forwarded-Proto` says.
     pub scheme: &'static str,
     pub trace: Trace,
@@ -39,6 +41,7 @@ impl ConnInfo {
         ConnInfo {
             id,
             peer,
+            forwarded_for: client_ip_value(peer),
             scheme,
             trace,
             requests: AtomicU64::new(0),
@@ -101,6 +104,12 @@ impl ConnInfo {
     pub fn head_started_ms(&self) -> u64 {
         self.head_started_ms.load(Ordering::Relaxed)
     }
+}
+
+/// A client address as the value lb appends to `X-Forwarded-For`.
+fn client_ip_value(client: SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(&client.ip().to_string())
+        .unwrap_or(http::HeaderValue::from_static("unknown"))
 }
 
 /// A request in progress on a connection; see [`ConnInfo::begin_request`].

@@ -308,7 +308,7 @@ impl<'a> Exchange<'a> {
         crate::forward::request(
             &mut parts,
             target,
-            self.conn.peer,
+            &self.conn.forwarded_for,
             self.conn.scheme,
             &backend.name,
         );
