@@ -254,18 +254,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         report.slow_backend = Some(slow_backend::run(&bench, &plan)?);
     }
     if parts.contains(&Part::Idle) {
-        let counts = if args.quick {
-            idle::QUICK_COUNTS
+        let (counts, settling) = if args.quick {
+            (idle::QUICK_COUNTS, idle::Settling::QUICK)
         } else {
-            idle::COUNTS
+            (idle::COUNTS, idle::Settling::FULL)
         };
         step(&format!(
             "Idle keep-alive connections: each proxy started afresh holds {} connections that sent one \
-             GET each, then waits {:?}; its RSS is read before and with them; {rounds} round(s).",
+             GET each; its RSS is read before, {:?} after, and once still for {:?} (at most {:?} \
+             after); {rounds} round(s).",
             counts.map(|c| c.to_string()).join(" and then "),
-            idle::SETTLE
+            idle::FIRST_LOOK,
+            settling.steady_for,
+            settling.limit,
         ));
-        report.idle = Some(idle::run(&plan, &counts)?);
+        report.idle = Some(idle::run(&plan, &counts, settling)?);
     }
     report.machine.load_average_after = procfs::load_average();
     write_report(&report, started)?;
@@ -340,6 +343,7 @@ fn main_scenarios(bench: &Bench, main: &Main, report: &mut Report) -> Result<()>
         balance: "",
         tls: None,
         max_conns: peers::MAX_CONNS,
+        idle_timeout: None,
     };
     let nginx = nginx_bin
         .as_deref()

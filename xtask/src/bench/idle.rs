@@ -9,12 +9,25 @@
 //! 2. open [`WARM`] connections, each sending one `GET /` and reading its answer, and keep them:
 //!    the proxy's code is now in memory and its pool of backend connections is as large as
 //!    opening N connections [`WARM`] at a time will make it, so what follows is the clients alone;
-//! 3. read the proxy's resident memory (`VmRSS`, summed over its processes: nginx's master and
-//!    workers): *RSS before*;
+//! 3. once it has settled (below), read the proxy's resident memory (`VmRSS`, summed over its
+//!    processes: nginx's master and workers): *RSS before*;
 //! 4. open N more connections the same way, [`WARM`] at a time (the accept queues stay short, so
 //!    no SYN waits a second to be retransmitted), and keep them all open and silent;
-//! 5. wait [`SETTLE`], read the RSS again (*RSS with*), and check which connections the proxy
-//!    still holds open: KiB per idle connection = (with - before) / held.
+//! 5. [`FIRST_LOOK`] after the last one, read the RSS again (*after 1 s*); then again every
+//!    [`SAMPLE_EVERY`] until it has *settled*, and check which connections the proxy still holds
+//!    open. KiB per idle connection = (RSS - RSS before) / held, at both readings.
+//!
+//! Why two readings: a proxy may free a connection's buffers only once it has been idle for a
+//! while (lb parks a connection after a second), and its allocator may hand the freed memory back
+//! to the system later still (lb's jemalloc does it in steps over some 25 seconds, after several
+//! seconds of nothing). The first reading is what a burst of clients costs a second later; the
+//! settled one is what they cost while they wait, the figure the target is about. The RSS has
+//! settled when it moved less than [`STEADY_KIB`] per connection for [`Settling::steady_for`]
+//! (longer than jemalloc's pauses); a proxy that never settles is read at [`Settling::limit`]
+//! and the report says so. `--quick` waits only a few seconds: its settled figures are not.
+//!
+//! All three proxies are told to keep an idle client for [`IDLE_TIMEOUT`], longer than the
+//! longest wait here, so that none closes one while it is measured.
 //!
 //! Every connection is held, not closed, until the proxy has been stopped. If a limit (open files,
 //! a connection limit, the proxy closing idle connections) stops the count short of N, the run
@@ -31,7 +44,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -55,8 +68,48 @@ pub const LB_TARGET_KIB: f64 = 4.0;
 /// Connections opened before RSS before is read, and connections being opened at once.
 pub const WARM: usize = 64;
 
-/// How long the connections sit idle before RSS with is read.
-pub const SETTLE: Duration = Duration::from_secs(1);
+/// How long after the last connection the first reading is taken.
+pub const FIRST_LOOK: Duration = Duration::from_secs(1);
+
+/// How often the RSS is read while waiting for it to settle.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// A settled RSS moves less than this many KiB per connection (the precision of the figures
+/// shown) for [`Settling::steady_for`].
+const STEADY_KIB: f64 = 0.1;
+
+/// lb's `--idle-timeout`, nginx's `keepalive_timeout`, HAProxy's `timeout http-keep-alive` here.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long to wait for the RSS to settle.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Settling {
+    /// The RSS must hold still this long (in JSON: seconds)...
+    #[serde(serialize_with = "super::report::secs::serialize")]
+    pub steady_for: Duration,
+    /// ...and is read anyway this long after the last connection (in JSON: seconds).
+    #[serde(serialize_with = "super::report::secs::serialize")]
+    pub limit: Duration,
+    /// Long enough for lb's allocator to return memory, so that lb's settled figure is held
+    /// against the target.
+    pub judged: bool,
+}
+
+impl Settling {
+    /// A full run: still for longer than jemalloc's pauses between two returns of memory.
+    pub const FULL: Settling = Settling {
+        steady_for: Duration::from_secs(10),
+        limit: Duration::from_secs(60),
+        judged: true,
+    };
+
+    /// `--quick`: only checks that the part runs, so it hardly waits.
+    pub const QUICK: Settling = Settling {
+        steady_for: Duration::from_secs(2),
+        limit: Duration::from_secs(5),
+        judged: false,
+    };
+}
 
 /// Connections each proxy may hold beyond the warm ones and the N: room for nginx's upstream
 /// connections (counted in its `worker_connections`) and for anything else on its port.
@@ -81,6 +134,7 @@ pub struct IdleMemory {
     /// The counts of idle connections asked for.
     pub counts: Vec<usize>,
     pub rounds: u32,
+    pub settling: Settling,
     /// This process's open-file limit, and whether it was raised.
     pub open_files: OpenFiles,
     /// Proxy names in table order, with why one did not run (`not installed`, `skipped`).
@@ -95,20 +149,33 @@ pub struct IdleRun {
     pub proxy: &'static str,
     /// Idle connections asked for (on top of the [`WARM`] ones).
     pub asked: usize,
-    /// Idle connections opened, answered, and still open when RSS with was read.
+    /// Idle connections opened, answered, and still open at the settled reading.
     pub held: usize,
-    /// The proxy's RSS (bytes, summed over its processes) with only the warm connections open.
+    /// The proxy's RSS (bytes, summed over its processes) with only the warm connections open,
+    /// settled.
     pub rss_before: u64,
-    /// The same with the held connections open too.
-    pub rss_with: u64,
+    /// The same [`FIRST_LOOK`] after the last of the idle connections was opened.
+    pub rss_first: u64,
+    /// The same once settled (or at [`Settling::limit`]).
+    pub rss_settled: u64,
+    /// From the last connection to the settled reading (in JSON: seconds).
+    #[serde(serialize_with = "super::report::secs::serialize")]
+    pub settled_after: Duration,
+    /// False if the RSS (before or with the connections) was still moving at [`Settling::limit`].
+    pub settled: bool,
     /// Why fewer than `asked` were held.
     pub shortfall: Option<String>,
 }
 
 impl IdleRun {
-    /// (RSS with - RSS before) / held, in KiB; `None` if no connection was held.
-    pub fn kib_per_connection(&self) -> Option<f64> {
-        kib_per_connection(self.rss_before, self.rss_with, self.held)
+    /// KiB per held connection [`FIRST_LOOK`] after the last one; `None` if none was held.
+    pub fn kib_first(&self) -> Option<f64> {
+        kib_per_connection(self.rss_before, self.rss_first, self.held)
+    }
+
+    /// KiB per held connection once the RSS has settled; `None` if none was held.
+    pub fn kib_settled(&self) -> Option<f64> {
+        kib_per_connection(self.rss_before, self.rss_settled, self.held)
     }
 }
 
@@ -118,12 +185,31 @@ pub fn kib_per_connection(rss_before: u64, rss_with: u64, connections: usize) ->
     (connections > 0).then(|| (rss_with as f64 - rss_before as f64) / 1024.0 / connections as f64)
 }
 
+/// Has the RSS settled? `samples` are readings [`SAMPLE_EVERY`] apart, the newest last: yes once
+/// those of the last `steady_for` lie within [`STEADY_KIB`] per connection of each other.
+pub fn is_steady(samples: &[u64], connections: usize, steady_for: Duration) -> bool {
+    let span = (steady_for.as_millis() / SAMPLE_EVERY.as_millis()) as usize + 1;
+    let Some(recent) = samples.len().checked_sub(span).map(|from| &samples[from..]) else {
+        return false;
+    };
+    let (lo, hi) = recent
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    ((hi - lo) as f64) < STEADY_KIB * 1024.0 * connections.max(1) as f64
+}
+
 /// Medians over rounds of one proxy at one count.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IdleSummary {
-    pub kib_per_connection: f64,
+    /// KiB per connection once settled, and [`FIRST_LOOK`] after the last connection.
+    pub kib_settled: f64,
+    pub kib_first: f64,
     pub rss_before_mib: f64,
-    pub rss_with_mib: f64,
+    pub rss_first_mib: f64,
+    pub rss_settled_mib: f64,
+    pub settled_after: Duration,
+    /// Every round settled within [`Settling::limit`].
+    pub settled: bool,
     /// The fewest connections held in any round.
     pub fewest_held: usize,
 }
@@ -208,7 +294,7 @@ pub fn raise_open_files_limit() -> OpenFiles {
 
 /// Start two backends, then each proxy afresh for each count, hold the idle connections, read
 /// the memory, and stop them all.
-pub fn run(plan: &Plan, counts: &[usize]) -> Result<IdleMemory> {
+pub fn run(plan: &Plan, counts: &[usize], settling: Settling) -> Result<IdleMemory> {
     let open_files = raise_open_files_limit();
     println!("    open files: {}", open_files.describe());
     // Each connection is a descriptor here (and the proxy needs as many): say so now if the
@@ -259,7 +345,7 @@ pub fn run(plan: &Plan, counts: &[usize]) -> Result<IdleMemory> {
             // A different proxy first each round, as in the other parts.
             for order in 0..runnable.len() {
                 let proxy = runnable[(round as usize + order) % runnable.len()];
-                let run = measure(&runtime, plan, proxy, &addrs, n, round)?;
+                let run = measure(&runtime, plan, proxy, &addrs, n, round, settling)?;
                 println!("{}", progress_line(&run, plan.rounds));
                 runs.push(run);
             }
@@ -269,6 +355,7 @@ pub fn run(plan: &Plan, counts: &[usize]) -> Result<IdleMemory> {
     Ok(IdleMemory {
         counts: counts.to_vec(),
         rounds: plan.rounds,
+        settling,
         open_files,
         proxies,
         runs,
@@ -300,6 +387,10 @@ fn start(
     if proxy == "lb" {
         let mut args = vec!["-p".to_string(), "0".into(), "--max-conns".into()];
         args.push(max_conns.to_string());
+        args.extend([
+            "--idle-timeout".into(),
+            format!("{}s", IDLE_TIMEOUT.as_secs()),
+        ]);
         for addr in backends {
             args.extend(["-b".into(), "/".into(), addr.to_string()]);
         }
@@ -321,6 +412,7 @@ fn start(
         balance: if proxy == "haproxy" { "roundrobin" } else { "" },
         tls: None,
         max_conns,
+        idle_timeout: Some(IDLE_TIMEOUT),
     };
     let peer = if proxy == "nginx" {
         peers::start_nginx(bin, plan.tmp, &setup)
@@ -342,6 +434,7 @@ fn measure(
     backends: &[SocketAddr],
     n: usize,
     round: u32,
+    settling: Settling,
 ) -> Result<IdleRun> {
     let (started, addr) = start(plan, proxy, backends, n + WARM + HEADROOM)?;
     let pid = started.pid();
@@ -349,14 +442,18 @@ fn measure(
     if let Some(why) = warm_failure {
         bail!("{proxy} did not answer the {WARM} warm-up connections: {why}");
     }
-    let rss_before = procfs::group_rss(pid).with_context(|| format!("reading {proxy}'s RSS"))?;
+    let read_rss = || procfs::group_rss(pid).with_context(|| format!("reading {proxy}'s RSS"));
+    let (rss_before, before_settled) = settle(read_rss()?, n, Instant::now(), settling, read_rss)?;
     // Open no more connections than this process has descriptors for, keeping a few to read
     // /proc and start processes with: running out here would leave the count short without
     // the proxy being the reason, and the RSS unreadable.
     let room = procfs::free_descriptors().map_or(n, |free| free.saturating_sub(RESERVED_FDS));
     let (idle, failure) = runtime.block_on(open_idle(addr, n.min(room)));
-    std::thread::sleep(SETTLE);
-    let rss_with = procfs::group_rss(pid).with_context(|| format!("reading {proxy}'s RSS"))?;
+    let opened = Instant::now();
+    std::thread::sleep(FIRST_LOOK);
+    let rss_first = read_rss()?;
+    let (rss_settled, settled) = settle(rss_first, n, opened, settling, read_rss)?;
+    let settled_after = opened.elapsed();
     let held = idle.iter().filter(|s| still_open(s)).count();
 
     let closed = idle.len() - held;
@@ -378,7 +475,7 @@ fn measure(
             }
             if closed > 0 {
                 why.push(format!(
-                    "{proxy} closed {closed} of them within {SETTLE:?} of idleness"
+                    "{proxy} closed {closed} of them within {settled_after:.1?} of idleness"
                 ));
             }
             Some(why.join("; "))
@@ -395,9 +492,35 @@ fn measure(
         asked: n,
         held,
         rss_before,
-        rss_with,
+        rss_first,
+        rss_settled,
+        settled_after,
+        settled: before_settled && settled,
         shortfall,
     })
+}
+
+/// Read the RSS every [`SAMPLE_EVERY`], starting from `first`, until it is steady for
+/// `connections` ([`is_steady`]) or `settling.limit` has passed since `since`. Returns the last
+/// reading and whether it was steady.
+fn settle(
+    first: u64,
+    connections: usize,
+    since: Instant,
+    settling: Settling,
+    read_rss: impl Fn() -> Result<u64>,
+) -> Result<(u64, bool)> {
+    let mut samples = vec![first];
+    let mut last = first;
+    while !is_steady(&samples, connections, settling.steady_for) {
+        if since.elapsed() >= settling.limit {
+            return Ok((last, false));
+        }
+        std::thread::sleep(SAMPLE_EVERY);
+        last = read_rss()?;
+        samples.push(last);
+    }
+    Ok((last, true))
 }
 
 /// Open `n` connections to `addr`, [`WARM`] at a time, each answered once and kept open. Stops
@@ -520,26 +643,30 @@ fn still_open(stream: &std::net::TcpStream) -> bool {
 /// The line printed after each run.
 fn progress_line(run: &IdleRun, rounds: u32) -> String {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let per_connection = run
-        .kib_per_connection()
-        .map_or_else(|| "—".into(), |kib| format!("{kib:.1}"));
+    let kib = |figure: Option<f64>| figure.map_or_else(|| "—".into(), |kib| format!("{kib:.1}"));
     let target = if run.proxy == "lb" {
-        format!(" (target ≤ {LB_TARGET_KIB} KiB)")
+        format!(" (target ≤ {LB_TARGET_KIB})")
     } else {
         String::new()
     };
+    let unsettled = if run.settled { "" } else { ", still moving" };
     let shortfall = run
         .shortfall
         .as_ref()
         .map(|why| format!("\n        held only {} of {}: {why}", run.held, run.asked))
         .unwrap_or_default();
     format!(
-        "    round {}/{rounds}  {:>6} idle  {:<8} RSS {:>7.1} -> {:>7.1} MiB  {per_connection:>6} KiB/conn{target}{shortfall}",
+        "    round {}/{rounds}  {:>6} idle  {:<8} RSS {:>6.1} MiB before, {:>6.1} after 1 s ({:>5} KiB/conn), \
+         {:>6.1} after {:>4.1} s{unsettled} ({:>5} KiB/conn{target}){shortfall}",
         run.round + 1,
         run.asked,
         run.proxy,
         mib(run.rss_before),
-        mib(run.rss_with),
+        mib(run.rss_first),
+        kib(run.kib_first()),
+        mib(run.rss_settled),
+        run.settled_after.as_secs_f64(),
+        kib(run.kib_settled()),
     )
 }
 
@@ -551,27 +678,30 @@ impl IdleMemory {
             .iter()
             .filter(|r| r.proxy == proxy && r.asked == count)
             .collect();
-        let mib = |f: fn(&IdleRun) -> u64| {
-            let values: Vec<f64> = runs
-                .iter()
-                .map(|r| f(r) as f64 / (1024.0 * 1024.0))
-                .collect();
-            median(&values)
+        let of = |f: &dyn Fn(&IdleRun) -> Option<f64>| {
+            median(&runs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
         };
-        let per_connection: Vec<f64> = runs.iter().filter_map(|r| r.kib_per_connection()).collect();
+        let mib = |bytes: u64| Some(bytes as f64 / (1024.0 * 1024.0));
         Some(IdleSummary {
-            kib_per_connection: median(&per_connection)?,
-            rss_before_mib: mib(|r| r.rss_before)?,
-            rss_with_mib: mib(|r| r.rss_with)?,
+            kib_settled: of(&|r| r.kib_settled())?,
+            kib_first: of(&|r| r.kib_first())?,
+            rss_before_mib: of(&|r| mib(r.rss_before))?,
+            rss_first_mib: of(&|r| mib(r.rss_first))?,
+            rss_settled_mib: of(&|r| mib(r.rss_settled))?,
+            settled_after: Duration::from_secs_f64(of(&|r| Some(r.settled_after.as_secs_f64()))?),
+            settled: runs.iter().all(|r| r.settled),
             fewest_held: runs.iter().map(|r| r.held).min()?,
         })
     }
 
-    /// lb's KiB per connection over `peer`'s at `count`.
-    fn ratio(&self, peer: &str, count: usize) -> Option<f64> {
-        let lb = self.summary("lb", count)?.kib_per_connection;
-        let peer = self.summary(peer, count)?.kib_per_connection;
-        (peer > 0.0).then(|| lb / peer)
+    /// lb's KiB per connection over `peer`'s at `count`, settled and after 1 s.
+    fn ratios(&self, peer: &str, count: usize) -> Option<(f64, f64)> {
+        let (lb, peer) = (self.summary("lb", count)?, self.summary(peer, count)?);
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        Some((
+            ratio(lb.kib_settled, peer.kib_settled),
+            ratio(lb.kib_first, peer.kib_first),
+        ))
     }
 
     fn missing(&self, proxy: &str) -> Option<&str> {
@@ -589,11 +719,25 @@ impl IdleMemory {
             s,
             "Each proxy started afresh for each count, in front of the same two backends; {WARM} \
              connections opened first and kept (the proxy's code and its pool of backend connections \
-             are in memory), then RSS before; then N more connections opened {WARM} at a time, each \
-             sending one `GET /` and reading its answer, all kept open and silent; {SETTLE:?} later, RSS \
-             with. RSS is VmRSS summed over the proxy's processes (nginx: master and workers). \
-             KiB per connection = (RSS with - RSS before) / connections held. {} round(s), medians; \
-             `held` is the fewest connections still open in any round. Open files: {}.\n",
+             are in memory), then RSS before, once settled; then N more connections opened {WARM} at a \
+             time, each sending one `GET /` and reading its answer, all kept open and silent. RSS is \
+             VmRSS summed over the proxy's processes (nginx: master and workers), read {FIRST_LOOK:?} \
+             after the last connection and again once settled: moving less than {STEADY_KIB} KiB per \
+             connection for {:?} (read every {SAMPLE_EVERY:?}, for at most {:?}{}). \
+             The settled figure is what an idle connection costs while it waits (a proxy may let go of \
+             a connection's buffers only after it has been idle a while, and its allocator return the \
+             memory later still); the 1 s one, what a burst of clients costs a second later. \
+             KiB per connection = (RSS - RSS before) / connections held. {} round(s), medians; `held` \
+             is the fewest connections still open in any round. Every proxy keeps an idle client for \
+             {IDLE_TIMEOUT:?}. Open files: {}.\n",
+            self.settling.steady_for,
+            self.settling.limit,
+            if !self.settling.judged {
+                ": `--quick` waits too little for an allocator that returns memory slowly, so its \
+                 settled figures are not"
+            } else {
+                ""
+            },
             self.rounds,
             self.open_files.describe()
         );
@@ -601,31 +745,38 @@ impl IdleMemory {
             s,
             "Each proxy is allowed N + {} connections (lb `--max-conns`, nginx \
              `worker_connections` per worker, its upstream connections included, HAProxy `maxconn`). \
-             nginx allocates and initializes the \
-             connection and event structures of all its `worker_connections` in every worker when it \
-             starts, so that part of an idle connection's cost is in RSS before, sized by the limit: it \
-             shows as RSS before growing with N. lb and HAProxy allocate as connections arrive.\n",
+             nginx allocates and initializes the connection and event structures of all its \
+             `worker_connections` in every worker when it starts, so that part of an idle \
+             connection's cost is in RSS before, sized by the limit: it shows as RSS before growing \
+             with N. lb and HAProxy allocate as connections arrive.\n",
             WARM + HEADROOM
         );
         let _ = writeln!(
             s,
-            "| idle connections | proxy | held | RSS before MiB | RSS with MiB | KiB per connection |"
+            "| idle connections | proxy | held | RSS before MiB | RSS after 1 s MiB | KiB/conn after 1 s | RSS settled MiB | settled after s | KiB/conn settled |"
         );
-        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
         for &count in &self.counts {
             for (proxy, _) in &self.proxies {
                 match (self.missing(proxy), self.summary(proxy, count)) {
                     (Some(why), _) => {
-                        let _ = writeln!(s, "| {count} | {proxy} | {why} | | | |");
+                        let _ = writeln!(s, "| {count} | {proxy} | {why} | | | | | | |");
                     }
                     (None, None) => {
-                        let _ = writeln!(s, "| {count} | {proxy} | did not run | | | |");
+                        let _ = writeln!(s, "| {count} | {proxy} | did not run | | | | | | |");
                     }
                     (None, Some(x)) => {
+                        let unsettled = if x.settled { "" } else { " (still moving)" };
                         let _ = writeln!(
                             s,
-                            "| {count} | {proxy} | {} | {:.1} | {:.1} | {:.1} |",
-                            x.fewest_held, x.rss_before_mib, x.rss_with_mib, x.kib_per_connection
+                            "| {count} | {proxy} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}{unsettled} | {:.1} |",
+                            x.fewest_held,
+                            x.rss_before_mib,
+                            x.rss_first_mib,
+                            x.kib_first,
+                            x.rss_settled_mib,
+                            x.settled_after.as_secs_f64(),
+                            x.kib_settled,
                         );
                     }
                 }
@@ -645,41 +796,62 @@ impl IdleMemory {
         }
         let _ = writeln!(
             s,
-            "\n| idle connections | lb KiB per connection | target | lb/nginx | lb/haproxy |"
+            "\nlb against the issue's target and the peers, settled (after 1 s in parentheses):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| idle connections | lb KiB/conn | target ≤ {LB_TARGET_KIB} KiB | lb/nginx | lb/haproxy |"
         );
         let _ = writeln!(s, "|---:|---:|---|---:|---:|");
         for &count in &self.counts {
             let lb = self.summary("lb", count);
-            let ratio = |peer: &str| match (self.missing(peer), self.ratio(peer, count)) {
+            let ratio = |peer: &str| match (self.missing(peer), self.ratios(peer, count)) {
                 (Some(why), _) => why.to_string(),
-                (None, Some(r)) => format!("{r:.2}"),
+                (None, Some((settled, first))) => format!("{settled:.2} ({first:.2})"),
                 (None, None) => "—".into(),
             };
             let _ = writeln!(
                 s,
-                "| {count} | {} | ≤ {LB_TARGET_KIB}: {} | {} | {} |",
-                lb.map_or_else(|| "—".into(), |x| format!("{:.1}", x.kib_per_connection)),
-                lb.map_or("not measured", |x| verdict(x.kib_per_connection)),
+                "| {count} | {} | {} | {} | {} |",
+                lb.map_or_else(
+                    || "—".into(),
+                    |x| format!("{:.1} ({:.1})", x.kib_settled, x.kib_first)
+                ),
+                match lb {
+                    None => "not measured",
+                    Some(_) if !self.settling.judged => "not judged (`--quick`)",
+                    Some(x) => verdict(x.kib_settled),
+                },
                 ratio("nginx"),
                 ratio("haproxy"),
             );
         }
     }
 
-    /// The issue's target: lb at most [`LB_TARGET_KIB`] per idle connection, at each count.
+    /// The issue's target: lb at most [`LB_TARGET_KIB`] per idle connection once settled, at
+    /// each count.
     pub fn targets(&self) -> Vec<Target> {
         self.counts
             .iter()
             .map(|&count| {
                 let name = format!("lb ≤ {LB_TARGET_KIB} KiB per idle connection at {count}");
-                match self.summary("lb", count) {
-                    Some(x) => Target::judged(
+                let Some(x) = self.summary("lb", count) else {
+                    return Target::not_measured(name);
+                };
+                let measured = format!(
+                    "{:.1} KiB settled after {:.1} s ({:.1} KiB after 1 s)",
+                    x.kib_settled,
+                    x.settled_after.as_secs_f64(),
+                    x.kib_first
+                );
+                if !self.settling.judged {
+                    return Target {
                         name,
-                        format!("{:.1} KiB", x.kib_per_connection),
-                        x.kib_per_connection <= LB_TARGET_KIB,
-                    ),
-                    None => Target::not_measured(name),
+                        measured,
+                        verdict: "n/a (`--quick` does not wait for the memory to settle)".into(),
+                    };
                 }
+                Target::judged(name, measured, x.kib_settled <= LB_TARGET_KIB)
             })
             .collect()
     }
@@ -731,22 +903,34 @@ mod per_connection {
 
     const MIB: u64 = 1024 * 1024;
 
-    fn run(proxy: &'static str, asked: usize, held: usize, before: u64, with: u64) -> IdleRun {
+    /// A run whose RSS went from `before` to `first` a second after the last connection, and
+    /// settled at `settled` five seconds after it.
+    fn run(
+        proxy: &'static str,
+        (asked, held): (usize, usize),
+        before: u64,
+        first: u64,
+        settled: u64,
+    ) -> IdleRun {
         IdleRun {
             round: 0,
             proxy,
             asked,
             held,
             rss_before: before,
-            rss_with: with,
+            rss_first: first,
+            rss_settled: settled,
+            settled_after: Duration::from_secs(5),
+            settled: true,
             shortfall: (held < asked).then(|| "Too many open files".into()),
         }
     }
 
-    fn idle(runs: Vec<IdleRun>) -> IdleMemory {
+    fn memory(runs: Vec<IdleRun>) -> IdleMemory {
         IdleMemory {
             counts: vec![2_000],
             rounds: 1,
+            settling: Settling::FULL,
             open_files: OpenFiles {
                 soft: 20_000,
                 hard: 20_000,
@@ -772,9 +956,35 @@ mod per_connection {
         // Shrinking memory gives a negative figure rather than a huge unsigned one.
         assert_eq!(kib_per_connection(2048, 1024, 1), Some(-1.0));
         assert_eq!(kib_per_connection(0, MIB, 0), None);
-        // Fewer held than asked: divided by the held ones.
-        let r = run("lb", 2_000, 1_000, 0, 4_000 * 1024);
-        assert_eq!(r.kib_per_connection(), Some(4.0));
+        // Fewer held than asked: divided by the held ones, at both readings.
+        let r = run("lb", (2_000, 1_000), 0, 16_000 * 1024, 4_000 * 1024);
+        assert_eq!(r.kib_first(), Some(16.0));
+        assert_eq!(r.kib_settled(), Some(4.0));
+    }
+
+    #[test]
+    fn the_rss_has_settled_once_it_holds_still_long_enough() {
+        // Readings half a second apart, 1,000 connections: still means within 100 KiB.
+        const KIB: u64 = 1024;
+        let falling = [
+            20_000 * KIB,
+            15_000 * KIB,
+            12_000 * KIB,
+            11_000 * KIB,
+            10_500 * KIB,
+        ];
+        let two_seconds = Duration::from_secs(2);
+        assert!(!is_steady(&falling, 1_000, two_seconds));
+        // Four readings are not two seconds yet, however still.
+        assert!(!is_steady(&[10_000 * KIB; 4], 1_000, two_seconds));
+        //   reading:  ... 10,500  10,450  10,420  10,460  10,430 KiB: spans 80 KiB < 100.
+        let mut settling = falling.to_vec();
+        settling.extend([10_450 * KIB, 10_420 * KIB, 10_460 * KIB, 10_430 * KIB]);
+        assert!(is_steady(&settling, 1_000, two_seconds));
+        // The same 80 KiB over 200 connections is 0.4 KiB each: still moving.
+        assert!(!is_steady(&settling, 200, two_seconds));
+        // And two seconds of stillness are not ten.
+        assert!(!is_steady(&settling, 1_000, Duration::from_secs(10)));
     }
 
     #[test]
@@ -806,48 +1016,65 @@ mod per_connection {
 
     #[test]
     fn the_report_shows_figures_ratios_target_and_shortfalls() {
-        let idle = idle(vec![
-            // lb: 30 KiB per connection; nginx 1.5 KiB: 20 times less.
-            run("lb", 2_000, 2_000, 10 * MIB, 10 * MIB + 60_000 * 1024),
-            run("nginx", 2_000, 2_000, 4 * MIB, 4 * MIB + 3_000 * 1024),
+        let idle = memory(vec![
+            // lb: 30 KiB per connection after 1 s, 3 KiB settled; nginx 1.5 KiB at both:
+            // 20 times less after 1 s, half settled.
+            run(
+                "lb",
+                (2_000, 2_000),
+                10 * MIB,
+                10 * MIB + 60_000 * 1024,
+                10 * MIB + 6_000 * 1024,
+            ),
+            run(
+                "nginx",
+                (2_000, 2_000),
+                4 * MIB,
+                4 * MIB + 3_000 * 1024,
+                4 * MIB + 3_000 * 1024,
+            ),
         ]);
         let mut s = String::new();
         idle.markdown(&mut s);
-        assert!(
-            s.contains("| 2000 | lb | 2000 | 10.0 | 68.6 | 30.0 |"),
-            "{s}"
-        );
-        assert!(
-            s.contains("| 2000 | nginx | 2000 | 4.0 | 6.9 | 1.5 |"),
-            "{s}"
-        );
-        assert!(
-            s.contains("| 2000 | haproxy | not installed | | | |"),
-            "{s}"
-        );
-        assert!(
-            s.contains("| 2000 | 30.0 | ≤ 4: **missed** | 20.00 | not installed |"),
-            "{s}"
-        );
+        for row in [
+            "| 2000 | lb | 2000 | 10.0 | 68.6 | 30.0 | 15.9 | 5.0 | 3.0 |",
+            "| 2000 | nginx | 2000 | 4.0 | 6.9 | 1.5 | 6.9 | 5.0 | 1.5 |",
+            "| 2000 | haproxy | not installed | | | | | | |",
+            "| 2000 | 3.0 (30.0) | met | 2.00 (20.00) | not installed |",
+        ] {
+            assert!(s.contains(row), "{row}\n{s}");
+        }
         assert!(s.contains("raised from 1024"), "{s}");
         let targets = idle.targets();
         assert_eq!(targets.len(), 1);
-        assert_eq!(targets[0].measured, "30.0 KiB");
-        assert_eq!(targets[0].verdict, "**missed**");
+        assert_eq!(
+            targets[0].measured,
+            "3.0 KiB settled after 5.0 s (30.0 KiB after 1 s)"
+        );
+        assert_eq!(targets[0].verdict, "met");
         assert!(idle.problems().is_empty(), "{:?}", idle.problems());
 
-        let short = idle_with_shortfall();
+        // lb held 1,500 of 2,000, its RSS never settled, and nginx did not run at all.
+        let mut short = run("lb", (2_000, 1_500), MIB, 2 * MIB, 2 * MIB);
+        short.settled = false;
+        let short = memory(vec![short]);
         let mut s = String::new();
         short.markdown(&mut s);
         assert!(
             s.contains("**lb held 1500 of 2000 connections** (round 1): Too many open files."),
             "{s}"
         );
+        assert!(s.contains("| 5.0 (still moving) |"), "{s}");
         assert_eq!(short.problems().len(), 2, "{:?}", short.problems());
-    }
 
-    /// lb held 1,500 of 2,000 and nginx did not run at all.
-    fn idle_with_shortfall() -> IdleMemory {
-        idle(vec![run("lb", 2_000, 1_500, MIB, 2 * MIB)])
+        // `--quick` shows its figures but holds none against the target.
+        let quick = IdleMemory {
+            settling: Settling::QUICK,
+            ..idle
+        };
+        assert!(quick.targets()[0].verdict.starts_with("n/a"));
+        let mut s = String::new();
+        quick.markdown(&mut s);
+        assert!(s.contains("| 3.0 (30.0) | not judged (`--quick`) |"), "{s}");
     }
 }

@@ -258,6 +258,7 @@ fn start_peer(bin: &Path, plan: &Plan, c: &Contender, backends: &[SocketAddr]) -
         balance: c.balance,
         tls: None,
         max_conns: peers::MAX_CONNS,
+        idle_timeout: None,
     };
     let (peer, fix) = if c.proxy == Proxy::Nginx {
         (peers::start_nginx(bin, plan.tmp, &setup), "--skip nginx")

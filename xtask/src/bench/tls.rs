@@ -249,6 +249,7 @@ fn start_peer(
         balance,
         tls: Some(files),
         max_conns: peers::MAX_CONNS,
+        idle_timeout: None,
     };
     let started = if proxy == "nginx" {
         peers::start_nginx(bin, plan.tmp, &setup)
