@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask demo`: the original article's walkthrough, run and checked end to end;
 //! - `cargo xtask bench`: lb beside nginx and HAProxy, loadgen beside wrk, what lb's `--admin`
-//!   costs while watched, and every balancing strategy in front of one slow backend.
+//!   costs while watched, every balancing strategy in front of one slow backend, and the memory
+//!   of idle keep-alive connections.
 //!
 //! The `xtask` alias lives in `.cargo/config.toml`; processes are started through the `tests`
 //! crate's harness, which kills every child when it is dropped.
@@ -25,8 +26,9 @@ struct Cli {
 enum Task {
     /// Start two restful-servers and lb on the walkthrough's ports, send traffic, check the round robin.
     Demo(demo::Args),
-    /// Measure lb beside nginx and HAProxy, loadgen beside wrk, lb with and without --admin, and
-    /// the balancing strategies with one slow backend; writes target/bench/report.md.
+    /// Measure lb beside nginx and HAProxy, loadgen beside wrk, lb with and without --admin, the
+    /// balancing strategies with one slow backend, and idle connections' memory; writes
+    /// target/bench/report.md.
     Bench(bench::Args),
 }
 
