@@ -328,7 +328,11 @@ where
     let mut watchdog = Watchdog::new(info.clone(), &balancer.timeouts);
     loop {
         io = match serve_requests(io, info, balancer, &mut watchdog, &mut stop).await {
-            Served::Ended(ended) => return ended,
+            Served::Ended(ended) => {
+                // A socket hyper handed over (a tunnel's) must be shut down for real.
+                info.set_parked(false);
+                return ended;
+            }
             Served::Parked(io) => io,
         };
         if let Some(ended) = park(&mut io, info, &mut watchdog, &mut stop).await {
@@ -376,12 +380,7 @@ where
             result = &mut *connection => {
                 if info.is_parked() && result.is_ok() {
                     if let Some(parts) = connection.into_parts() {
-                        let mut io = parts.io;
-                        if !parts.read_buf.is_empty() {
-                            // A copy: the bytes hyper read ahead keep its whole buffer alive.
-                            io.inner_mut().unread(Bytes::copy_from_slice(&parts.read_buf));
-                        }
-                        return Served::Parked(io);
+                        return park_or_close(parts.io, &parts.read_buf, info).await;
                     }
                 }
                 return Served::Ended(Ended::from_result(result, stopping));
@@ -411,6 +410,27 @@ where
     }
 }
 
+/// hyper let go of a connection told to park: keep the socket, with the bytes hyper had read ahead
+/// (a head arriving: the header timeout applies to it, and it is served at once), unless hyper
+/// still wrote after being told, which means it was finishing an answer, perhaps one that closes
+/// the connection (`Connection: close`, HTTP/1.0): then close it, as hyper would have.
+async fn park_or_close<S>(mut io: ClientIo<S>, read_ahead: &[u8], info: &ConnInfo) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if io.inner_mut().take_wrote_while_parked() {
+        info.set_parked(false);
+        let _ = timeout(Duration::from_secs(1), io.inner_mut().shutdown()).await;
+        return Served::Ended(Ended::Closed);
+    }
+    if !read_ahead.is_empty() {
+        info.head_bytes_arrived();
+        // A copy: the bytes hyper read ahead keep its whole buffer alive.
+        io.inner_mut().unread(Bytes::copy_from_slice(read_ahead));
+    }
+    Served::Parked(io)
+}
+
 /// Wait, holding only the socket, for the client's next bytes; `None` once they are in (kept in
 /// the socket's wrapper for the next hyper connection), or how the connection ended meanwhile.
 async fn park<S>(
@@ -422,6 +442,12 @@ async fn park<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if io.inner_mut().has_unread() {
+        // hyper had read part of the next request already: serve it now.
+        info.set_parked(false);
+        watchdog.look_again();
+        return None;
+    }
     let mut first = [0u8; 512];
     let ended = tokio::select! {
         read = io.inner_mut().read(&mut first) => match read {

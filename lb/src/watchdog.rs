@@ -155,13 +155,15 @@ fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
     }
 }
 
-/// The client socket, noting when the first byte of a request head arrives. While the connection
-/// parks, it also holds the bytes read meanwhile (hyper reads them first when serving resumes),
-/// and does not shut the socket down when hyper lets go of it.
+/// The client socket, noting when the first byte of a request head arrives. For parking, it also
+/// holds bytes read but not yet parsed (the next hyper connection reads them first), does not shut
+/// the socket down when hyper lets go of a parked connection, and notes whether hyper still wrote
+/// after being told to park (then it was still answering, and the connection is closed instead).
 pub struct WatchedIo<S> {
     inner: S,
     conn: Arc<ConnInfo>,
     unread: Bytes,
+    wrote_while_parked: bool,
 }
 
 impl<S> WatchedIo<S> {
@@ -170,13 +172,30 @@ impl<S> WatchedIo<S> {
             inner,
             conn,
             unread: Bytes::new(),
+            wrote_while_parked: false,
         }
     }
 
-    /// Give `bytes` (read from the socket but not yet parsed) back to the next reader.
+    /// Put `bytes` (read from the socket but not yet parsed) in front of what the next reader gets.
     pub fn unread(&mut self, bytes: Bytes) {
-        debug_assert!(self.unread.is_empty());
-        self.unread = bytes;
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else {
+            let mut joined = Vec::with_capacity(bytes.len() + self.unread.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.unread);
+            self.unread = joined.into();
+        }
+    }
+
+    /// Whether bytes wait to be read again (see [`WatchedIo::unread`]).
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// Whether anything was written since the connection was marked parked; clears the note.
+    pub fn take_wrote_while_parked(&mut self) -> bool {
+        std::mem::take(&mut self.wrote_while_parked)
     }
 
     pub fn get_mut(&mut self) -> &mut S {
@@ -210,6 +229,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.conn.is_parked() {
+            self.wrote_while_parked = true;
+        }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -218,6 +240,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.conn.is_parked() {
+            self.wrote_while_parked = true;
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

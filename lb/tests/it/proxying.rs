@@ -313,8 +313,9 @@ fn an_http_1_0_client_is_answered_and_closed() {
 /// A keep-alive connection idle for a second is parked: lb lets go of hyper's connection and its
 /// buffers and keeps only the socket (the memory of ten thousand idle clients). The client must
 /// notice nothing: a request after the pause, two requests pipelined in one write after another
-/// pause, and a head that was half sent before a pause (not parked: a head is arriving) are all
-/// answered, in order, on the same connection (each asks for a status of its own).
+/// pause, a head that was half sent before a pause (not parked: a head is arriving), and a long
+/// head that arrived with the request before it are all answered, in order, on the same
+/// connection (each asks for a status of its own).
 #[test]
 fn a_parked_keep_alive_connection_answers_its_next_requests_in_order() {
     let a = Backend::start("a");
@@ -340,4 +341,16 @@ fn a_parked_keep_alive_connection_answers_its_next_requests_in_order() {
     std::thread::sleep(pause);
     conn.send(b"P/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(conn.read_response().status, 205, "a head split by a pause");
+
+    // A request and most of the next one's long head in one write: hyper holds those 1,000-odd
+    // bytes when the pause comes; they must all reach the next request.
+    let cookie = "c".repeat(1000);
+    let second = format!("GET /api/v1/status/207 HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n");
+    let mut first_write = b"GET /api/v1/status/206 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    first_write.extend_from_slice(second.as_bytes());
+    conn.send(&first_write);
+    assert_eq!(conn.read_response().status, 206, "before the pause");
+    std::thread::sleep(pause);
+    conn.send(b"\r\n");
+    assert_eq!(conn.read_response().status, 207, "a long head held across the pause");
 }
