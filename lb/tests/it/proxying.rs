@@ -352,5 +352,9 @@ fn a_parked_keep_alive_connection_answers_its_next_requests_in_order() {
     assert_eq!(conn.read_response().status, 206, "before the pause");
     std::thread::sleep(pause);
     conn.send(b"\r\n");
-    assert_eq!(conn.read_response().status, 207, "a long head held across the pause");
+    assert_eq!(
+        conn.read_response().status,
+        207,
+        "a long head held across the pause"
+    );
 }
