@@ -310,21 +310,27 @@ struct Main<'a> {
     clients: bool,
 }
 
+/// `n` restful-servers on ports of their own, each line printed; stopped when the `Proc`s drop.
+fn start_backends(bins: &Path, n: usize) -> Result<(Vec<Proc>, Vec<SocketAddr>)> {
+    let mut backends = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        let (proc, addr) = start_backend(&bins.join("restful-server"), &["-p", "0"])?;
+        println!("    backend  {addr}  ({})", proc.command());
+        backends.push(proc);
+        addrs.push(addr);
+    }
+    Ok((backends, addrs))
+}
+
 /// Two backends, lb, nginx and HAProxy balancing round robin: the closed and open loops
 /// (`main.proxies`) and loadgen against wrk (`main.clients`), written into `report`.
 fn main_scenarios(bench: &Bench, main: &Main, report: &mut Report) -> Result<()> {
     let (bins, rounds, duration) = (main.bins, main.rounds, bench.duration);
     let mut bench = bench.clone();
     step("Start two backends, lb, and the peers that are installed.");
-    let mut backends: Vec<Proc> = Vec::new();
-    let mut backend_addrs: Vec<SocketAddr> = Vec::new();
-    for _ in 0..2 {
-        let (proc, addr) = start_backend(&bins.join("restful-server"), &["-p", "0"])?;
-        println!("    backend  {addr}  ({})", proc.command());
-        bench.backend_pids.push(proc.pid());
-        backends.push(proc);
-        backend_addrs.push(addr);
-    }
+    let (backends, backend_addrs) = start_backends(bins, 2)?;
+    bench.backend_pids.extend(backends.iter().map(Proc::pid));
     let mut lb_args = vec!["-p".to_string(), "0".into()];
     for addr in &backend_addrs {
         lb_args.extend(["-b".into(), "/".into(), addr.to_string()]);

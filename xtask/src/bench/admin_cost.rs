@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tests::{start_backend, start_lb, Proc};
+use tests::{start_lb, Proc};
 
 use super::client::Load;
 use super::measure::{measure, progress_line, warm_up, Bench, Scenario};
@@ -66,14 +66,7 @@ pub struct Watched {
 
 /// Start two backends and the two lbs, measure them in rounds, stop them all.
 pub fn run(bench: &Bench, bins: &Path, rounds: u32, warmup: Duration) -> Result<AdminCost> {
-    let mut backends: Vec<Proc> = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for _ in 0..2 {
-        let (proc, addr) = start_backend(&bins.join("restful-server"), &["-p", "0"])?;
-        println!("    backend  {addr}  ({})", proc.command());
-        backends.push(proc);
-        addrs.push(addr);
-    }
+    let (backends, addrs) = super::start_backends(bins, 2)?;
     let bench = Bench {
         backend_pids: backends.iter().map(Proc::pid).collect(),
         ..bench.clone()

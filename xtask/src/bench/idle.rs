@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tests::{start_backend, start_lb, Proc};
+use tests::{start_lb, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::measure::Plan;
@@ -310,14 +310,7 @@ pub fn run(plan: &Plan, counts: &[usize], settling: Settling) -> Result<IdleMemo
     }
 
     // Every process below is stopped when these are dropped at the end of this function.
-    let mut backends: Vec<Proc> = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for _ in 0..2 {
-        let (proc, addr) = start_backend(&plan.bins.join("restful-server"), &["-p", "0"])?;
-        println!("    backend  {addr}  ({})", proc.command());
-        backends.push(proc);
-        addrs.push(addr);
-    }
+    let (backends, addrs) = super::start_backends(plan.bins, 2)?;
     let proxies: Vec<(&'static str, Option<String>)> = PROXIES
         .iter()
         .map(|&name| {

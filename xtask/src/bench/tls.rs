@@ -21,7 +21,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use tests::{start_backend, start_lb, Proc};
+use tests::{start_lb, Proc};
 
 use super::client::Load;
 use super::measure::{measure_round, warm_up, Bench, Plan, Scenario};
@@ -107,14 +107,7 @@ pub fn run(bench: &Bench, plan: &Plan) -> Result<TlsBench> {
     }
 
     let files = write_certificate(&plan.tmp.join("tls"))?;
-    let mut backends: Vec<Proc> = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for _ in 0..2 {
-        let (proc, addr) = start_backend(&plan.bins.join("restful-server"), &["-p", "0"])?;
-        println!("    backend  {addr}  ({})", proc.command());
-        backends.push(proc);
-        addrs.push(addr);
-    }
+    let (backends, addrs) = super::start_backends(plan.bins, 2)?;
     let bench = Bench {
         backend_pids: backends.iter().map(Proc::pid).collect(),
         loadgen_args: vec!["--cacert".into(), files.cert.display().to_string()],
