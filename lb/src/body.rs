@@ -1,10 +1,9 @@
 //! Step 7 of a request, upward: the client's request body on its way to a backend.
 //!
 //! The body is never collected in memory. [`RequestBody`] passes frames through one at a time as
-//! hyper polls for them, so backpressure is automatic: if the backend reads slowly, we read the
+//! the upstream connection (`lb/src/h1/`) asks for them, so backpressure is automatic: if the backend reads slowly, we read the
 //! client slowly. The wrapper adds only what a proxy needs around that stream:
 //! - an idle timer (`--body-timeout`): a body that moves no byte for that long is aborted;
-//! - a signal when the body has been fully sent, which starts the response timer;
 //! - for a request that may be retried, a *kept copy* of a small body (up to `--retry-body-bytes`):
 //!   the frames are reference-counted [`Bytes`], so keeping them costs a pointer each, not a copy of
 //!   the data. If the backend fails before answering, the request can be sent again to another
@@ -22,7 +21,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::error::{BoxError, ClientBodyError};
@@ -114,31 +112,23 @@ enum Source {
 pub struct RequestBody {
     source: Source,
     idle: IdleTimer,
-    /// Fired once the last byte has been handed to the upstream connection.
-    sent: Option<oneshot::Sender<()>>,
     /// Where the frames are copied while they pass, if this request may be retried.
     keep: Option<Arc<Mutex<Kept>>>,
 }
 
 impl RequestBody {
-    /// Wrap the client's body; the receiver completes when it has been fully sent upstream.
-    pub fn new(inner: Incoming, idle_timeout: Duration) -> (Self, oneshot::Receiver<()>) {
-        let (tx, rx) = oneshot::channel();
+    /// Wrap the client's body.
+    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
         let source = if inner.is_end_stream() {
             Source::Empty
         } else {
             Source::Client(inner)
         };
-        let mut body = RequestBody {
+        RequestBody {
             source,
             idle: IdleTimer::new(idle_timeout),
-            sent: Some(tx),
             keep: None,
-        };
-        if body.is_end_stream() {
-            body.finish();
         }
-        (body, rx)
     }
 
     /// Keep a copy of the body while it is sent, up to `limit` bytes, so that the request can be
@@ -157,19 +147,13 @@ impl RequestBody {
         Some(kept)
     }
 
-    /// A body that sends `chunks` again (a retry); the receiver completes once they are sent.
-    pub fn replay(chunks: Vec<Bytes>) -> (Self, oneshot::Receiver<()>) {
-        let (tx, rx) = oneshot::channel();
-        let mut body = RequestBody {
+    /// A body that sends `chunks` again (a retry).
+    pub fn replay(chunks: Vec<Bytes>) -> Self {
+        RequestBody {
             source: Source::Replay(chunks.into_iter()),
             idle: IdleTimer::new(Duration::MAX),
-            sent: Some(tx),
             keep: None,
-        };
-        if body.is_end_stream() {
-            body.finish();
         }
-        (body, rx)
     }
 
     /// An empty body (for health probes).
@@ -177,16 +161,12 @@ impl RequestBody {
         RequestBody {
             source: Source::Empty,
             idle: IdleTimer::new(Duration::MAX),
-            sent: None,
             keep: None,
         }
     }
 
-    /// The body has been handed over completely: start the response timer, close the copy.
+    /// The body has been read completely: close the copy.
     fn finish(&mut self) {
-        if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
-        }
         if let Some(keep) = self.keep.take() {
             lock(&keep).complete = true;
         }
@@ -207,17 +187,6 @@ impl RequestBody {
 /// a way that matters (a retry would at worst send a body that is then refused), so it is ignored.
 fn lock(kept: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
     kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        // hyper drops the body once it has written all of it or gave up: either way the response
-        // timer may start now. (A copy left incomplete stays incomplete: `complete` is only set by
-        // `finish` after the last frame, or here when there was nothing left to read.)
-        if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
-        }
-    }
 }
 
 impl Body for RequestBody {

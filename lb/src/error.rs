@@ -34,7 +34,7 @@ pub enum ProxyError {
     Upstream {
         backend: String,
         what: String,
-        source: hyper::Error,
+        source: crate::h1::Error,
     },
 }
 
@@ -48,11 +48,6 @@ pub enum ConnectError {
     },
     #[error("connecting to {backend}: no connection within {timeout:?}")]
     Timeout { backend: String, timeout: Duration },
-    #[error("HTTP handshake with {backend}: {source}")]
-    Handshake {
-        backend: String,
-        source: hyper::Error,
-    },
 }
 
 /// How the client's request body failed; [`crate::body::RequestBody`] wraps its errors in this so

@@ -1,5 +1,5 @@
 //! `lb`: a streaming HTTP/1.1 load balancer with the command line of the Mongoose
-//! `load_balancer` example, built on hyper: round robin by default, as the original, and
+//! `load_balancer` example, built on hyper (client side) and its own HTTP/1.1 codec (backend side): round robin by default, as the original, and
 //! load-aware or consistent-hashing strategies with `--balance`.
 //!
 //! The modules follow one request through the balancer, in order (start reading at [`proxy`],
@@ -13,7 +13,8 @@
 //! 3. [`route`]: Host + path -> a group of backends (longest prefix, vhosts first);
 //! 4. [`pick`]: the group's strategy orders the members (round robin by default); [`failover`]
 //!    walks that order, with [`health`] deciding who is left out;
-//! 5. [`upstream`]: a pooled (or new) connection to that backend;
+//! 5. [`upstream`]: a pooled (or new) connection to that backend, spoken to in HTTP/1.1 by [`h1`]
+//!    (lb's own codec for the backend leg: framing, chunks, when a connection can be reused);
 //! 6. [`forward`]: the rewritten request head (hop-by-hop headers, X-Forwarded-For, Via);
 //! 7. send: the request [`body`] streamed up; on a failure before the response, [`retry`] says
 //!    whether the request may go to the next member;
@@ -36,6 +37,7 @@ pub mod dump;
 pub mod error;
 pub mod failover;
 pub mod forward;
+pub mod h1;
 pub mod health;
 pub mod pick;
 pub mod probe;

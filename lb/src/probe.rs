@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Request};
 
-use crate::body::RequestBody;
 use crate::config::HealthCheck;
 use crate::health::{ProbeStreak, Verdict};
 use crate::upstream::Backend;
@@ -65,11 +64,8 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
 /// One probe: `Ok` for a 2xx/3xx answer in time, `Err(why)` otherwise.
 async fn probe(backend: &Arc<Backend>, path: &str, timeout: Duration) -> Result<(), String> {
     let attempt = async {
-        let mut upstream = backend
-            .connect_detached()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut request = Request::new(RequestBody::empty());
+        let mut upstream = backend.connect().await.map_err(|e| e.to_string())?;
+        let mut request = Request::new(());
         *request.uri_mut() = path.parse().map_err(|_| format!("bad path {path}"))?;
         if let Ok(host) = HeaderValue::from_str(&backend.name) {
             request.headers_mut().insert(header::HOST, host);
@@ -77,12 +73,13 @@ async fn probe(backend: &Arc<Backend>, path: &str, timeout: Duration) -> Result<
         request
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let (head, ()) = request.into_parts();
         let response = upstream
-            .sender
-            .send_request(request)
+            .conn
+            .head_only(&head)
             .await
             .map_err(|e| e.to_string())?;
-        let status = response.status();
+        let status = response.status;
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {

@@ -21,20 +21,26 @@
 //! reference-counted frames, not a copy).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use std::task::Poll;
+
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
 use crate::access_log::Record;
 use crate::downstream::ConnInfo;
-use crate::error::{ClientBodyError, ConnectError, ProxyError};
+use crate::error::{BoxError, ClientBodyError, ConnectError, ProxyError};
 use crate::failover::Walk;
+use crate::h1::{self, Asked, SendError, Sending};
 use crate::pick::RequestInfo;
 use crate::respond;
 use crate::response::{Completion, ResponseBody};
@@ -139,9 +145,7 @@ impl<'a> Exchange<'a> {
             original: &original,
         };
         match self.deliver(&mut walk, first, outgoing, upgrade).await? {
-            Delivered::Answer(response, upstream) => {
-                Ok(self.relay(response, upstream, client_upgrade))
-            }
+            Delivered::Answer(answer) => Ok(self.relay(answer, client_upgrade)),
             Delivered::Redirect(response) => Ok(response),
         }
     }
@@ -204,9 +208,9 @@ impl<'a> Exchange<'a> {
                 .attempt(&to.backend, outgoing, upgrade, &mut deadline)
                 .await
             {
-                Attempt::Answered(response, upstream) => {
+                Attempt::Answered(answer) => {
                     self.completion.in_flight_on_backend = Some(in_flight);
-                    return Ok(Delivered::Answer(response, upstream));
+                    return Ok(Delivered::Answer(answer));
                 }
                 Attempt::NotSent(outgoing, why) => {
                     to.backend.stats.connect_failures.fetch_add(1, Relaxed);
@@ -312,10 +316,9 @@ impl<'a> Exchange<'a> {
             self.conn.scheme,
             &backend.name,
         );
-        let (body, sent) = crate::body::RequestBody::new(body, self.balancer.timeouts.body_idle);
+        let body = crate::body::RequestBody::new(body, self.balancer.timeouts.body_idle);
         let outgoing = Outgoing {
             request: Request::from_parts(parts, body),
-            sent,
             host_added,
         };
         (outgoing, client_upgrade)
@@ -338,8 +341,8 @@ impl<'a> Exchange<'a> {
                 Err(error) => return Attempt::NotSent(outgoing, error.to_string()),
             };
             let pooled = upstream.was_pooled();
-            match self.send(upstream, outgoing, deadline).await {
-                Sent::Answered(response, upstream) => return Attempt::Answered(response, upstream),
+            match self.send(upstream, outgoing, upgrade, deadline).await {
+                Sent::Answered(answer) => return Attempt::Answered(answer),
                 Sent::NotWritten(unsent, id) if pooled && !fresh_only => {
                     self.conn.trace.event(
                         5,
@@ -369,11 +372,11 @@ impl<'a> Exchange<'a> {
         upgrade: bool,
         fresh_only: bool,
     ) -> Result<Upstream, ConnectError> {
-        // An upgrade (WebSocket) needs a connection of its own that can become a tunnel.
-        let connected = match (upgrade, fresh_only) {
-            (true, _) => backend.connect_detached().await,
-            (false, true) => backend.connect().await,
-            (false, false) => backend.checkout().await,
+        // An upgrade (WebSocket) gets a connection of its own: it becomes a tunnel.
+        let connected = if upgrade || fresh_only {
+            backend.connect().await
+        } else {
+            backend.checkout().await
         };
         let trace = &self.conn.trace;
         match &connected {
@@ -422,7 +425,7 @@ impl<'a> Exchange<'a> {
     /// arrived. Its other idle connections are likely dead too (it is restarting, or died): drop
     /// them. A failure on a fresh connection, or a reset, also marks it down; a pooled connection
     /// closed in that instant is the ordinary keep-alive race and does not.
-    fn lost(&self, backend: &Backend, error: hyper::Error, pooled: bool) -> Attempt {
+    fn lost(&self, backend: &Backend, error: h1::Error, pooled: bool) -> Attempt {
         let dropped = backend.forget_idle();
         let why = retry_reason(&error, pooled);
         self.conn.trace.event(
@@ -433,7 +436,7 @@ impl<'a> Exchange<'a> {
                 backend.name
             ),
         );
-        if !pooled || is_reset(&error) {
+        if !pooled || error.is_reset() {
             self.mark_down(backend, &why);
         }
         Attempt::Lost(ProxyError::Upstream {
@@ -445,17 +448,19 @@ impl<'a> Exchange<'a> {
 
     /// Step 7: send the request on `upstream` and wait for the response head.
     ///
-    /// The response timer starts once the request body has been fully sent (so a slow upload
-    /// never counts against the backend) and is shared by every attempt of this request.
+    /// Writing the request and reading the response go on side by side (`h1/`): a backend may
+    /// answer before it has read the whole body. The response timer starts once the request body
+    /// has been fully sent (so a slow upload never counts against the backend) and is shared by
+    /// every attempt of this request.
     async fn send(
         &self,
         mut upstream: Upstream,
         outgoing: Outgoing,
+        upgrade: bool,
         deadline: &mut Deadline<'_>,
     ) -> Sent {
         let Outgoing {
             request,
-            mut sent,
             host_added,
         } = outgoing;
         let timeout = self.balancer.timeouts.response;
@@ -465,77 +470,107 @@ impl<'a> Exchange<'a> {
             user.1.store(self.number, Relaxed);
         }
         let started = std::time::Instant::now();
-        let response = upstream.sender.try_send_request(request);
-        tokio::pin!(response);
-        let result = loop {
-            tokio::select! {
-                biased;
-                result = &mut response => break result,
-                _ = &mut sent, if !deadline.armed => {
-                    deadline.arm(timeout);
-                    self.conn.trace.event(
-                        7,
-                        self.number,
-                        format_args!("request sent upstream (body complete); response timeout {timeout:?} starts"),
-                    );
-                }
-                // This task drives the connection's I/O; if it ends, `response` reports how.
-                () = upstream.drive() => {}
-                () = deadline.sleep.as_mut(), if deadline.armed => {
-                    return Sent::Fatal(ProxyError::ResponseTimeout { backend: upstream.backend.name.clone(), timeout });
+        let (head, body) = request.into_parts();
+        let asked = Asked {
+            method: head.method.clone(),
+            upgrade,
+        };
+        let mut sending = Some(upstream.conn.start(&head, body));
+        let conn = &mut upstream.conn;
+        let result = std::future::poll_fn(|cx| {
+            if let Some(request) = sending.as_mut() {
+                match conn.poll_send(request, cx) {
+                    Poll::Ready(Ok(())) => {
+                        sending = None;
+                        if !deadline.armed {
+                            deadline.arm(timeout);
+                            self.conn.trace.event(
+                                7,
+                                self.number,
+                                format_args!("request sent upstream (body complete); response timeout {timeout:?} starts"),
+                            );
+                        }
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => {}
                 }
             }
-        };
+            if deadline.armed && deadline.sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(None));
+            }
+            conn.poll_head(&asked, cx).map(|head| {
+                head.map(Some).map_err(|error| SendError::Backend {
+                    error,
+                    written: true,
+                })
+            })
+        })
+        .await;
         match result {
-            Ok(response) => {
+            Ok(Some(head)) => {
                 // The latency sample the ewma strategy learns from.
                 upstream.backend.load.observe(started.elapsed());
-                Sent::Answered(response, upstream)
+                Sent::Answered(Answer {
+                    head,
+                    upstream,
+                    sending,
+                })
             }
-            Err(mut error) => match error.take_message() {
-                Some(request) => {
+            Ok(None) => Sent::Fatal(ProxyError::ResponseTimeout {
+                backend: upstream.backend.name.clone(),
+                timeout,
+            }),
+            Err(SendError::Client(error)) => Sent::Fatal(client_body_error(error)),
+            Err(SendError::Backend {
+                error,
+                written: false,
+            }) => match sending.and_then(Sending::into_untouched_body) {
+                Some(body) => {
                     let unsent = Outgoing {
-                        request,
-                        sent,
+                        request: Request::from_parts(head, body),
                         host_added,
                     };
                     Sent::NotWritten(unsent, upstream.id)
                 }
-                None => Sent::failed(error.into_error(), &upstream),
+                None => Sent::failed(error, &upstream),
             },
+            Err(SendError::Backend { error, .. }) => Sent::failed(error, &upstream),
         }
     }
 
     /// Step 8: the backend's response head goes back to the client, its body streams behind it.
     fn relay(
         &self,
-        mut response: Response<Incoming>,
-        upstream: Upstream,
+        answer: Answer,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ResponseBody> {
+        let Answer {
+            head,
+            upstream,
+            sending,
+        } = answer;
         self.conn.trace.event(
             8,
             self.number,
-            format_args!("response head received: {}", response.status()),
+            format_args!("response head received: {}", head.parts.status),
         );
-        let mut upstream = Some(upstream);
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client) = client_upgrade {
-                tunnel(
-                    client,
-                    hyper::upgrade::on(&mut response),
-                    self.conn.trace.clone(),
-                    self.number,
-                );
-            }
-            upstream = None; // its own task drives it; it now belongs to the tunnel
-        }
-        let (mut parts, incoming) = response.into_parts();
+        let mut parts = head.parts;
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         crate::forward::response(&mut parts);
-        Response::from_parts(
-            parts,
-            ResponseBody::streamed(incoming, upstream, self.balancer.timeouts.body_idle),
-        )
+        let body = match (switching, client_upgrade) {
+            (true, Some(client)) => {
+                // The connection now belongs to the tunnel.
+                tunnel(client, upstream, self.conn.trace.clone(), self.number);
+                ResponseBody::empty()
+            }
+            _ => ResponseBody::streamed(
+                upstream,
+                head.body,
+                sending,
+                self.balancer.timeouts.body_idle,
+            ),
+        };
+        Response::from_parts(parts, body)
     }
 
     /// The response (the backend's, or one lb wrote) goes to hyper; the body finishes the request
@@ -572,10 +607,20 @@ struct Target<'g, 'o> {
     original: &'o PathAndQuery,
 }
 
-/// How delivering a request ended, short of an error.
+/// A backend's answer: its head, the connection its body follows on, and what is left of the
+/// request body if the backend answered before reading all of it.
+struct Answer {
+    head: h1::Head,
+    upstream: Upstream,
+    sending: Option<Sending>,
+}
+
+/// How delivering a request ended, short of an error. (An `Answer` is large, but it is moved a
+/// couple of times per request; boxing it would cost an allocation per request.)
+#[allow(clippy::large_enum_variant)]
 enum Delivered {
     /// A backend answered with this head; its body follows on the connection.
-    Answer(Response<Incoming>, Upstream),
+    Answer(Answer),
     /// The walk reached a `-r` member: lb answers with a redirect itself.
     Redirect(Response<ResponseBody>),
 }
@@ -583,7 +628,7 @@ enum Delivered {
 /// What one attempt on one backend came to.
 enum Attempt {
     /// A response head arrived: that is the answer, whatever its status.
-    Answered(Response<Incoming>, Upstream),
+    Answered(Answer),
     /// Nothing was written (connect failed, or the connection closed first): safe to send anywhere.
     NotSent(Outgoing, String),
     /// Written, then the connection failed before a response: only a replay may try again.
@@ -594,75 +639,59 @@ enum Attempt {
 
 /// What sending on one connection came to.
 enum Sent {
-    Answered(Response<Incoming>, Upstream),
-    /// hyper handed the request back untouched (the connection had closed); carries the conn id.
+    Answered(Answer),
+    /// Not a byte left (the connection had closed); the request comes back whole. Carries the
+    /// conn id.
     NotWritten(Outgoing, u64),
     /// The connection failed after the request was written; `bool` = it was a pooled connection.
-    Failed(hyper::Error, bool),
+    Failed(h1::Error, bool),
     Fatal(ProxyError),
 }
 
 impl Sent {
-    /// Sorting a failure after the request was (at least partly) written: the client's own body
-    /// failing, or a malformed response, ends the request; the connection failing may be retried.
-    fn failed(error: hyper::Error, upstream: &Upstream) -> Sent {
-        match client_body_error(&error) {
-            Some(client) => Sent::Fatal(client),
-            None if error.is_parse() => Sent::Fatal(ProxyError::Upstream {
+    /// Sorting a failure after the request was (at least partly) written: a malformed response
+    /// ends the request; the connection failing may be retried.
+    fn failed(error: h1::Error, upstream: &Upstream) -> Sent {
+        match error {
+            h1::Error::Malformed(_) => Sent::Fatal(ProxyError::Upstream {
                 backend: upstream.backend.name.clone(),
                 what: "sent a malformed response".into(),
                 source: error,
             }),
-            None => Sent::Failed(error, upstream.was_pooled()),
+            error => Sent::Failed(error, upstream.was_pooled()),
         }
     }
 }
 
 /// Why an exchange was lost, as `--trace` and the error page say it.
-fn retry_reason(error: &hyper::Error, pooled: bool) -> String {
+fn retry_reason(error: &h1::Error, pooled: bool) -> String {
     let conn = if pooled {
         "pooled connection"
     } else {
         "connection"
     };
-    if is_reset(error) {
+    if error.is_reset() {
         format!("{conn} reset before response head")
-    } else if error.is_incomplete_message() || error.is_canceled() || error.is_closed() {
+    } else if matches!(error, h1::Error::Closed) {
         format!("{conn} closed before response head")
     } else {
         format!("{conn} failed before response head: {error}")
     }
 }
 
-/// Did the backend reset the connection (RST), rather than close it in order?
-fn is_reset(error: &hyper::Error) -> bool {
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        cause = e.source();
+/// The client's own body failed while it was being sent (a bad chunk, a stalled upload): that is
+/// the client's error, not the backend's.
+fn client_body_error(error: BoxError) -> ProxyError {
+    match error.downcast::<ClientBodyError>() {
+        Ok(body) => ProxyError::ClientBody {
+            timed_out: matches!(*body, ClientBodyError::Stalled(_)),
+            reason: body.to_string(),
+        },
+        Err(other) => ProxyError::ClientBody {
+            timed_out: false,
+            reason: other.to_string(),
+        },
     }
-    false
-}
-
-/// A send fails when the *client's* body fails too (a bad chunk, a stalled upload): hyper reports
-/// it as an error of the body it was sending, with ours as the cause. That is a client error.
-fn client_body_error(error: &hyper::Error) -> Option<ProxyError> {
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        if let Some(body) = e.downcast_ref::<ClientBodyError>() {
-            return Some(ProxyError::ClientBody {
-                timed_out: matches!(body, ClientBodyError::Stalled(_)),
-                reason: body.to_string(),
-            });
-        }
-        cause = e.source();
-    }
-    None
 }
 
 /// Step 2 (RFC 9112 §3.2): an HTTP/1.1 request carries exactly one Host header.
@@ -694,27 +723,38 @@ fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// After `101 Switching Protocols`, copy bytes both ways between client and backend until either
-/// side closes (WebSocket and friends).
+/// side closes (WebSocket and friends). Whatever the backend sent right behind its `101` head goes
+/// to the client first.
 fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
+    upstream: Upstream,
     trace: crate::trace::Trace,
     n: u64,
 ) {
+    let (mut backend, early): (_, Bytes) = upstream.conn.into_tunnel();
     tokio::spawn(async move {
-        let (client, backend) = match tokio::try_join!(client, backend) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(client) => client,
             Err(e) => {
                 trace.event(8, n, format_args!("upgrade failed: {e}"));
                 return;
             }
         };
-        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        let mut client = TokioIo::new(client);
+        if !early.is_empty() {
+            if let Err(e) = client.write_all(&early).await {
+                trace.event(8, n, format_args!("tunnel closed: {e}"));
+                return;
+            }
+        }
         match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             Ok((up, down)) => trace.event(
                 8,
                 n,
-                format_args!("tunnel closed: {up} bytes up, {down} bytes down"),
+                format_args!(
+                    "tunnel closed: {up} bytes up, {} bytes down",
+                    down + early.len() as u64
+                ),
             ),
             Err(e) => trace.event(8, n, format_args!("tunnel closed: {e}")),
         }

@@ -3,9 +3,10 @@
 //!
 //! [`ResponseBody`] passes the backend's body through frame by frame (never collected in memory;
 //! if the client reads slowly, we read the backend slowly) or carries a short body `lb` wrote
-//! itself. While it streams, it also drives the upstream connection: this task, not a separate
-//! one, does that connection's socket I/O (see `upstream.rs`), so the [`Upstream`] travels inside
-//! the body. It adds the body idle timer (`--body-timeout`) on the backend's side.
+//! itself. The backend's body is read straight from the upstream connection by this task (see
+//! `upstream.rs` and `h1/`), so the [`Upstream`] travels inside the body; if the backend answered
+//! before the request body was all sent, the rest of it is sent from here too. It adds the body
+//! idle timer (`--body-timeout`) on the backend's side.
 //!
 //! The end of a request is [`Completion::finish`], called by the body where the exchange ends: at
 //! its last frame, on an error, or when hyper drops it. Only then is the upstream connection checked
@@ -14,7 +15,6 @@
 //! (the client closed its connection while `lb` was still waiting for a backend) is finished by
 //! `Completion`'s `Drop`, the safety net that logs it with status 499, as nginx does.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Record};
 use crate::body::IdleTimer;
 use crate::downstream::InFlight;
 use crate::error::BoxError;
+use crate::h1::{Decoder, Sending};
 use crate::pick::OwnedInFlight;
 use crate::stats::Stats;
 use crate::trace::Trace;
@@ -171,8 +171,17 @@ pub struct ResponseBody {
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    /// The backend's body, and the connection it arrives on while this task drives it.
-    Streamed(Incoming, Option<Upstream>),
+    /// The backend's body, read from its connection by this task.
+    Streamed(Box<Streamed>),
+}
+
+#[derive(Debug)]
+struct Streamed {
+    /// Taken by [`Completion::finish`] at the end.
+    upstream: Option<Upstream>,
+    decoder: Decoder,
+    /// The rest of the request body, when the backend answered before it was all sent.
+    sending: Option<Sending>,
 }
 
 impl ResponseBody {
@@ -186,11 +195,31 @@ impl ResponseBody {
         }
     }
 
-    /// A backend's body, streamed frame by frame from `upstream` (`None` when a task of its own
-    /// drives that connection, as for upgrades).
-    pub fn streamed(inner: Incoming, upstream: Option<Upstream>, idle_timeout: Duration) -> Self {
+    /// No body at all (a `101` answer, whose connection became a tunnel).
+    pub fn empty() -> Self {
         ResponseBody {
-            kind: Kind::Streamed(inner, upstream),
+            kind: Kind::Full(None),
+            idle: IdleTimer::new(Duration::MAX),
+            completion: None,
+            failed: None,
+        }
+    }
+
+    /// A backend's body, streamed frame by frame from `upstream` as `decoder` reads it; `sending`
+    /// is what is left of the request body, if anything.
+    pub fn streamed(
+        upstream: Upstream,
+        decoder: Decoder,
+        sending: Option<Sending>,
+        idle_timeout: Duration,
+    ) -> Self {
+        let streamed = Streamed {
+            upstream: Some(upstream),
+            decoder,
+            sending,
+        };
+        ResponseBody {
+            kind: Kind::Streamed(Box::new(streamed)),
             idle: IdleTimer::new(idle_timeout),
             completion: None,
             failed: None,
@@ -206,7 +235,14 @@ impl ResponseBody {
     fn end(&mut self, end: End) {
         if let Some(completion) = self.completion.take() {
             let upstream = match &mut self.kind {
-                Kind::Streamed(_, upstream) => upstream.take(),
+                Kind::Streamed(streamed) => {
+                    let mut upstream = streamed.upstream.take();
+                    if let (Some(upstream), Some(_)) = (&mut upstream, &streamed.sending) {
+                        // The request body was not all sent: the backend still expects the rest.
+                        upstream.conn.forbid_reuse();
+                    }
+                    upstream
+                }
                 Kind::Full(_) => None,
             };
             completion.finish(end, upstream);
@@ -219,20 +255,27 @@ impl ResponseBody {
         }
     }
 
-    /// Poll the backend's body once, driving its connection first.
+    /// Poll the backend's body once (sending more of the request body first, if some is left).
     fn poll_backend(
-        inner: &mut Incoming,
-        upstream: &mut Option<Upstream>,
+        streamed: &mut Streamed,
         idle: &mut IdleTimer,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // Let the connection read from the socket; if it ended, the body reports how.
-        if let Some(driver) = upstream.as_mut().and_then(|u| u.driver.as_mut()) {
-            if driver.as_mut().poll(cx).is_ready() {
-                *upstream = None;
+        let Some(upstream) = streamed.upstream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(sending) = streamed.sending.as_mut() {
+            match upstream.conn.poll_send(sending, cx) {
+                Poll::Ready(Ok(())) => streamed.sending = None,
+                Poll::Ready(Err(_)) => {
+                    // The backend has answered already; it stops hearing the rest of the request.
+                    upstream.conn.forbid_reuse();
+                    streamed.sending = None;
+                }
+                Poll::Pending => {}
             }
         }
-        match Pin::new(inner).poll_frame(cx) {
+        match upstream.conn.poll_body(&mut streamed.decoder, cx) {
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
             Poll::Pending if idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyTimeout {
                 timeout: idle.timeout,
@@ -264,9 +307,7 @@ impl Body for ResponseBody {
         }
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Streamed(inner, upstream) => {
-                Self::poll_backend(inner, upstream, &mut this.idle, cx)
-            }
+            Kind::Streamed(streamed) => Self::poll_backend(streamed, &mut this.idle, cx),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -298,14 +339,17 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Streamed(inner, _) => inner.is_end_stream(),
+            Kind::Streamed(streamed) => streamed.decoder.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streamed(inner, _) => inner.size_hint(),
+            Kind::Streamed(streamed) => match streamed.decoder.exact_len() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
         }
     }
 }

@@ -14,8 +14,8 @@
 //! ```
 //!
 //! A request is *idempotent* when sending it twice has the same effect as sending it once (GET,
-//! HEAD, OPTIONS, TRACE, PUT, DELETE). Even then a retry needs the request itself: hyper consumes a
-//! request as it writes it, so before the first attempt [`Replay::capture`] keeps a copy of the
+//! HEAD, OPTIONS, TRACE, PUT, DELETE). Even then a retry needs the request itself: the body is
+//! consumed as it is written, so before the first attempt [`Replay::capture`] keeps a copy of the
 //! rewritten head and, if the body is small enough (`--retry-body-bytes`), of the body as it streams
 //! past (see `body.rs`). A larger body is not kept, and its request is never retried once it left.
 //!
@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{header, request, HeaderValue, Method, Request, Uri};
 use http_body::Body;
-use tokio::sync::oneshot;
 
 use crate::body::{Kept, RequestBody};
 
@@ -39,11 +38,10 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// A request ready to be written to a backend, with the signal its body gives once fully sent.
+/// A request ready to be written to a backend.
 #[derive(Debug)]
 pub struct Outgoing {
     pub request: Request<RequestBody>,
-    pub sent: oneshot::Receiver<()>,
     /// `Host` was absent from the client's request and lb filled in the backend's name.
     pub host_added: bool,
 }
@@ -102,14 +100,13 @@ impl Replay {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .whole()?,
         };
-        let (body, sent) = RequestBody::replay(chunks);
+        let body = RequestBody::replay(chunks);
         let mut request = Request::new(body);
         *request.method_mut() = self.head.method.clone();
         *request.version_mut() = self.head.version;
         *request.headers_mut() = self.head.headers.clone();
         let outgoing = Outgoing {
             request,
-            sent,
             host_added: self.host_added,
         };
         Some(outgoing.aimed_at(target, backend))

@@ -7,13 +7,11 @@
 //! longer than `--pool-idle-timeout`, which should be shorter than the backend's own keep-alive so
 //! that we never pick a connection the backend is just about to close.
 //!
-//! hyper splits a client connection into a `SendRequest` handle and a `Connection` future that does
-//! the socket I/O. The usual pattern spawns that future as a task of its own; then every request
-//! hops across three tasks (client connection, upstream connection, and back), each hop a wake-up
-//! and a queue operation. Here the future (a [`Driver`]) travels with the request instead: the
-//! request's own task polls it while sending and while streaming the response body, and the pool
-//! keeps it next to its `SendRequest`. An idle pooled connection is polled once more on checkout,
-//! which is how we notice that the backend closed it meanwhile.
+//! A connection is an [`h1::Conn`]: the socket, a read buffer and a write buffer. It has no task
+//! of its own: the request's task reads and writes it while the exchange lasts (`proxy.rs` while
+//! sending, `response.rs` while streaming the body back), so a request costs no wake-ups between
+//! tasks. An idle pooled connection is read once more on checkout, without waiting, which is how we
+//! notice that the backend closed it meanwhile.
 //!
 //! With several worker threads (`--threads`), each worker has its own event loop, so each keeps
 //! its own pool per backend: a connection's socket is registered with the event loop that opened
@@ -24,34 +22,28 @@
 //! the request path's own cost is measured without the kernel's.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
 use crate::dump::{Dump, Leg, Tapped};
 use crate::error::ConnectError;
+use crate::h1;
 use crate::health::Health;
 use crate::pick::Load;
 use crate::stats::BackendStats;
 
-/// The sending half of one HTTP/1.1 connection to a backend.
-pub type Sender = SendRequest<RequestBody>;
-
-/// The I/O half of one HTTP/1.1 connection: a future that reads and writes the socket when polled.
-pub type Driver = Pin<Box<Connection<Io, RequestBody>>>;
-
 /// The socket under an upstream connection, tapped for `-D` when it is on.
-pub type Io = TokioIo<Tapped<Stream>>;
+pub type Io = Tapped<Stream>;
+
+/// One HTTP/1.1 connection to a backend.
+pub type Conn = h1::Conn<Io>;
 
 /// How connections to backends are opened.
 #[derive(Clone, Default)]
@@ -174,8 +166,7 @@ pub struct PoolSettings {
 }
 
 struct IdleConn {
-    sender: Sender,
-    driver: Driver,
+    conn: Conn,
     id: u64,
     since: Instant,
     user: Option<Arc<(AtomicU64, AtomicU64)>>,
@@ -191,10 +182,7 @@ impl std::fmt::Debug for IdleConn {
 /// while the exchange lasts, then [`Upstream::check_in`] returns it to the pool.
 pub struct Upstream {
     pub backend: Arc<Backend>,
-    pub sender: Sender,
-    /// `Some` while this request's task drives the connection (and may pool it afterwards);
-    /// `None` when a spawned task drives it (upgrades, probes) or once it has ended.
-    pub driver: Option<Driver>,
+    pub conn: Conn,
     /// Per-backend connection number, shown by `--trace`.
     pub id: u64,
     /// How long connecting took, or `None` for a reused pooled connection.
@@ -216,34 +204,18 @@ impl Upstream {
         self.connect_time.is_none()
     }
 
-    /// Drive the connection until it ends (never, while it is healthy and in use); with no driver
-    /// to poll, wait forever. Meant for a `select!` beside the request it carries.
-    pub async fn drive(&mut self) {
-        match self.driver.as_mut() {
-            Some(d) => {
-                let _ = d.as_mut().await;
-                self.driver = None;
-            }
-            None => std::future::pending().await,
-        }
-    }
-
     /// The exchange ended cleanly: give the connection back to its backend's pool so the next
-    /// request can reuse it. Returns false if it could not be kept (it ended, it is not ready for
-    /// another request, nobody drives it, or the pool is full); dropping it then closes it.
+    /// request can reuse it. Returns false if it could not be kept (the exchange left it unfit,
+    /// the backend closed it, or the pool is full); dropping it then closes it.
     pub fn check_in(self) -> bool {
         let Upstream {
             backend,
-            sender,
-            driver,
+            conn,
             id,
             user,
             ..
         } = self;
-        match driver {
-            Some(driver) => backend.checkin(sender, driver, id, user),
-            None => false,
-        }
+        backend.checkin(conn, id, user)
     }
 }
 
@@ -259,14 +231,6 @@ pub fn set_worker_id(id: usize) {
 /// The worker thread we are on (0 when there is only one).
 pub fn worker_id() -> usize {
     WORKER.with(Cell::get)
-}
-
-/// Poll `driver` once without waiting; true if the connection has ended. Used on pooled
-/// connections, which no task is watching: this lets hyper process what arrived meanwhile (the end
-/// of the previous exchange, or the backend closing the socket).
-fn has_ended(driver: &mut Driver) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    driver.as_mut().poll(&mut cx).is_ready()
 }
 
 impl Backend {
@@ -301,46 +265,22 @@ impl Backend {
     /// A connection ready to carry one request: the most recently used idle one, or a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
         while let Some(mut idle) = self.pop_idle() {
-            if idle.since.elapsed() > self.settings.idle_timeout || has_ended(&mut idle.driver) {
+            if idle.since.elapsed() > self.settings.idle_timeout || idle.conn.closed_while_idle() {
                 continue; // dropping it closes the socket
             }
-            if idle.sender.is_ready() {
-                return Ok(Upstream {
-                    backend: self.clone(),
-                    sender: idle.sender,
-                    driver: Some(idle.driver),
-                    id: idle.id,
-                    connect_time: None,
-                    user: idle.user,
-                });
-            }
+            return Ok(Upstream {
+                backend: self.clone(),
+                conn: idle.conn,
+                id: idle.id,
+                connect_time: None,
+                user: idle.user,
+            });
         }
         self.connect().await
     }
 
-    /// Open a new connection whose driver travels with the request (see the module comment).
+    /// Open a new connection (see [`Connector`]).
     pub async fn connect(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
-        let (upstream, connection) = self.open().await?;
-        Ok(Upstream {
-            driver: Some(Box::pin(connection)),
-            ..upstream
-        })
-    }
-
-    /// Open a new connection driven by a task of its own, which also lets a `101 Switching
-    /// Protocols` answer hand the socket over to a tunnel. Never pooled.
-    pub async fn connect_detached(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
-        let (upstream, connection) = self.open().await?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        Ok(upstream)
-    }
-
-    /// Connect (see [`Connector`]), then the HTTP/1.1 handshake.
-    async fn open(
-        self: &Arc<Self>,
-    ) -> Result<(Upstream, Connection<Io, RequestBody>), ConnectError> {
         let started = Instant::now();
         let stream = match &self.connector {
             Connector::Tcp => Stream::Tcp(self.connect_tcp().await?),
@@ -353,22 +293,13 @@ impl Backend {
             backend: self.name.clone(),
             user: user.clone().unwrap_or_default(),
         });
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                backend: self.name.clone(),
-                source,
-            })?;
-        let upstream = Upstream {
+        Ok(Upstream {
             backend: self.clone(),
-            sender,
-            driver: None,
+            conn: h1::Conn::new(stream),
             id,
             connect_time: Some(started.elapsed()),
             user,
-        };
-        Ok((upstream, connection))
+        })
     }
 
     /// TCP connect, bounded by `--connect-timeout`.
@@ -395,15 +326,8 @@ impl Backend {
     }
 
     /// Return a connection whose exchange completed cleanly (see [`Upstream::check_in`]).
-    fn checkin(
-        &self,
-        sender: Sender,
-        mut driver: Driver,
-        id: u64,
-        user: Option<Arc<(AtomicU64, AtomicU64)>>,
-    ) -> bool {
-        // Let hyper see the end of the exchange it just carried; then it accepts the next request.
-        if has_ended(&mut driver) || !sender.is_ready() {
+    fn checkin(&self, conn: Conn, id: u64, user: Option<Arc<(AtomicU64, AtomicU64)>>) -> bool {
+        if !conn.is_reusable() {
             return false;
         }
         let Some(pool) = self.pool() else {
@@ -414,8 +338,7 @@ impl Backend {
             return false;
         }
         idle.push(IdleConn {
-            sender,
-            driver,
+            conn,
             id,
             user,
             since: Instant::now(),
@@ -427,7 +350,7 @@ impl Backend {
     pub fn evict_expired(&self) {
         let limit = self.settings.idle_timeout;
         for pool in &self.idle {
-            lock(pool).retain(|c| c.since.elapsed() <= limit && !c.sender.is_closed());
+            lock(pool).retain(|c| c.since.elapsed() <= limit);
         }
     }
 

@@ -1,0 +1,345 @@
+//! Where a message's body ends: the one question an HTTP/1.1 proxy must never get wrong.
+//!
+//! HTTP/1.1 sends messages back to back on one connection, so each side must agree on exactly
+//! where one body ends and the next message begins. If lb and a backend (or lb and a client)
+//! could disagree, bytes of one response could be read as the next one: *response smuggling*.
+//! RFC 9112 §6.3 gives the rules, in order; [`response_body`] applies them to a backend's
+//! response, [`request_body`] picks how lb frames the request it sends.
+
+use http::{header, HeaderMap, Method, StatusCode, Version};
+
+use super::Error;
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// No body, whatever the headers say.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// The chunked transfer coding.
+    Chunked,
+    /// Everything until the backend closes the connection.
+    UntilClose,
+}
+
+/// How a response is framed, and whether its connection can carry another exchange after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    pub body: ResponseBody,
+    /// False when the response itself rules reuse out (`Connection: close`, HTTP/1.0 without
+    /// keep-alive, a body that ends with the connection, a suspicious framing).
+    pub reusable: bool,
+}
+
+/// Apply RFC 9112 §6.3 to a response to a request with `method`.
+pub fn response_body(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Framing, Error> {
+    let mut reusable = keeps_alive(version, headers);
+    // 1. A response to HEAD, and any 1xx, 204 or 304 response, ends at its head: whatever length
+    //    its headers announce describes the resource, not bytes on the wire.
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing {
+            body: ResponseBody::None,
+            reusable,
+        });
+    }
+    // 3. Transfer-Encoding overrides Content-Length. If both are present the message may be an
+    //    attempt at smuggling: read it by Transfer-Encoding and close the connection after it.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.contains_key(header::CONTENT_LENGTH) || version == Version::HTTP_10 {
+            reusable = false;
+        }
+        // Chunked must be the final coding; if it is not, the body ends when the connection does.
+        return Ok(if final_coding_is_chunked(headers) {
+            Framing {
+                body: ResponseBody::Chunked,
+                reusable,
+            }
+        } else {
+            Framing {
+                body: ResponseBody::UntilClose,
+                reusable: false,
+            }
+        });
+    }
+    // 4-5. A valid Content-Length is the length; an invalid one is an unrecoverable error.
+    if let Some(length) = content_length(headers)? {
+        return Ok(Framing {
+            body: ResponseBody::Length(length),
+            reusable,
+        });
+    }
+    // 7. Otherwise the body is everything until the connection closes.
+    Ok(Framing {
+        body: ResponseBody::UntilClose,
+        reusable: false,
+    })
+}
+
+/// RFC 9112 §9.3: an HTTP/1.1 connection persists unless `Connection: close`; an HTTP/1.0 one
+/// only with `Connection: keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let lists = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
+    match version {
+        Version::HTTP_11 => !lists("close"),
+        _ => lists("keep-alive") && !lists("close"),
+    }
+}
+
+/// Is `chunked` the last coding of the (possibly several) Transfer-Encoding headers?
+fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// RFC 9110 §8.6: Content-Length is digits. Several fields or a list are accepted only when every
+/// value is the same (§8.6 lets a recipient take that as one); anything else is an error.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_digits(item.trim_ascii())
+                .ok_or(Error::Malformed("invalid Content-Length"))?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(Error::Malformed("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// Decimal digits only (no sign, no spaces, no `0x`), within 64 bits.
+fn parse_digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 19 {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// How lb frames the body of a request it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    /// No body: nothing after the head.
+    None,
+    /// The head carries `Content-Length`; exactly this many bytes follow.
+    Length(u64),
+    /// lb adds `Transfer-Encoding: chunked` and chunks the body as it streams.
+    Chunked,
+}
+
+/// The client's framing, kept where it can be: its `Content-Length` (hyper has checked it
+/// against RFC 9112 §6.3 on the way in) passes on unchanged; a body without one (it came chunked)
+/// is sent chunked; no body and no length, nothing.
+pub fn request_body(headers: &HeaderMap, has_body: bool) -> RequestBody {
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(value) => match parse_digits(value.as_bytes()) {
+            Some(n) => RequestBody::Length(n),
+            None if has_body => RequestBody::Chunked,
+            None => RequestBody::None,
+        },
+        None if has_body => RequestBody::Chunked,
+        None => RequestBody::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn framing(method: Method, status: u16, fields: &[(&str, &str)]) -> Result<Framing, Error> {
+        response_body(
+            &method,
+            StatusCode::from_u16(status).unwrap(),
+            Version::HTTP_11,
+            &headers(fields),
+        )
+    }
+
+    fn body(method: Method, status: u16, fields: &[(&str, &str)]) -> ResponseBody {
+        framing(method, status, fields).unwrap().body
+    }
+
+    /// §6.3 rule 1.
+    #[test]
+    fn head_1xx_204_and_304_have_no_body_whatever_the_headers_say() {
+        let lying = [("content-length", "5")];
+        assert_eq!(body(Method::HEAD, 200, &lying), ResponseBody::None);
+        assert_eq!(body(Method::GET, 204, &lying), ResponseBody::None);
+        assert_eq!(body(Method::GET, 304, &lying), ResponseBody::None);
+        assert_eq!(body(Method::GET, 100, &lying), ResponseBody::None);
+        let chunked = [("transfer-encoding", "chunked")];
+        assert_eq!(body(Method::HEAD, 200, &chunked), ResponseBody::None);
+        assert_eq!(body(Method::GET, 204, &chunked), ResponseBody::None);
+    }
+
+    /// §6.3 rule 3: chunked wins over Content-Length, and the connection is not reused.
+    #[test]
+    fn transfer_encoding_overrides_content_length_and_closes() {
+        let both = framing(
+            Method::GET,
+            200,
+            &[("content-length", "3"), ("transfer-encoding", "chunked")],
+        )
+        .unwrap();
+        assert_eq!(both.body, ResponseBody::Chunked);
+        assert!(!both.reusable);
+        let chunked = framing(Method::GET, 200, &[("transfer-encoding", "chunked")]).unwrap();
+        assert_eq!(chunked.body, ResponseBody::Chunked);
+        assert!(chunked.reusable);
+    }
+
+    /// §6.3 rule 3: chunked not last means the body runs to the close.
+    #[test]
+    fn chunked_must_be_the_final_coding() {
+        assert_eq!(
+            body(Method::GET, 200, &[("transfer-encoding", "gzip, chunked")]),
+            ResponseBody::Chunked
+        );
+        assert_eq!(
+            body(
+                Method::GET,
+                200,
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "Chunked")
+                ]
+            ),
+            ResponseBody::Chunked
+        );
+        for coding in ["chunked, gzip", "gzip", "identity"] {
+            let f = framing(Method::GET, 200, &[("transfer-encoding", coding)]).unwrap();
+            assert_eq!(f.body, ResponseBody::UntilClose, "{coding}");
+            assert!(!f.reusable);
+        }
+    }
+
+    /// §6.3 rule 4: an invalid Content-Length is an unrecoverable error (lb answers 502).
+    #[test]
+    fn invalid_content_length_is_an_error() {
+        for bad in ["-1", "+5", "5 5", "0x10", "abc", "", "99999999999999999999"] {
+            assert!(
+                framing(Method::GET, 200, &[("content-length", bad)]).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        assert!(framing(
+            Method::GET,
+            200,
+            &[("content-length", "5"), ("content-length", "6")]
+        )
+        .is_err());
+        assert!(framing(Method::GET, 200, &[("content-length", "5, 6")]).is_err());
+    }
+
+    /// RFC 9110 §8.6: the same length repeated is one length.
+    #[test]
+    fn repeated_identical_lengths_are_one() {
+        assert_eq!(
+            body(Method::GET, 200, &[("content-length", "5, 5")]),
+            ResponseBody::Length(5)
+        );
+        assert_eq!(
+            body(
+                Method::GET,
+                200,
+                &[("content-length", "5"), ("content-length", "5")]
+            ),
+            ResponseBody::Length(5)
+        );
+    }
+
+    /// §6.3 rule 5.
+    #[test]
+    fn content_length_is_the_length() {
+        let f = framing(Method::GET, 200, &[("content-length", "13")]).unwrap();
+        assert_eq!(f.body, ResponseBody::Length(13));
+        assert!(f.reusable);
+        assert_eq!(
+            body(Method::GET, 200, &[("content-length", "0")]),
+            ResponseBody::Length(0)
+        );
+    }
+
+    /// §6.3 rule 7.
+    #[test]
+    fn no_framing_reads_until_close() {
+        let f = framing(Method::GET, 200, &[]).unwrap();
+        assert_eq!(f.body, ResponseBody::UntilClose);
+        assert!(!f.reusable);
+    }
+
+    /// RFC 9112 §9.3: when the connection persists.
+    #[test]
+    fn persistence_follows_the_version_and_connection_header() {
+        let f = framing(
+            Method::GET,
+            200,
+            &[("content-length", "1"), ("connection", "Close")],
+        )
+        .unwrap();
+        assert!(!f.reusable);
+        let ok = [("content-length", "1")];
+        let http10 = |fields: &[(&str, &str)]| {
+            response_body(
+                &Method::GET,
+                StatusCode::OK,
+                Version::HTTP_10,
+                &headers(fields),
+            )
+            .unwrap()
+            .reusable
+        };
+        assert!(!http10(&ok));
+        assert!(http10(&[
+            ("content-length", "1"),
+            ("connection", "keep-alive")
+        ]));
+    }
+
+    #[test]
+    fn requests_keep_their_length_or_are_chunked() {
+        assert_eq!(
+            request_body(&headers(&[("content-length", "1024")]), true),
+            RequestBody::Length(1024)
+        );
+        assert_eq!(
+            request_body(&headers(&[("content-length", "0")]), false),
+            RequestBody::Length(0)
+        );
+        assert_eq!(request_body(&headers(&[]), true), RequestBody::Chunked);
+        assert_eq!(request_body(&headers(&[]), false), RequestBody::None);
+    }
+}

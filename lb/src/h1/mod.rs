@@ -1,0 +1,552 @@
+//! HTTP/1.1 on the upstream leg, written out: how lb sends a request to a backend, reads the
+//! response, knows where that response ends, and whether the connection can carry another one.
+//!
+//! The client leg is hyper's server. The backend leg is this module, small enough to read in one
+//! sitting. One exchange on a [`Conn`] goes:
+//!
+//! 1. [`Conn::start`] writes the request head into the connection's output buffer: request line,
+//!    the (already rewritten) header fields, and the framing of the body ([`framing::request_body`]:
+//!    the client's `Content-Length` kept, or `Transfer-Encoding: chunked`);
+//! 2. [`Conn::poll_send`] writes the head and then the body as the client's frames arrive, as a
+//!    length-delimited run of bytes or as chunks ([`chunked`]);
+//! 3. meanwhile [`Conn::poll_head`] reads the response head (a backend may answer before it has
+//!    read the whole body), skipping `100 Continue` and other interim responses, and decides from
+//!    it how the body is framed ([`framing::response_body`], RFC 9112 §6.3);
+//! 4. [`Conn::poll_body`] hands out the body as it arrives, without copying it: each frame is a
+//!    slice of the read buffer;
+//! 5. at the end, [`Conn::is_reusable`] says whether the connection may go back to the pool: only
+//!    if both messages were read and written to their exact ends, nothing extra arrived, and neither
+//!    side asked to close.
+//!
+//! Nothing here waits on anything but the socket: the request's own task polls these functions
+//! (no task per connection, no channel between the request and its connection), and a pooled
+//! connection is a socket, two buffers and a flag.
+
+pub mod chunked;
+pub mod framing;
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{request, response, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::body::RequestBody;
+use crate::error::BoxError;
+use chunked::Decoded;
+use framing::ResponseBody as Framed;
+
+/// At most this many header fields in a response head (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+
+/// The largest response head lb reads.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// How much room each read asks for.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Body pieces up to this size are copied next to their chunk line, so that one write carries both.
+const COPY_BELOW: usize = 4096;
+
+/// What went wrong on a connection to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The backend closed the connection before a complete response head.
+    #[error("connection closed before a complete response head")]
+    Closed,
+    /// The backend closed the connection before the end of a body it had framed.
+    #[error("connection closed before the end of the response body")]
+    BodyCut,
+    /// Not HTTP/1.1, or a framing lb refuses (see `framing.rs`, `chunked.rs`).
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+impl Error {
+    /// Did the backend reset the connection (RST), rather than close it in order?
+    pub fn is_reset(&self) -> bool {
+        matches!(self, Error::Io(e) if matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ))
+    }
+}
+
+/// Why sending a request failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection failed; `written` tells whether any byte of this request had left.
+    Backend { error: Error, written: bool },
+    /// The client's own body failed (it stalled, or was malformed or cut).
+    Client(BoxError),
+}
+
+/// One HTTP/1.1 connection to a backend: the socket and its two buffers.
+#[derive(Debug)]
+pub struct Conn<S> {
+    io: S,
+    /// Bytes received and not yet handed out.
+    input: BytesMut,
+    /// Head bytes and small body pieces waiting to be written, from `output_at`.
+    output: Vec<u8>,
+    output_at: usize,
+    /// A larger body piece waiting to be written after `output`, then `tail`.
+    data: Bytes,
+    tail: &'static [u8],
+    /// Bytes of the current request written so far.
+    written: u64,
+    reusable: bool,
+}
+
+/// A request body on its way out: where it is, and how it is framed.
+#[derive(Debug)]
+pub struct Sending {
+    body: RequestBody,
+    framing: framing::RequestBody,
+    /// Bytes still owed under `Content-Length`.
+    left: u64,
+    /// The client's body has ended (its last bytes may still be in the output buffer).
+    ended: bool,
+    /// A frame has been taken from the body: it can no longer be handed back unsent.
+    taken: bool,
+}
+
+impl Sending {
+    /// The body, if not a byte of it was taken (to send it elsewhere).
+    pub fn into_untouched_body(self) -> Option<RequestBody> {
+        (!self.taken).then_some(self.body)
+    }
+}
+
+/// What the request was, as far as reading its response is concerned.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    pub method: Method,
+    /// The request asked to switch protocols: a `101` ends the HTTP exchange.
+    pub upgrade: bool,
+}
+
+/// A response head, and how its body is framed.
+#[derive(Debug)]
+pub struct Head {
+    pub parts: response::Parts,
+    pub body: Decoder,
+}
+
+/// Reads one response body (see [`Conn::poll_body`]).
+#[derive(Debug)]
+pub enum Decoder {
+    Length(u64),
+    Chunked(chunked::Decoder),
+    UntilClose,
+    Done,
+}
+
+impl Decoder {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Decoder::Done | Decoder::Length(0))
+    }
+
+    /// The exact length still to come, when it is known.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(io: S) -> Self {
+        Conn {
+            io,
+            input: BytesMut::new(),
+            output: Vec::new(),
+            output_at: 0,
+            data: Bytes::new(),
+            tail: b"",
+            written: 0,
+            reusable: true,
+        }
+    }
+
+    /// May this connection carry another exchange? (See step 5 of the module comment.)
+    pub fn is_reusable(&self) -> bool {
+        self.reusable && self.input.is_empty() && self.output_pending() == 0
+    }
+
+    /// Something went wrong mid-exchange: this connection must not be reused.
+    pub fn forbid_reuse(&mut self) {
+        self.reusable = false;
+    }
+
+    /// For an idle pooled connection: did the backend close it (or send something unasked)
+    /// meanwhile? Reads once without waiting.
+    pub fn closed_while_idle(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_fill(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(_) => {
+                // End of stream, an error, or bytes nobody asked for: all unusable.
+                self.reusable = false;
+                true
+            }
+        }
+    }
+
+    /// The socket and whatever the backend sent after the `101` head: what a tunnel starts from.
+    pub fn into_tunnel(self) -> (S, Bytes) {
+        (self.io, self.input.freeze())
+    }
+
+    /// Step 1: write the head of `request` (its body framed as [`framing::request_body`] says)
+    /// into the output buffer. Nothing is sent until [`Conn::poll_send`].
+    pub fn start(&mut self, head: &request::Parts, body: RequestBody) -> Sending {
+        let has_body = !body.is_end_stream();
+        let framing = framing::request_body(&head.headers, has_body);
+        self.written = 0;
+        self.output.clear();
+        self.output_at = 0;
+        let out = &mut self.output;
+        out.extend_from_slice(head.method.as_str().as_bytes());
+        out.push(b' ');
+        let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &head.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if framing == framing::RequestBody::Chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let left = match framing {
+            framing::RequestBody::Length(n) => n,
+            _ => 0,
+        };
+        Sending {
+            body,
+            framing,
+            left,
+            ended: !has_body,
+            taken: false,
+        }
+    }
+
+    /// Step 2: write what is buffered, then the body's frames as they come. Ready once the whole
+    /// request has been written.
+    pub fn poll_send(
+        &mut self,
+        sending: &mut Sending,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            if let Err(error) = ready!(self.poll_write_out(cx)) {
+                self.reusable = false;
+                return Poll::Ready(Err(SendError::Backend {
+                    error: error.into(),
+                    written: self.written > 0,
+                }));
+            }
+            if sending.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut sending.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    sending.taken = true;
+                    if let Err(error) = self.queue_frame(sending, frame) {
+                        self.reusable = false;
+                        return Poll::Ready(Err(SendError::Client(error.into())));
+                    }
+                }
+                Some(Err(error)) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(SendError::Client(error)));
+                }
+                None => {
+                    if matches!(sending.framing, framing::RequestBody::Length(_))
+                        && sending.left > 0
+                    {
+                        self.reusable = false;
+                        return Poll::Ready(Err(SendError::Client(
+                            "request body shorter than its Content-Length".into(),
+                        )));
+                    }
+                    if sending.framing == framing::RequestBody::Chunked {
+                        self.output.extend_from_slice(chunked::LAST_CHUNK);
+                    }
+                    sending.ended = true;
+                }
+            }
+        }
+    }
+
+    /// Put one frame of the request body in line to be written, framed.
+    fn queue_frame(&mut self, sending: &mut Sending, frame: Frame<Bytes>) -> Result<(), Error> {
+        let ended = sending.body.is_end_stream();
+        let chunked = sending.framing == framing::RequestBody::Chunked;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Trailers: only a chunked body can carry them (RFC 9112 §7.1.2).
+                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                    chunked::encode_trailers(&trailers, &mut self.output);
+                    sending.ended = true;
+                }
+                return Ok(());
+            }
+        };
+        if chunked {
+            if !data.is_empty() {
+                chunked::encode_size(data.len(), &mut self.output);
+                self.queue_data(data, if ended { b"\r\n0\r\n\r\n" } else { b"\r\n" });
+            } else if ended {
+                self.output.extend_from_slice(chunked::LAST_CHUNK);
+            }
+        } else {
+            let len = data.len() as u64;
+            if len > sending.left {
+                return Err(Error::Malformed(
+                    "request body longer than its Content-Length",
+                ));
+            }
+            sending.left -= len;
+            if ended && sending.left > 0 {
+                return Err(Error::Malformed(
+                    "request body shorter than its Content-Length",
+                ));
+            }
+            self.queue_data(data, b"");
+        }
+        sending.ended = ended;
+        Ok(())
+    }
+
+    /// Queue body bytes after the output buffer: copied when small, else written from where they are.
+    fn queue_data(&mut self, data: Bytes, tail: &'static [u8]) {
+        if data.len() < COPY_BELOW {
+            self.output.extend_from_slice(&data);
+            self.output.extend_from_slice(tail);
+        } else {
+            self.data = data;
+            self.tail = tail;
+        }
+    }
+
+    fn output_pending(&self) -> usize {
+        self.output.len() - self.output_at + self.data.len() + self.tail.len()
+    }
+
+    /// Write the output buffer, the queued data and its tail, in as few writes as the socket takes.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.output_pending() > 0 {
+            let pieces = [
+                IoSlice::new(&self.output[self.output_at..]),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.tail),
+            ];
+            let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &pieces))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n as u64;
+            let from_output = n.min(self.output.len() - self.output_at);
+            self.output_at += from_output;
+            n -= from_output;
+            let from_data = n.min(self.data.len());
+            self.data.advance(from_data);
+            n -= from_data;
+            self.tail = &self.tail[n.min(self.tail.len())..];
+        }
+        self.output.clear();
+        self.output_at = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Step 3: read the response head. Interim responses (`100 Continue`, `103 Early Hints`) are
+    /// read and dropped; a `101` ends the exchange when the request asked for an upgrade.
+    pub fn poll_head(&mut self, asked: &Asked, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut fields);
+            match response.parse(&self.input) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = response.code.unwrap_or_default();
+                    if (100..200).contains(&code) && !(code == 101 && asked.upgrade) {
+                        self.input.advance(len);
+                        continue;
+                    }
+                    return Poll::Ready(self.take_head(len, asked));
+                }
+                Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(Error::Malformed("response head too large")));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(httparse::Error::TooManyHeaders) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(Error::Malformed("too many response header fields")));
+                }
+                Err(_) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(Error::Malformed("malformed response head")));
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(if self.input.is_empty() {
+                        Error::Closed
+                    } else {
+                        Error::Malformed("connection closed mid response head")
+                    }));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(error.into()));
+                }
+            }
+        }
+    }
+
+    /// The first `len` input bytes are a complete head: make it a [`Head`]. The header values
+    /// are slices of the head's bytes, not copies.
+    fn take_head(&mut self, len: usize, asked: &Asked) -> Result<Head, Error> {
+        let bytes = self.input.split_to(len).freeze();
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        // The same bytes parsed a moment ago: this cannot fail.
+        let _ = parsed.parse(&bytes);
+        let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
+            .map_err(|_| Error::Malformed("invalid status code"))?;
+        let version = match parsed.version {
+            Some(1) => http::Version::HTTP_11,
+            _ => http::Version::HTTP_10,
+        };
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        for field in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| Error::Malformed("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
+                .map_err(|_| Error::Malformed("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing::response_body(&asked.method, status, version, &headers)?;
+        if !framing.reusable || status == StatusCode::SWITCHING_PROTOCOLS {
+            self.reusable = false;
+        }
+        let body = match framing.body {
+            Framed::None | Framed::Length(0) => Decoder::Done,
+            Framed::Length(n) => Decoder::Length(n),
+            Framed::Chunked => Decoder::Chunked(chunked::Decoder::default()),
+            Framed::UntilClose => Decoder::UntilClose,
+        };
+        let mut parts = response::Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        Ok(Head { parts, body })
+    }
+
+    /// Step 4: the next piece of the response body, `None` at its end.
+    pub fn poll_body(
+        &mut self,
+        decoder: &mut Decoder,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            match decoder {
+                Decoder::Done => return Poll::Ready(None),
+                Decoder::Length(0) => {
+                    *decoder = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Decoder::Length(left) if !self.input.is_empty() => {
+                    let take = self
+                        .input
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= take as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(self.input.split_to(take).freeze()))));
+                }
+                Decoder::UntilClose if !self.input.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(self.input.split().freeze()))));
+                }
+                Decoder::Chunked(chunks) => match chunks.decode(&mut self.input) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Trailers(trailers)) => {
+                        *decoder = Decoder::Done;
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Decoded::End) => {
+                        *decoder = Decoder::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(error) => {
+                        self.reusable = false;
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                },
+                Decoder::Length(_) | Decoder::UntilClose => {}
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if matches!(decoder, Decoder::UntilClose) => {
+                    // RFC 9112 §6.3 rule 8: the close is this body's end.
+                    self.reusable = false;
+                    *decoder = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(Error::BodyCut)));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
+    }
+
+    /// Read more bytes into the input buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.input.capacity() - self.input.len() < READ_SIZE / 4 {
+            self.input.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.input)
+    }
+
+    /// A whole exchange for a request without a body, for health probes: send it, read the head
+    /// (the body is not read; the connection is not reused).
+    pub async fn head_only(&mut self, head: &request::Parts) -> Result<response::Parts, Error> {
+        let mut sending = self.start(head, RequestBody::empty());
+        std::future::poll_fn(|cx| self.poll_send(&mut sending, cx))
+            .await
+            .map_err(|e| match e {
+                SendError::Backend { error, .. } => error,
+                SendError::Client(_) => Error::Malformed("empty body failed"),
+            })?;
+        let asked = Asked {
+            method: head.method.clone(),
+            upgrade: false,
+        };
+        let response = std::future::poll_fn(|cx| self.poll_head(&asked, cx)).await?;
+        self.reusable = false;
+        Ok(response.parts)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,319 @@
+//! One exchange at a time on a [`Conn`] over an in-memory pipe, the backend played by hand: the
+//! bytes lb writes, and what it makes of the bytes it reads.
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::*;
+
+fn pipe() -> (Conn<DuplexStream>, DuplexStream) {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    (Conn::new(ours), theirs)
+}
+
+fn head(method: Method, target: &str, fields: &[(&str, &str)]) -> request::Parts {
+    let mut builder = Request::builder().method(method).uri(target);
+    for (name, value) in fields {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(()).unwrap().into_parts().0
+}
+
+fn get() -> Asked {
+    Asked {
+        method: Method::GET,
+        upgrade: false,
+    }
+}
+
+/// Send `parts` with `body`, answer with `reply`; return what the backend read and the body lb
+/// read (frames joined), with the connection.
+async fn exchange(
+    parts: request::Parts,
+    body: RequestBody,
+    asked: Asked,
+    reply: &[u8],
+) -> (Vec<u8>, Result<(Head, Vec<u8>), Error>, Conn<DuplexStream>) {
+    let (mut conn, mut backend) = pipe();
+    let mut sending = conn.start(&parts, body);
+    poll_fn(|cx| conn.poll_send(&mut sending, cx))
+        .await
+        .map_err(|_| ())
+        .unwrap();
+    let mut seen = vec![0u8; 64 * 1024];
+    let n = backend.read(&mut seen).await.unwrap();
+    seen.truncate(n);
+    backend.write_all(reply).await.unwrap();
+    drop(backend);
+    let result = async {
+        let mut head = poll_fn(|cx| conn.poll_head(&asked, cx)).await?;
+        let mut data = Vec::new();
+        while let Some(frame) = poll_fn(|cx| conn.poll_body(&mut head.body, cx)).await {
+            if let Ok(bytes) = frame?.into_data() {
+                data.extend_from_slice(&bytes);
+            }
+        }
+        Ok((head, data))
+    }
+    .await;
+    (seen, result, conn)
+}
+
+#[tokio::test]
+async fn a_get_is_written_as_its_head_alone() {
+    let parts = head(Method::GET, "/x?y=1", &[("host", "h"), ("x-a", "1")]);
+    let (seen, result, _) = exchange(
+        parts,
+        RequestBody::replay(Vec::new()),
+        get(),
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(seen, b"GET /x?y=1 HTTP/1.1\r\nhost: h\r\nx-a: 1\r\n\r\n");
+    let (head, body) = result.unwrap();
+    assert_eq!(head.parts.status, 200);
+    assert_eq!(body, b"hi");
+}
+
+#[tokio::test]
+async fn a_body_with_a_length_goes_as_is_and_one_without_goes_chunked() {
+    let chunks = || vec![Bytes::from_static(b"abc"), Bytes::from_static(b"de")];
+    let parts = head(Method::POST, "/", &[("content-length", "5")]);
+    let ok = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let (seen, _, _) = exchange(parts, RequestBody::replay(chunks()), get(), ok).await;
+    assert_eq!(seen, b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nabcde");
+    let parts = head(Method::POST, "/", &[]);
+    let (seen, _, _) = exchange(parts, RequestBody::replay(chunks()), get(), ok).await;
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let (_, result, conn) = exchange(
+        head(Method::GET, "/", &[]),
+        RequestBody::replay(Vec::new()),
+        get(),
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
+    )
+    .await;
+    let (head, body) = result.unwrap();
+    assert_eq!(head.parts.status, 200);
+    assert_eq!(body, b"x");
+    assert!(conn.is_reusable());
+}
+
+#[tokio::test]
+async fn a_chunked_body_is_decoded_and_the_connection_stays_reusable() {
+    let (_, result, conn) = exchange(
+        head(Method::GET, "/", &[]),
+        RequestBody::replay(Vec::new()),
+        get(),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(result.unwrap().1, b"hello");
+    assert!(conn.is_reusable());
+}
+
+/// Bytes after the end of a response (a body on a 204, a stray byte) make the connection unfit:
+/// they would be read as the next response.
+#[tokio::test]
+async fn extra_bytes_after_a_response_forbid_reuse() {
+    for reply in [
+        &b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiX",
+    ] {
+        let (_, result, conn) = exchange(
+            head(Method::GET, "/", &[]),
+            RequestBody::replay(Vec::new()),
+            get(),
+            reply,
+        )
+        .await;
+        assert!(result.is_ok());
+        assert!(!conn.is_reusable(), "{:?}", String::from_utf8_lossy(reply));
+    }
+}
+
+#[tokio::test]
+async fn a_head_response_has_no_body_whatever_it_announces() {
+    let asked = Asked {
+        method: Method::HEAD,
+        upgrade: false,
+    };
+    let (_, result, conn) = exchange(
+        head(Method::HEAD, "/", &[]),
+        RequestBody::replay(Vec::new()),
+        asked,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+    )
+    .await;
+    let (head, body) = result.unwrap();
+    assert_eq!(head.parts.headers["content-length"], "1000");
+    assert!(body.is_empty());
+    assert!(conn.is_reusable());
+}
+
+#[tokio::test]
+async fn a_body_without_framing_ends_with_the_connection() {
+    let (_, result, conn) = exchange(
+        head(Method::GET, "/", &[]),
+        RequestBody::replay(Vec::new()),
+        get(),
+        b"HTTP/1.1 200 OK\r\n\r\nall of it",
+    )
+    .await;
+    assert_eq!(result.unwrap().1, b"all of it");
+    assert!(!conn.is_reusable());
+}
+
+#[tokio::test]
+async fn cut_bodies_and_closed_connections_are_errors() {
+    type Expected = fn(&Error) -> bool;
+    let cases: [(&[u8], Expected); 4] = [
+        (b"", |e| matches!(e, Error::Closed)),
+        (b"HTTP/1.1 200 OK\r\ncontent-le", |e| {
+            matches!(e, Error::Malformed(_))
+        }),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", |e| {
+            matches!(e, Error::BodyCut)
+        }),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+            |e| matches!(e, Error::BodyCut),
+        ),
+    ];
+    for (reply, expected) in cases {
+        let (_, result, conn) = exchange(
+            head(Method::GET, "/", &[]),
+            RequestBody::replay(Vec::new()),
+            get(),
+            reply,
+        )
+        .await;
+        let error = result.expect_err("must fail");
+        assert!(
+            expected(&error),
+            "{:?}: {error:?}",
+            String::from_utf8_lossy(reply)
+        );
+        assert!(!conn.is_reusable());
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_bad_lengths_are_malformed() {
+    for reply in [
+        &b"HTTP/1.1 2OO OK\r\n\r\n"[..],
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+    ] {
+        let (_, result, _) = exchange(
+            head(Method::GET, "/", &[]),
+            RequestBody::replay(Vec::new()),
+            get(),
+            reply,
+        )
+        .await;
+        assert!(
+            matches!(result, Err(Error::Malformed(_))),
+            "{:?}",
+            String::from_utf8_lossy(reply)
+        );
+    }
+}
+
+/// A `101` to an upgrade request ends the HTTP exchange; what follows belongs to the tunnel.
+#[tokio::test]
+async fn switching_protocols_hands_over_the_bytes_behind_it() {
+    let (mut conn, mut backend) = pipe();
+    let parts = head(
+        Method::GET,
+        "/ws",
+        &[("connection", "upgrade"), ("upgrade", "websocket")],
+    );
+    let mut sending = conn.start(&parts, RequestBody::replay(Vec::new()));
+    poll_fn(|cx| conn.poll_send(&mut sending, cx))
+        .await
+        .map_err(|_| ())
+        .unwrap();
+    backend
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nframe")
+        .await
+        .unwrap();
+    let asked = Asked {
+        method: Method::GET,
+        upgrade: true,
+    };
+    let head = poll_fn(|cx| conn.poll_head(&asked, cx)).await.unwrap();
+    assert_eq!(head.parts.status, 101);
+    assert!(!conn.is_reusable());
+    let (_, early) = conn.into_tunnel();
+    assert_eq!(early, "frame");
+}
+
+/// A pooled connection the backend closed is noticed before a request is sent on it.
+#[tokio::test]
+async fn an_idle_connection_closed_by_the_backend_is_noticed() {
+    let (mut conn, backend) = pipe();
+    assert!(!conn.closed_while_idle());
+    drop(backend);
+    assert!(conn.closed_while_idle());
+}
+
+/// The body reaches the backend even when it arrives in many small frames; the response is the
+/// request body echoed, frames joined.
+#[tokio::test]
+async fn a_streamed_body_and_response_round_trip() {
+    let chunks: Vec<Bytes> = (0..100)
+        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 100]))
+        .collect();
+    let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let (mut conn, mut backend) = pipe();
+    let parts = head(Method::PUT, "/", &[("content-length", "10000")]);
+    let mut sending = conn.start(&parts, RequestBody::replay(chunks));
+    let backend_task = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let body_start = |seen: &[u8]| {
+            seen.windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4)
+        };
+        while body_start(&seen).is_none_or(|start| seen.len() < start + 10_000) {
+            let n = backend.read(&mut buf).await.unwrap();
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let start = body_start(&seen).unwrap();
+        let body = seen[start..].to_vec();
+        backend
+            .write_all(
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+            )
+            .await
+            .unwrap();
+        backend.write_all(&body).await.unwrap();
+        backend
+    });
+    poll_fn(|cx| conn.poll_send(&mut sending, cx))
+        .await
+        .map_err(|_| ())
+        .unwrap();
+    let _backend = backend_task.await.unwrap();
+    let mut head = poll_fn(|cx| conn.poll_head(&get(), cx)).await.unwrap();
+    let mut body = Vec::new();
+    while let Some(frame) = poll_fn(|cx| conn.poll_body(&mut head.body, cx)).await {
+        body.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    assert_eq!(body, expected);
+    assert!(conn.is_reusable());
+}
