@@ -26,6 +26,7 @@ pub mod chunked;
 pub mod framing;
 
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -50,6 +51,11 @@ const READ_SIZE: usize = 16 * 1024;
 
 /// Body pieces up to this size are copied next to their chunk line, so that one write carries both.
 const COPY_BELOW: usize = 4096;
+
+/// httparse's defaults: strict (no obsolete line folding, no space before a colon).
+fn parser() -> httparse::ParserConfig {
+    httparse::ParserConfig::default()
+}
 
 /// What went wrong on a connection to a backend.
 #[derive(Debug, thiserror::Error)]
@@ -376,9 +382,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// read and dropped; a `101` ends the exchange when the request asked for an upgrade.
     pub fn poll_head(&mut self, asked: &Asked, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut fields);
-            match response.parse(&self.input) {
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            match parser().parse_response_with_uninit_headers(
+                &mut response,
+                &self.input,
+                &mut fields,
+            ) {
                 Ok(httparse::Status::Complete(len)) => {
                     let code = response.code.unwrap_or_default();
                     if (100..200).contains(&code) && !(code == 101 && asked.upgrade) {
@@ -423,10 +433,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// are slices of the head's bytes, not copies.
     fn take_head(&mut self, len: usize, asked: &Asked) -> Result<Head, Error> {
         let bytes = self.input.split_to(len).freeze();
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
         // The same bytes parsed a moment ago: this cannot fail.
-        let _ = parsed.parse(&bytes);
+        let _ = parser().parse_response_with_uninit_headers(&mut parsed, &bytes, &mut fields);
         let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
             .map_err(|_| Error::Malformed("invalid status code"))?;
         let version = match parsed.version {
