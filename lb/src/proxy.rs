@@ -476,9 +476,12 @@ impl<'a> Exchange<'a> {
             upgrade,
         };
         let mut sending = Some(upstream.conn.start(&head, body));
+        // A write that fails is not the end yet: the backend may have answered first (a 413 to an
+        // upload it will not read, then a reset), and that answer is what the client should get.
+        let mut send_failed = None;
         let conn = &mut upstream.conn;
         let result = std::future::poll_fn(|cx| {
-            if let Some(request) = sending.as_mut() {
+            if let (Some(request), None) = (sending.as_mut(), &send_failed) {
                 match conn.poll_send(request, cx) {
                     Poll::Ready(Ok(())) => {
                         sending = None;
@@ -491,25 +494,41 @@ impl<'a> Exchange<'a> {
                             );
                         }
                     }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Err(error)) => send_failed = Some(error),
                     Poll::Pending => {}
                 }
+            }
+            match conn.poll_head(&asked, cx) {
+                Poll::Ready(Ok(head)) => return Poll::Ready(Ok(Some(head))),
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(send_failed.take().unwrap_or(SendError::Backend {
+                        error,
+                        written: true,
+                    })))
+                }
+                Poll::Pending => {}
+            }
+            if let Some(error) = send_failed.take() {
+                return Poll::Ready(Err(error));
             }
             if deadline.armed && deadline.sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(None));
             }
-            conn.poll_head(&asked, cx).map(|head| {
-                head.map(Some).map_err(|error| SendError::Backend {
-                    error,
-                    written: true,
-                })
-            })
+            Poll::Pending
         })
         .await;
         match result {
             Ok(Some(head)) => {
                 // The latency sample the ewma strategy learns from.
                 upstream.backend.load.observe(started.elapsed());
+                if sending.is_some() {
+                    // The backend answered before it had all of the request: what it did not read
+                    // could be taken for the next request on this connection. Not reused.
+                    upstream.conn.forbid_reuse();
+                }
+                if send_failed.is_some() {
+                    sending = None; // the rest of the body cannot go anywhere now
+                }
                 Sent::Answered(Answer {
                     head,
                     upstream,

@@ -5,7 +5,8 @@
 //! if the client reads slowly, we read the backend slowly) or carries a short body `lb` wrote
 //! itself. The backend's body is read straight from the upstream connection by this task (see
 //! `upstream.rs` and `h1/`), so the [`Upstream`] travels inside the body; if the backend answered
-//! before the request body was all sent, the rest of it is sent from here too. It adds the body
+//! before the request body was all sent, the rest of it is sent from here too, for as long as the
+//! response lasts (then the connection is closed: the backend never got all of the request). It adds the body
 //! idle timer (`--body-timeout`) on the backend's side.
 //!
 //! The end of a request is [`Completion::finish`], called by the body where the exchange ends: at
@@ -275,12 +276,16 @@ impl ResponseBody {
                 Poll::Pending => {}
             }
         }
+        let uploading = streamed.sending.is_some();
         match upstream.conn.poll_body(&mut streamed.decoder, cx) {
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
-            Poll::Pending if idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyTimeout {
-                timeout: idle.timeout,
+            // While the upload goes on, a backend may well wait for its end before answering more.
+            Poll::Pending if !uploading && idle.poll_expired(cx) => {
+                Poll::Ready(Some(Err(BodyTimeout {
+                    timeout: idle.timeout,
+                }
+                .into())))
             }
-            .into()))),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -16,7 +16,8 @@
 //! the data without copying it. It refuses what would let two parsers disagree on where the body
 //! ends (the root of response smuggling): a size that is not hex, a size too large for 64 bits,
 //! a chunk not followed by exactly CRLF, a bare LF, an endless extension or trailer section.
-//! [`encode_size`] and [`LAST_CHUNK`] write the coding for request bodies lb sends chunked.
+//! [`encode_size`] and [`LAST_CHUNK`] write the coding for request bodies lb sends chunked (without
+//! trailers: lb does not pass a client's request trailers on, as hyper did not).
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
@@ -29,8 +30,8 @@ const MAX_SIZE_LINE: usize = 4096;
 /// The largest trailer section lb accepts.
 const MAX_TRAILERS: usize = 16 * 1024;
 
-/// At most this many trailer fields.
-const MAX_TRAILER_FIELDS: usize = 32;
+/// At most this many trailer fields (as many as header fields in a head).
+const MAX_TRAILER_FIELDS: usize = 100;
 
 /// Where the decoder is within the chunked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,14 +167,17 @@ impl Decoder {
                 line,
             } => {
                 let line = line + 1;
+                if line > MAX_SIZE_LINE {
+                    return Err(Error::Malformed("chunk size line too long"));
+                }
                 if let Some(digit) = (byte as char).to_digit(16) {
-                    // Sixteen hex digits fill 64 bits; a seventeenth would overflow.
-                    if digits >= 16 {
+                    // Sixteen hex digits fill 64 bits; one more significant digit would overflow.
+                    if value > u64::MAX >> 4 {
                         return Err(Error::Malformed("chunk size too large"));
                     }
                     State::Size {
                         value: value << 4 | u64::from(digit),
-                        digits: digits + 1,
+                        digits: digits.saturating_add(1),
                         line,
                     }
                 } else if digits == 0 {
@@ -226,9 +230,18 @@ impl Decoder {
             return Ok(Decoded::NeedMore);
         };
         let section = buf.split_to(end + 4);
+        // Every line ends in CRLF, and the fields end exactly at the empty line: a bare LF could
+        // make httparse see the section end earlier than we did, and swallow what follows.
+        let bare_lf = section
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (i == 0 || section[i - 1] != b'\r'));
+        if bare_lf {
+            return Err(Error::Malformed("bare LF in the trailer section"));
+        }
         let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
         let parsed = match httparse::parse_headers(&section, &mut fields) {
-            Ok(httparse::Status::Complete((_, parsed))) => parsed,
+            Ok(httparse::Status::Complete((len, parsed))) if len == section.len() => parsed,
             _ => return Err(Error::Malformed("malformed trailer section")),
         };
         let mut trailers = HeaderMap::with_capacity(parsed.len());
@@ -262,18 +275,6 @@ pub fn encode_size(len: usize, out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Append a trailer section (the last chunk, the fields, the empty line) to `out`.
-pub fn encode_trailers(trailers: &HeaderMap, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -370,6 +371,10 @@ mod tests {
             (b"5\rX\nhello", "CR not followed by LF"),
             (b"5;a\x01b\r\nhello", "control character in an extension"),
             (b"0\r\nno colon\r\n\r\n", "malformed trailer"),
+            (
+                b"0\r\nX: 1\n\nHTTP/1.1 200 OK\r\n\r\n",
+                "bare LF in trailers",
+            ),
         ] {
             assert!(decode(input, 1).is_err(), "{why} must be refused");
             assert!(decode(input, input.len()).is_err(), "{why} must be refused");
@@ -398,20 +403,19 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_trailers_are_encoded() {
+    fn sizes_are_encoded() {
         let mut out = Vec::new();
         for len in [0, 1, 15, 16, 255, 4096, usize::MAX] {
             out.clear();
             encode_size(len, &mut out);
             assert_eq!(out, format!("{len:x}\r\n").into_bytes());
         }
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-sum", "42".parse().unwrap());
-        out.clear();
-        encode_trailers(&trailers, &mut out);
-        assert_eq!(out, b"0\r\nx-sum: 42\r\n\r\n");
-        let (_, decoded, done) = decode(&out, 1).unwrap();
-        assert_eq!(decoded.unwrap()["x-sum"], "42");
+    }
+
+    #[test]
+    fn leading_zeros_do_not_count_towards_the_size_limit() {
+        let (body, _, done) = decode(b"000000000000000000005\r\nhello\r\n0\r\n\r\n", 5).unwrap();
+        assert_eq!(body, b"hello");
         assert!(done);
     }
 }

@@ -47,6 +47,15 @@ pub fn response_body(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        // A 204 may not announce a body at all, nor a 304 a coding (RFC 9110 §8.6, RFC 9112
+        // §6.1): a backend that does may send one anyway, which would be read as the next
+        // response. Such a connection is not reused.
+        let announces_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || (status == StatusCode::NO_CONTENT
+                && content_length(headers).map_or(true, |n| n.unwrap_or(0) > 0));
+        if announces_body && *method != Method::HEAD {
+            reusable = false;
+        }
         return Ok(Framing {
             body: ResponseBody::None,
             reusable,
@@ -128,13 +137,16 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     Ok(length)
 }
 
-/// Decimal digits only (no sign, no spaces, no `0x`), within 64 bits.
-fn parse_digits(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 19 {
+/// Decimal digits only (no sign, no spaces, no `0x`; leading zeros are fine), within 64 bits.
+pub fn parse_digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() {
         return None;
     }
     text.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
 }
 
@@ -149,18 +161,17 @@ pub enum RequestBody {
     Chunked,
 }
 
-/// The client's framing, kept where it can be: its `Content-Length` (hyper has checked it
-/// against RFC 9112 §6.3 on the way in) passes on unchanged; a body without one (it came chunked)
-/// is sent chunked; no body and no length, nothing.
-pub fn request_body(headers: &HeaderMap, has_body: bool) -> RequestBody {
-    match headers.get(header::CONTENT_LENGTH) {
-        Some(value) => match parse_digits(value.as_bytes()) {
-            Some(n) => RequestBody::Length(n),
-            None if has_body => RequestBody::Chunked,
-            None => RequestBody::None,
-        },
-        None if has_body => RequestBody::Chunked,
-        None => RequestBody::None,
+/// How the request lb sends is framed. lb always writes the framing header itself (and never
+/// copies the client's `Content-Length` or `Transfer-Encoding`), so the backend can only ever see
+/// one framing: a body of known length (`exact`: hyper checked the client's `Content-Length`, or it
+/// is a kept copy) goes with `Content-Length`, as does an empty body the client announced with
+/// `Content-Length: 0`; a body of unknown length (it came chunked) goes chunked; no body, nothing.
+pub fn request_body(headers: &HeaderMap, exact: Option<u64>, has_body: bool) -> RequestBody {
+    let announced = headers.contains_key(header::CONTENT_LENGTH);
+    match exact {
+        Some(n) if has_body || announced => RequestBody::Length(n),
+        _ if !has_body => RequestBody::None,
+        _ => RequestBody::Chunked,
     }
 }
 
@@ -249,7 +260,15 @@ mod tests {
     /// §6.3 rule 4: an invalid Content-Length is an unrecoverable error (lb answers 502).
     #[test]
     fn invalid_content_length_is_an_error() {
-        for bad in ["-1", "+5", "5 5", "0x10", "abc", "", "99999999999999999999"] {
+        for bad in [
+            "-1",
+            "+5",
+            "5 5",
+            "0x10",
+            "abc",
+            "",
+            "99999999999999999999999",
+        ] {
             assert!(
                 framing(Method::GET, 200, &[("content-length", bad)]).is_err(),
                 "{bad:?} must be refused"
@@ -331,15 +350,68 @@ mod tests {
 
     #[test]
     fn requests_keep_their_length_or_are_chunked() {
+        let length = headers(&[("content-length", "1024")]);
         assert_eq!(
-            request_body(&headers(&[("content-length", "1024")]), true),
+            request_body(&length, Some(1024), true),
             RequestBody::Length(1024)
         );
+        let zero = headers(&[("content-length", "0")]);
+        assert_eq!(request_body(&zero, Some(0), false), RequestBody::Length(0));
         assert_eq!(
-            request_body(&headers(&[("content-length", "0")]), false),
-            RequestBody::Length(0)
+            request_body(&headers(&[]), None, true),
+            RequestBody::Chunked
         );
-        assert_eq!(request_body(&headers(&[]), true), RequestBody::Chunked);
-        assert_eq!(request_body(&headers(&[]), false), RequestBody::None);
+        assert_eq!(
+            request_body(&headers(&[]), Some(0), false),
+            RequestBody::None
+        );
+        // A kept copy of a body that came chunked has a known length: it goes with one.
+        assert_eq!(
+            request_body(&headers(&[]), Some(5), true),
+            RequestBody::Length(5)
+        );
+    }
+
+    #[test]
+    fn lengths_may_have_leading_zeros_but_not_overflow() {
+        assert_eq!(parse_digits(b"00000000000000000005"), Some(5));
+        assert_eq!(parse_digits(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_digits(b"18446744073709551616"), None);
+        assert_eq!(
+            body(
+                Method::GET,
+                200,
+                &[("content-length", "000000000000000000007")]
+            ),
+            ResponseBody::Length(7)
+        );
+    }
+
+    /// A 204 that announces a body (or a 304 a coding) may send one: its connection is not reused.
+    #[test]
+    fn bodiless_statuses_that_announce_a_body_are_not_reused() {
+        let f = framing(Method::GET, 204, &[("content-length", "5")]).unwrap();
+        assert_eq!(f.body, ResponseBody::None);
+        assert!(!f.reusable);
+        assert!(
+            !framing(Method::GET, 304, &[("transfer-encoding", "chunked")])
+                .unwrap()
+                .reusable
+        );
+        assert!(
+            framing(Method::GET, 204, &[("content-length", "0")])
+                .unwrap()
+                .reusable
+        );
+        assert!(
+            framing(Method::GET, 304, &[("content-length", "5")])
+                .unwrap()
+                .reusable
+        );
+        assert!(
+            framing(Method::HEAD, 200, &[("content-length", "5")])
+                .unwrap()
+                .reusable
+        );
     }
 }

@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{request, response, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{header, request, response, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -43,8 +43,11 @@ use framing::ResponseBody as Framed;
 /// At most this many header fields in a response head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 
-/// The largest response head lb reads.
-const MAX_HEAD: usize = 64 * 1024;
+/// The largest response head lb reads (hyper's client limit, about 400 KiB).
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+
+/// At most this many interim (1xx) responses before the final one.
+const MAX_INTERIM: u32 = 16;
 
 /// How much room each read asks for.
 const READ_SIZE: usize = 16 * 1024;
@@ -106,6 +109,8 @@ pub struct Conn<S> {
     tail: &'static [u8],
     /// Bytes of the current request written so far.
     written: u64,
+    /// Interim responses read for the current request.
+    interim: u32,
     reusable: bool,
 }
 
@@ -178,6 +183,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             data: Bytes::new(),
             tail: b"",
             written: 0,
+            interim: 0,
             reusable: true,
         }
     }
@@ -215,8 +221,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// into the output buffer. Nothing is sent until [`Conn::poll_send`].
     pub fn start(&mut self, head: &request::Parts, body: RequestBody) -> Sending {
         let has_body = !body.is_end_stream();
-        let framing = framing::request_body(&head.headers, has_body);
+        let framing = framing::request_body(&head.headers, body.size_hint().exact(), has_body);
         self.written = 0;
+        self.interim = 0;
         self.output.clear();
         self.output_at = 0;
         let out = &mut self.output;
@@ -226,13 +233,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in &head.headers {
+            // The framing is lb's to write (below), never the client's.
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                continue;
+            }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        if framing == framing::RequestBody::Chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        match framing {
+            framing::RequestBody::Length(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa(n, &mut [0; 20]));
+                out.extend_from_slice(b"\r\n");
+            }
+            framing::RequestBody::Chunked => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
+            framing::RequestBody::None => {}
         }
         out.extend_from_slice(b"\r\n");
         let left = match framing {
@@ -302,12 +321,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let chunked = sending.framing == framing::RequestBody::Chunked;
         let data = match frame.into_data() {
             Ok(data) => data,
-            Err(frame) => {
-                // Trailers: only a chunked body can carry them (RFC 9112 §7.1.2).
-                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                    chunked::encode_trailers(&trailers, &mut self.output);
-                    sending.ended = true;
+            Err(_trailers) => {
+                // The client's trailers end its body; they are not passed on (nor were they by
+                // hyper): a backend that merged them into the head could be told anything.
+                if chunked {
+                    self.output.extend_from_slice(chunked::LAST_CHUNK);
                 }
+                sending.ended = true;
                 return Ok(());
             }
         };
@@ -375,6 +395,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         self.output.clear();
         self.output_at = 0;
+        // Let go of the last body piece (a slice of the client's read buffer).
+        self.data = Bytes::new();
+        self.tail = b"";
         Poll::Ready(Ok(()))
     }
 
@@ -391,11 +414,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ) {
                 Ok(httparse::Status::Complete(len)) => {
                     let code = response.code.unwrap_or_default();
-                    if (100..200).contains(&code) && !(code == 101 && asked.upgrade) {
+                    if code == 101 && !asked.upgrade {
+                        self.reusable = false;
+                        return Poll::Ready(Err(Error::Malformed(
+                            "101 Switching Protocols to a request that asked for no upgrade",
+                        )));
+                    }
+                    if (100..200).contains(&code) && code != 101 {
+                        self.interim += 1;
+                        if self.interim > MAX_INTERIM {
+                            self.reusable = false;
+                            return Poll::Ready(Err(Error::Malformed(
+                                "too many interim responses",
+                            )));
+                        }
                         self.input.advance(len);
                         continue;
                     }
-                    return Poll::Ready(self.take_head(len, asked));
+                    let head = self.take_head(len, asked);
+                    if head.is_err() {
+                        self.reusable = false;
+                    }
+                    return Poll::Ready(head);
                 }
                 Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
                     self.reusable = false;
@@ -556,6 +596,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.reusable = false;
         Ok(response.parts)
     }
+}
+
+/// `n` in decimal, written into `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 #[cfg(test)]

@@ -360,3 +360,52 @@ fn a_client_that_gives_up_before_the_answer_is_logged_once_as_499() {
     assert_eq!(line["path"], "/api/v1/delay", "{line}");
     assert_eq!(lb.exact_log_lines(1).len(), 1);
 }
+
+/// A backend that refuses an upload at once (`413` while the body is still coming, then it closes
+/// without reading the body, which resets the connection under lb's writes) has still answered:
+/// the client gets that 413, not a 502 for the broken write, and the connection is not reused.
+/// (The backend closes a little after its answer, as servers do, so that its answer is read
+/// before its reset: a reset that overtakes an answer destroys it in the kernel, for any proxy.)
+#[test]
+fn an_early_answer_to_an_upload_reaches_the_client() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let answer: &[u8] = if head.starts_with(b"PUT") {
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            };
+            let _ = stream.write_all(answer);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            std::thread::sleep(Duration::from_millis(200));
+            // Dropped with the upload unread in its buffer: the kernel answers lb's next bytes
+            // with a reset.
+        }
+    });
+    let lb = Lb::start(vec![rule("/", backend_addr)]);
+
+    let mut conn = RawClient::connect(lb.addr);
+    let length = 8 * 1024 * 1024;
+    conn.send(
+        format!("PUT /up HTTP/1.1\r\nHost: lb.test\r\nContent-Length: {length}\r\n\r\n").as_bytes(),
+    );
+    let chunk = vec![b'u'; 64 * 1024];
+    for _ in 0..length / chunk.len() {
+        conn.send(&chunk);
+    }
+    let response = conn.response(false).expect("an answer to the upload");
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(response.text(), "too large");
+    assert_eq!(get(lb.addr, "/after").status.as_u16(), 200);
+    let lines = lb.exact_log_lines(2);
+    assert_log_line(&lines[0], "PUT", "/up", &backend_addr.to_string());
+}

@@ -192,6 +192,29 @@ fn cases() -> Vec<Case> {
             OPEN,
             &["GET /lf"],
         ),
+        // A length with leading zeros is still one valid length (RFC 9110 §8.6): the backend gets
+        // the body with one framing header, lb's own (a second one would be the smuggling shape).
+        Case {
+            body: Some(b"hello"),
+            ..case(
+                "Content-Length with leading zeros",
+                post!("Content-Length: 00000000000000000005\r\n\r\nhello"),
+                &[200],
+                OPEN,
+                &["POST /"],
+            )
+        },
+        // Trailer fields end a chunked body; lb does not pass them on, and the body arrives whole.
+        Case {
+            body: Some(b"hello"),
+            ..case(
+                "chunked request with trailer fields",
+                post!("Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: 1\r\n\r\n"),
+                &[200],
+                OPEN,
+                &["POST /"],
+            )
+        },
         // --- Content-Length and Transfer-Encoding together (RFC 9112 §6.3 item 3). Both 400 and
         // "forward with Transfer-Encoding only, then close" are allowed; hyper does the latter:
         // it drops Content-Length, de-chunks, and marks the connection not reusable, so the bytes
