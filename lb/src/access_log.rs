@@ -19,6 +19,7 @@
 //! per line cost every request a system call and two context switches, more than the rest of its
 //! user-space path (`lb/benches/request_path.rs`); `-l -` still shows each line within a blink.
 
+use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -51,12 +52,12 @@ pub struct Record {
     pub client: SocketAddr,
     pub method: Method,
     /// The request target as the client sent it (the log's path is this without the query).
-    pub target: String,
+    pub target: Target,
     pub version: Version,
     /// `http`, or `https` behind `-s`.
     pub scheme: &'static str,
     /// `None` when no rule matched (`backend=not defined`).
-    pub backend: Option<String>,
+    pub backend: Option<Arc<str>>,
     pub status: u16,
     pub bytes: u64,
     pub duration: Duration,
@@ -85,14 +86,7 @@ impl Record {
             unix_time: if logged { unix_now() } else { 0 },
             client,
             method: request.method().clone(),
-            target: if logged {
-                request
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| request.uri().to_string(), |p| p.to_string())
-            } else {
-                String::new()
-            },
+            target: Target::Uri(request.uri().clone()),
             version: request.version(),
             scheme,
             backend: None,
@@ -113,7 +107,7 @@ impl Record {
             unix_time: unix_now(),
             client,
             method: Method::from_bytes(b"-").unwrap_or_default(),
-            target: "-".to_string(),
+            target: Target::Unknown,
             version: Version::HTTP_11,
             scheme: "http",
             backend: None,
@@ -125,8 +119,33 @@ impl Record {
         }
     }
 
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
+    pub fn path(&self) -> Cow<'_, str> {
+        match self.target.text() {
+            Cow::Borrowed(text) => Cow::Borrowed(text.split('?').next().unwrap_or("")),
+            Cow::Owned(text) => Cow::Owned(text.split('?').next().unwrap_or("").to_string()),
+        }
+    }
+}
+
+/// A request's target, kept as the request's own (shared) bytes: no copy per request.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Uri(http::Uri),
+    /// The head was refused before its target was known.
+    Unknown,
+}
+
+impl Target {
+    /// The target as the client wrote it: `/path?query` (origin and absolute form alike: the
+    /// log shows the path), or the whole target for the other forms (`host:443`, `*`).
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Target::Uri(uri) => match uri.path_and_query() {
+                Some(p) => Cow::Borrowed(p.as_str()),
+                None => Cow::Owned(uri.to_string()),
+            },
+            Target::Unknown => Cow::Borrowed("-"),
+        }
     }
 }
 
@@ -263,6 +282,7 @@ pub fn format_line(format: LogFormat, r: &Record) -> String {
         LogFormat::Mongoose => {
             // Built by hand: `format!` costs twice as much, on every request.
             let (method, path) = (r.method.as_str(), r.path());
+            let path: &str = &path;
             let mut line = String::with_capacity(32 + method.len() + path.len() + backend.len());
             line.push_str(itoa(r.unix_time, &mut [0; 20]));
             line.push(' ');
@@ -279,7 +299,7 @@ pub fn format_line(format: LogFormat, r: &Record) -> String {
             r.client.ip(),
             clf_time(r.unix_time),
             r.method,
-            r.target,
+            r.target.text(),
             r.version,
             r.status,
             r.bytes,
@@ -295,11 +315,11 @@ pub fn format_line(format: LogFormat, r: &Record) -> String {
                 "scheme": r.scheme,
                 "method": r.method.as_str(),
                 "path": r.path(),
-                "target": r.target,
+                "target": r.target.text(),
                 "status": r.status,
                 "bytes": r.bytes,
                 "duration_ms": (r.duration.as_secs_f64() * 1e6).round() / 1e3,
-                "backend": r.backend,
+                "backend": r.backend.as_deref(),
                 "user_agent": r.user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             })
             .to_string();
@@ -373,7 +393,7 @@ mod tests {
             unix_time: 1_465_822_060,
             client: "127.0.0.1:5555".parse().unwrap(),
             method: Method::GET,
-            target: "/index.html?q=1".into(),
+            target: Target::Uri(http::Uri::from_static("/index.html?q=1")),
             version: Version::HTTP_11,
             scheme: "http",
             backend: Some("127.0.0.1:8910".into()),

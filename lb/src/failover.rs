@@ -83,7 +83,7 @@ impl<'g> Walk<'g> {
         let view = View { group, backends };
         let why = group.selection.order(request, &view, &mut order);
         if trace.is_enabled() {
-            let name = |slot: usize| view.backend(slot).map_or("?", |b| b.name.as_str());
+            let name = |slot: usize| view.backend(slot).map_or("?", |b| &*b.name);
             trace.event(4, number, format_args!("pick: {}", why.named(name)));
         }
         let retries = retries.unwrap_or(group.members.len().saturating_sub(1));

@@ -114,7 +114,7 @@ impl Balancer {
         };
         let mut backends: Vec<Arc<Backend>> = Vec::new();
         for rule in &config.rules {
-            if backends.iter().any(|b| b.name == rule.backend) {
+            if backends.iter().any(|b| *b.name == *rule.backend) {
                 continue;
             }
             let addr = rule.backend.to_socket_addrs()?.next().ok_or_else(|| {
@@ -135,7 +135,7 @@ impl Balancer {
         }
         let router = Router::new(
             &config.rules,
-            |name| backends.iter().position(|b| b.name == name).unwrap_or(0),
+            |name| backends.iter().position(|b| *b.name == *name).unwrap_or(0),
             &config.balance,
             &config.balance_settings,
         );

@@ -192,16 +192,25 @@ impl<'a> Exchange<'a> {
             armed: false,
         };
         let mut unsent = Some(outgoing);
+        let mut first = true;
         loop {
             self.completion.backend = Some(to.backend.clone());
-            let target = self.target(to.group, to.member, to.original)?;
             let outgoing = match unsent.take() {
-                Some(outgoing) => outgoing.aimed_at(target, &to.backend.name),
-                None => replay
-                    .as_ref()
-                    .and_then(|r| r.again(target, &to.backend.name))
-                    .ok_or_else(|| walk.gave_up())?,
+                // `forward` aimed it at the first member already.
+                Some(outgoing) if first => outgoing,
+                Some(outgoing) => outgoing.aimed_at(
+                    self.target(to.group, to.member, to.original)?,
+                    &to.backend.name,
+                ),
+                None => {
+                    let target = self.target(to.group, to.member, to.original)?;
+                    replay
+                        .as_ref()
+                        .and_then(|r| r.again(target, &to.backend.name))
+                        .ok_or_else(|| walk.gave_up())?
+                }
             };
+            first = false;
             // In flight on this backend (what least-conn and p2c compare) until the body ends.
             let in_flight = to.backend.load.clone().start_owned();
             match self
@@ -273,7 +282,15 @@ impl<'a> Exchange<'a> {
         member: &Member,
         original: &PathAndQuery,
     ) -> Result<Uri, ProxyError> {
-        rewrite(&group.prefix, &member.replacement, original.as_str())
+        let path = original.as_str();
+        if member.replacement == group.prefix
+            && path.starts_with(&*group.prefix)
+            && path.starts_with('/')
+        {
+            // `-b /api backend` (no `=REPLACEMENT`): the target stays as it is, without a copy.
+            return Ok(Uri::from(original.clone()));
+        }
+        rewrite(&group.prefix, &member.replacement, path)
             .parse()
             .map_err(|_| ProxyError::BadRequest("request target cannot be rewritten"))
     }
@@ -374,7 +391,7 @@ impl<'a> Exchange<'a> {
     ) -> Result<Upstream, ConnectError> {
         // An upgrade (WebSocket) gets a connection of its own: it becomes a tunnel.
         let connected = if upgrade || fresh_only {
-            backend.connect().await
+            Box::pin(backend.connect()).await // boxed: see `Backend::checkout`
         } else {
             backend.checkout().await
         };
@@ -440,7 +457,7 @@ impl<'a> Exchange<'a> {
             self.mark_down(backend, &why);
         }
         Attempt::Lost(ProxyError::Upstream {
-            backend: backend.name.clone(),
+            backend: backend.name.to_string(),
             what: why,
             source: error,
         })
@@ -536,7 +553,7 @@ impl<'a> Exchange<'a> {
                 })
             }
             Ok(None) => Sent::Fatal(ProxyError::ResponseTimeout {
-                backend: upstream.backend.name.clone(),
+                backend: upstream.backend.name.to_string(),
                 timeout,
             }),
             Err(SendError::Client(error)) => Sent::Fatal(client_body_error(error)),
@@ -673,7 +690,7 @@ impl Sent {
     fn failed(error: h1::Error, upstream: &Upstream) -> Sent {
         match error {
             h1::Error::Malformed(_) => Sent::Fatal(ProxyError::Upstream {
-                backend: upstream.backend.name.clone(),
+                backend: upstream.backend.name.to_string(),
                 what: "sent a malformed response".into(),
                 source: error,
             }),

@@ -139,8 +139,9 @@ impl AsyncWrite for Stream {
 /// One backend server and its pool of idle connections.
 #[derive(Debug)]
 pub struct Backend {
-    /// The address as written on the command line (`127.0.0.1:8910`): what logs show.
-    pub name: String,
+    /// The address as written on the command line (`127.0.0.1:8910`): what logs show (shared, so
+    /// that each request's log record takes it without a copy).
+    pub name: Arc<str>,
     addr: SocketAddr,
     pub health: Health,
     /// Requests in flight and the latency estimate, shared by every worker and group (`pick/`).
@@ -243,7 +244,7 @@ impl Backend {
         connector: Connector,
     ) -> Self {
         Backend {
-            name,
+            name: name.into(),
             addr,
             health: Health::default(),
             load: Arc::new(load),
@@ -276,7 +277,10 @@ impl Backend {
                 user: idle.user,
             });
         }
-        self.connect().await
+        // Boxed: connecting (DNS-free, but a TCP connect under a timeout) is a large future, and
+        // every request's future would carry its size (and copy it) although most reuse a pooled
+        // connection.
+        Box::pin(self.connect()).await
     }
 
     /// Open a new connection (see [`Connector`]).
@@ -290,7 +294,7 @@ impl Backend {
         let user = self.dump.is_enabled().then(Arc::default);
         let stream = Tapped::new(stream, &self.dump, || Leg::Backend {
             id,
-            backend: self.name.clone(),
+            backend: self.name.to_string(),
             user: user.clone().unwrap_or_default(),
         });
         Ok(Upstream {
@@ -309,13 +313,13 @@ impl Backend {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => {
                 return Err(ConnectError::Io {
-                    backend: self.name.clone(),
+                    backend: self.name.to_string(),
                     source,
                 })
             }
             Err(_) => {
                 return Err(ConnectError::Timeout {
-                    backend: self.name.clone(),
+                    backend: self.name.to_string(),
                     timeout,
                 })
             }

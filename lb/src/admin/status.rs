@@ -199,7 +199,7 @@ fn backend_status(backend: &Backend, balancer: &Balancer, now_unix_ms: u64) -> B
     let (recent, p50_ms, p99_ms) = stats.window.summary(now_s, RECENT_SECONDS);
     let in_flight = backend.load.in_flight();
     BackendStatus {
-        name: backend.name.clone(),
+        name: backend.name.to_string(),
         state: state.as_str(),
         state_since_unix_ms,
         in_flight,

@@ -483,7 +483,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(1) => http::Version::HTTP_11,
             _ => http::Version::HTTP_10,
         };
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        // One spare slot: the `Via` lb adds on the way to the client (`forward::response`).
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| Error::Malformed("invalid header name"))?;
