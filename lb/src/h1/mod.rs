@@ -232,9 +232,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        // The framing is lb's to write, never the client's: its `Content-Length` (where the
+        // client had one, so the head keeps its order) or `Transfer-Encoding: chunked` (last).
+        let mut length_written = false;
         for (name, value) in &head.headers {
-            // The framing is lb's to write (below), never the client's.
             if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                if let (framing::RequestBody::Length(n), false) = (framing, length_written) {
+                    write_length(out, n);
+                    length_written = true;
+                }
                 continue;
             }
             out.extend_from_slice(name.as_str().as_bytes());
@@ -243,15 +249,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             out.extend_from_slice(b"\r\n");
         }
         match framing {
-            framing::RequestBody::Length(n) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa(n, &mut [0; 20]));
-                out.extend_from_slice(b"\r\n");
-            }
+            framing::RequestBody::Length(n) if !length_written => write_length(out, n),
             framing::RequestBody::Chunked => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             }
-            framing::RequestBody::None => {}
+            _ => {}
         }
         out.extend_from_slice(b"\r\n");
         let left = match framing {
@@ -597,6 +599,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.reusable = false;
         Ok(response.parts)
     }
+}
+
+/// `content-length: N` and its line end.
+fn write_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa(n, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `n` in decimal, written into `buf`.
