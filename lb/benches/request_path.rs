@@ -1,8 +1,8 @@
 //! The user-space cost of one request through `lb`, without the kernel.
 //!
 //! Each case serves a client connection with lb's real request path ([`lb::accept::serve_stream`]:
-//! hyper's server, the watchdog, routing, the pick, the pool, the rewritten head, the relay, the
-//! access log line) over an in-memory pipe (`tokio::io::duplex`) instead of a socket, and reaches
+//! hyper's server, the watchdog, routing, the pick, the pool, the rewritten head, lb's backend codec
+//! (`h1`), the relay, the access log line) over an in-memory pipe (`tokio::io::duplex`) instead of a socket, and reaches
 //! its one backend through another pipe ([`lb::upstream::Connector::Memory`]). The client and the
 //! backend at the pipes' other ends are as small as they can be: the client writes fixed request
 //! bytes and reads until the response's `content-length` is in; the backend reads a head (and a
