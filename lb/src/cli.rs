@@ -115,7 +115,8 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
 
-    /// Abort a request or response body that moves no byte for this long.
+    /// Abort a request or response body that moves no byte for this long (a client that stops
+    /// sending gets 408; a backend that stops taking the request body, 504).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     body_timeout: Duration,
 

@@ -21,6 +21,10 @@ pub enum ProxyError {
     /// Every attempt the retry rules allowed failed before a response (see `retry.rs`).
     #[error("gave up after {attempts} attempt(s) (last error: {last})")]
     GaveUp { attempts: usize, last: String },
+    /// The backend stopped taking the request body: not a byte written for this long (its
+    /// socket full), nginx's `proxy_send_timeout`.
+    #[error("backend {backend} took no byte of the request body for {timeout:?} (--body-timeout)")]
+    SendTimeout { backend: String, timeout: Duration },
     /// The backend accepted the request but did not send a response head in time.
     #[error("backend {backend} sent no response within {timeout:?}")]
     ResponseTimeout { backend: String, timeout: Duration },

@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
 use crate::access_log::Record;
+use crate::body::IdleTimer;
 use crate::downstream::ConnInfo;
 use crate::error::{BoxError, ClientBodyError, ConnectError, ProxyError};
 use crate::failover::Walk;
@@ -496,6 +497,9 @@ impl<'a> Exchange<'a> {
         // A write that fails is not the end yet: the backend may have answered first (a 413 to an
         // upload it will not read, then a reset), and that answer is what the client should get.
         let mut send_failed = None;
+        // A backend that stops reading the body (its socket full) must not hold the request
+        // forever: `--body-timeout` applies to our writes too.
+        let mut stalled = WriteStall::new(self.balancer.timeouts.body_idle);
         let conn = &mut upstream.conn;
         let result = std::future::poll_fn(|cx| {
             if let (Some(request), None) = (sending.as_mut(), &send_failed) {
@@ -512,11 +516,14 @@ impl<'a> Exchange<'a> {
                         }
                     }
                     Poll::Ready(Err(error)) => send_failed = Some(error),
+                    Poll::Pending if stalled.expired(conn, cx) => {
+                        return Poll::Ready(Ok(Waited::Stalled));
+                    }
                     Poll::Pending => {}
                 }
             }
             match conn.poll_head(&asked, cx) {
-                Poll::Ready(Ok(head)) => return Poll::Ready(Ok(Some(head))),
+                Poll::Ready(Ok(head)) => return Poll::Ready(Ok(Waited::Head(head))),
                 Poll::Ready(Err(error)) => {
                     return Poll::Ready(Err(send_failed.take().unwrap_or(SendError::Backend {
                         error,
@@ -529,13 +536,13 @@ impl<'a> Exchange<'a> {
                 return Poll::Ready(Err(error));
             }
             if deadline.armed && deadline.sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(None));
+                return Poll::Ready(Ok(Waited::TimedOut));
             }
             Poll::Pending
         })
         .await;
         match result {
-            Ok(Some(head)) => {
+            Ok(Waited::Head(head)) => {
                 // The latency sample the ewma strategy learns from.
                 upstream.backend.load.observe(started.elapsed());
                 if sending.is_some() {
@@ -552,9 +559,13 @@ impl<'a> Exchange<'a> {
                     sending,
                 })
             }
-            Ok(None) => Sent::Fatal(ProxyError::ResponseTimeout {
+            Ok(Waited::TimedOut) => Sent::Fatal(ProxyError::ResponseTimeout {
                 backend: upstream.backend.name.to_string(),
                 timeout,
+            }),
+            Ok(Waited::Stalled) => Sent::Fatal(ProxyError::SendTimeout {
+                backend: upstream.backend.name.to_string(),
+                timeout: stalled.timer.timeout,
             }),
             Err(SendError::Client(error)) => Sent::Fatal(client_body_error(error)),
             Err(SendError::Backend {
@@ -641,6 +652,49 @@ struct Target<'g, 'o> {
     backend: Arc<Backend>,
     /// The client's path and query, before `PREFIX=REPLACEMENT`.
     original: &'o PathAndQuery,
+}
+
+/// How long a backend has not been taking the request body: runs only while a write waits for
+/// the backend's socket (not while lb waits for the client's next bytes), from when it started
+/// waiting or last took a byte.
+struct WriteStall {
+    timer: IdleTimer,
+    /// Bytes written when last looked, and whether a write was waiting then.
+    written: u64,
+    waiting: bool,
+}
+
+impl WriteStall {
+    fn new(timeout: std::time::Duration) -> Self {
+        WriteStall {
+            timer: IdleTimer::new(timeout),
+            written: 0,
+            waiting: false,
+        }
+    }
+
+    /// After a `poll_send` that returned `Pending`: has the backend taken nothing for too long?
+    fn expired(&mut self, conn: &crate::upstream::Conn, cx: &mut std::task::Context<'_>) -> bool {
+        if !conn.is_write_blocked() {
+            self.waiting = false;
+            return false;
+        }
+        if !self.waiting || conn.written() != self.written {
+            self.waiting = true;
+            self.written = conn.written();
+            self.timer.progress();
+        }
+        self.timer.poll_expired(cx)
+    }
+}
+
+/// How waiting for a response head ended, short of an error.
+enum Waited {
+    Head(h1::Head),
+    /// `--response-timeout` passed after the request was sent.
+    TimedOut,
+    /// The backend took no byte of the request body for `--body-timeout`.
+    Stalled,
 }
 
 /// A backend's answer: its head, the connection its body follows on, and what is left of the

@@ -20,7 +20,9 @@ pub fn status_for(error: &ProxyError) -> StatusCode {
         ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
         ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
         ProxyError::AllBackendsDown { .. } | ProxyError::GaveUp { .. } => StatusCode::BAD_GATEWAY,
-        ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        ProxyError::ResponseTimeout { .. } | ProxyError::SendTimeout { .. } => {
+            StatusCode::GATEWAY_TIMEOUT
+        }
         ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
     }
 }
@@ -31,7 +33,7 @@ pub fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     let mut response = text(status, format!("{error}\n"));
     if matches!(
         error,
-        ProxyError::BadRequest(_) | ProxyError::ClientBody { .. }
+        ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } | ProxyError::SendTimeout { .. }
     ) {
         // After a malformed or unfinished request we cannot trust where the next one starts:
         // close (RFC 9112 §9.6).

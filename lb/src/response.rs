@@ -266,7 +266,12 @@ impl ResponseBody {
             return Poll::Ready(None);
         };
         if let Some(sending) = streamed.sending.as_mut() {
-            match upstream.conn.poll_send(sending, cx) {
+            let written = upstream.conn.written();
+            let polled = upstream.conn.poll_send(sending, cx);
+            if upstream.conn.written() != written {
+                idle.progress(); // the upload moving counts as the exchange moving
+            }
+            match polled {
                 Poll::Ready(Ok(())) => streamed.sending = None,
                 Poll::Ready(Err(_)) => {
                     // The backend has answered already; it stops hearing the rest of the request.
@@ -276,16 +281,14 @@ impl ResponseBody {
                 Poll::Pending => {}
             }
         }
-        let uploading = streamed.sending.is_some();
         match upstream.conn.poll_body(&mut streamed.decoder, cx) {
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
-            // While the upload goes on, a backend may well wait for its end before answering more.
-            Poll::Pending if !uploading && idle.poll_expired(cx) => {
-                Poll::Ready(Some(Err(BodyTimeout {
-                    timeout: idle.timeout,
-                }
-                .into())))
+            // Neither the response nor the rest of the upload moved for `--body-timeout`. (While
+            // the upload moves, a backend may well wait for its end before answering more.)
+            Poll::Pending if idle.poll_expired(cx) => Poll::Ready(Some(Err(BodyTimeout {
+                timeout: idle.timeout,
             }
+            .into()))),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -11,6 +11,7 @@
 //!   sent, then reset/closed before a response retry, if body kept whole  502: it may have arrived
 //!   response head arrived (any status)        never: it is the answer    never
 //!   no response head within --response-timeout 504                       504
+//!   backend takes no body byte for --body-timeout 504                     504
 //! ```
 //!
 //! A request is *idempotent* when sending it twice has the same effect as sending it once (GET,

@@ -193,6 +193,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.reusable && self.input.is_empty() && self.output_pending() == 0
     }
 
+    /// Bytes of the current request written so far: a change means the backend took some.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The last `poll_send` is waiting for the socket (the backend is not reading), not for the
+    /// client's body.
+    pub fn is_write_blocked(&self) -> bool {
+        self.output_pending() > 0
+    }
+
     /// Something went wrong mid-exchange: this connection must not be reused.
     pub fn forbid_reuse(&mut self) {
         self.reusable = false;

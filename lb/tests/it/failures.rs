@@ -409,3 +409,57 @@ fn an_early_answer_to_an_upload_reaches_the_client() {
     let lines = lb.exact_log_lines(2);
     assert_log_line(&lines[0], "PUT", "/up", &backend_addr.to_string());
 }
+
+/// A backend that stops reading a request body (its socket fills up, lb's writes wait) does not
+/// hold the request forever: after `--body-timeout` without a byte taken, the client gets 504 and
+/// lb closes the connection (nginx's `proxy_send_timeout`).
+#[test]
+fn a_backend_that_stops_reading_the_body_gets_504_after_the_body_timeout() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let (keep, kept) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let _ = keep.send(stream); // kept open, never read again
+    });
+    let lb = Lb::start_with(vec![rule("/", backend_addr)], |config| {
+        config.timeouts.body_idle = Duration::from_millis(500);
+    });
+
+    let mut client = std::net::TcpStream::connect(lb.addr).unwrap();
+    let length = 256 * 1024 * 1024;
+    let mut writer = client.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let head = format!("PUT /up HTTP/1.1\r\nHost: lb.test\r\nContent-Length: {length}\r\n\r\n");
+        let _ = writer.write_all(head.as_bytes());
+        let chunk = vec![b'u'; 256 * 1024];
+        for _ in 0..length / chunk.len() {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text:?} after {took:?}");
+    assert!(took < Duration::from_secs(5), "the 504 came after {took:?}");
+    drop(kept);
+}
