@@ -298,4 +298,10 @@ impl RawClient {
     pub fn unread(&self) -> &[u8] {
         &self.buf
     }
+
+    /// The socket itself, for what follows HTTP on it (a tunnel after `101`); take
+    /// [`RawClient::unread`] first.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
 }

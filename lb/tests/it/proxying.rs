@@ -358,3 +358,63 @@ fn a_parked_keep_alive_connection_answers_its_next_requests_in_order() {
         "a long head held across the pause"
     );
 }
+
+/// `Upgrade` (WebSocket and the like): the backend's `101 Switching Protocols` reaches the client
+/// with its `Upgrade` and `Connection` headers, then lb copies bytes both ways, starting with the
+/// ones the backend sent in the same write as its `101` head.
+#[test]
+fn an_upgraded_connection_becomes_a_tunnel_both_ways() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        let _ = stream.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello from the backend;",
+        );
+        // Then echo whatever comes, upper-cased, until the client goes.
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            let _ = stream.write_all(&buf[..n].to_ascii_uppercase());
+        }
+    });
+    let lb = Lb::start(vec![rule("/", backend_addr)]);
+
+    let mut client = RawClient::connect(lb.addr);
+    client.send(
+        b"GET /chat HTTP/1.1\r\nHost: lb.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    let head = client.head().expect("a 101 head");
+    assert_eq!(head.status, 101);
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    let mut tunnel = Vec::from(client.unread());
+    let mut stream = client.into_stream();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 1024];
+    let early = b"hello from the backend;";
+    while tunnel.len() < early.len() {
+        let n = stream.read(&mut buf).expect("the backend's first bytes");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&tunnel));
+        tunnel.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(tunnel, early);
+    for word in ["ping", "pong"] {
+        stream.write_all(word.as_bytes()).unwrap();
+        let mut echoed = Vec::new();
+        while echoed.len() < word.len() {
+            let n = stream.read(&mut buf).expect("the echo");
+            assert!(n > 0, "the tunnel closed");
+            echoed.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(echoed, word.to_ascii_uppercase().as_bytes());
+    }
+}
