@@ -141,7 +141,10 @@ impl Target {
     pub fn text(&self) -> Cow<'_, str> {
         match self {
             Target::Uri(uri) => match uri.path_and_query() {
-                Some(p) => Cow::Borrowed(p.as_str()),
+                // `http://host?q` keeps `?q` as its path and query: shown as `/?q`, as the
+                // request line's path would be.
+                Some(p) if p.as_str().starts_with(['/', '*']) => Cow::Borrowed(p.as_str()),
+                Some(p) => Cow::Owned(p.to_string()),
                 None => Cow::Owned(uri.to_string()),
             },
             Target::Unknown => Cow::Borrowed("-"),
@@ -429,5 +432,27 @@ mod tests {
         assert_eq!(json["status"], 200);
         assert_eq!(json["path"], "/index.html");
         assert_eq!(json["backend"], "127.0.0.1:8910");
+    }
+
+    /// The target as the request line had it, whatever its form: origin, absolute (its path and
+    /// query; `/` when the path is empty), authority (`host:port`), asterisk; `-` when unknown.
+    #[test]
+    fn every_target_form_is_logged_as_before() {
+        for (uri, text, path) in [
+            ("/a/b?q=1", "/a/b?q=1", "/a/b"),
+            ("http://example.com/x?y", "/x?y", "/x"),
+            ("http://example.com?q=1", "/?q=1", "/"),
+            ("http://example.com", "/", "/"),
+            ("example.com:443", "example.com:443", "example.com:443"),
+            ("*", "*", "*"),
+        ] {
+            let mut r = record();
+            r.target = Target::Uri(uri.parse().unwrap());
+            assert_eq!(r.target.text(), text, "{uri}");
+            assert_eq!(r.path(), path, "{uri}");
+        }
+        let mut r = record();
+        r.target = Target::Unknown;
+        assert_eq!(r.target.text(), "-");
     }
 }

@@ -4,8 +4,10 @@
 //! A proxy is two HTTP connections glued together, so headers that describe *one connection* must
 //! not cross over (RFC 9110 §7.6.1): `Connection` and every header it lists, `Keep-Alive`,
 //! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate` and
-//! `Proxy-Authorization`. hyper re-frames each side itself (Content-Length or chunked), so dropping
-//! `Transfer-Encoding` is safe: the body is re-encoded on the way out.
+//! `Proxy-Authorization`. Each side is framed anew on the way out (hyper's server towards the client,
+//! `h1` towards the backend, each writing its own Content-Length or chunked), so dropping
+//! `Transfer-Encoding` is safe. `Host` stays even if `Connection` names it: it says which site is
+//! asked for, not anything about the connection.
 //!
 //! What we add: `X-Forwarded-For` (the client address appended to any list the client sent; lb does
 //! not trust or interpret inbound values, it only extends them), `X-Forwarded-Proto: http` (or
@@ -105,6 +107,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| name != header::HOST)
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -222,6 +225,19 @@ mod tests {
             p.headers["host"], "b:1",
             "a missing Host is filled in with the backend"
         );
+    }
+
+    /// `Connection: host` must not make lb drop the client's Host (and put a backend's name in).
+    #[test]
+    fn host_named_in_connection_is_kept() {
+        let mut p = parts(&[
+            ("host", "site.test"),
+            ("connection", "host, x-a"),
+            ("x-a", "1"),
+        ]);
+        forward_to_b1(&mut p);
+        assert_eq!(p.headers["host"], "site.test");
+        assert!(!p.headers.contains_key("x-a"));
     }
 
     #[test]

@@ -515,6 +515,11 @@ impl<'a> Exchange<'a> {
                             );
                         }
                     }
+                    // Not a byte left: whatever the connection holds is not an answer to this
+                    // request (a stale `408` before a close, say); it goes elsewhere untouched.
+                    Poll::Ready(Err(error @ SendError::Backend { written: false, .. })) => {
+                        return Poll::Ready(Err(error))
+                    }
                     Poll::Ready(Err(error)) => send_failed = Some(error),
                     Poll::Pending if stalled.expired(conn, cx) => {
                         return Poll::Ready(Ok(Waited::Stalled));

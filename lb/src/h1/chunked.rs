@@ -229,6 +229,9 @@ impl Decoder {
             }
             return Ok(Decoded::NeedMore);
         };
+        if end + 4 > MAX_TRAILERS {
+            return Err(Error::Malformed("trailer section too large"));
+        }
         let section = buf.split_to(end + 4);
         // Every line ends in CRLF, and the fields end exactly at the empty line: a bare LF could
         // make httparse see the section end earlier than we did, and swallow what follows.

@@ -5,8 +5,9 @@
 //! sitting. One exchange on a [`Conn`] goes:
 //!
 //! 1. [`Conn::start`] writes the request head into the connection's output buffer: request line,
-//!    the (already rewritten) header fields, and the framing of the body ([`framing::request_body`]:
-//!    the client's `Content-Length` kept, or `Transfer-Encoding: chunked`);
+//!    the (already rewritten) header fields, and the framing of the body, always lb's own
+//!    ([`framing::request_body`]: `Content-Length` when the body's length is known, else
+//!    `Transfer-Encoding: chunked`; the client's framing headers are never copied);
 //! 2. [`Conn::poll_send`] writes the head and then the body as the client's frames arrive, as a
 //!    length-delimited run of bytes or as chunks ([`chunked`]);
 //! 3. meanwhile [`Conn::poll_head`] reads the response head (a backend may answer before it has
@@ -46,8 +47,9 @@ const MAX_HEADERS: usize = 100;
 /// The largest response head lb reads (hyper's client limit, about 400 KiB).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 
-/// At most this many interim (1xx) responses before the final one.
-const MAX_INTERIM: u32 = 16;
+/// At most this many bytes of interim (1xx) responses before the final one (a backend may send
+/// `102 Processing` every few seconds through a long operation: thousands are fine, endless is not).
+const MAX_INTERIM: usize = MAX_HEAD;
 
 /// How much room each read asks for.
 const READ_SIZE: usize = 16 * 1024;
@@ -109,8 +111,8 @@ pub struct Conn<S> {
     tail: &'static [u8],
     /// Bytes of the current request written so far.
     written: u64,
-    /// Interim responses read for the current request.
-    interim: u32,
+    /// Bytes of interim responses read for the current request.
+    interim: usize,
     reusable: bool,
 }
 
@@ -434,7 +436,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         )));
                     }
                     if (100..200).contains(&code) && code != 101 {
-                        self.interim += 1;
+                        self.interim += len;
                         if self.interim > MAX_INTERIM {
                             self.reusable = false;
                             return Poll::Ready(Err(Error::Malformed(
