@@ -91,8 +91,10 @@ fn idle_backends_still_take_turns_under_least_conn_and_weights_hold_under_p2c() 
     let lb = Lb::start_with(rules, |c| c.balance = Balance::P2c);
     let counts = shares(lb.addr, 700, |_| None);
     let a_share = counts.get("a").copied().unwrap_or(0) as f64 / 700.0;
+    // 700 weighted draws: one standard deviation is 1.7 points, so 6 points is 3.5 of them (a
+    // chance in two thousand of failing by luck); ignoring the weights would give a third.
     assert!(
-        (a_share - 5.0 / 7.0).abs() < 0.05,
+        (a_share - 5.0 / 7.0).abs() < 0.06,
         "p2c at zero load: a got {:.1}% (weight 5 of 7 = 71.4%): {counts:?}",
         a_share * 100.0
     );
@@ -239,10 +241,13 @@ fn load_aware_strategies_avoid_a_slow_backend() {
     let fast1 = delayed_backend("fast1", Duration::ZERO);
     let fast2 = delayed_backend("fast2", Duration::ZERO);
     let slow = delayed_backend("slow", Duration::from_millis(20));
+    // Round robin gives the slow backend its third; the load-aware strategies must keep it well
+    // below that. Quiet, least-conn gives it 8-14% and p2c 10-12%; on a machine busy with other
+    // work the fast backends are slower too, and p2c once gave it 17%: the bound is 20%.
     for (balance, low, high) in [
         ("round-robin", 0.30, 0.37),
-        ("least-conn", 0.0, 0.15),
-        ("p2c", 0.0, 0.15),
+        ("least-conn", 0.0, 0.20),
+        ("p2c", 0.0, 0.20),
         ("ewma", 0.0, 0.15),
     ] {
         let parsed: Balance = balance.parse().unwrap();
