@@ -38,8 +38,34 @@ pub enum ProxyError {
     Upstream {
         backend: String,
         what: String,
-        source: crate::h1::Error,
+        source: WireError,
     },
+}
+
+/// What went wrong on an HTTP/1.1 connection to a backend (`h1`, where it is `h1::Error`).
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The backend closed the connection before a complete response head.
+    #[error("connection closed before a complete response head")]
+    Closed,
+    /// The backend closed the connection before the end of a body it had framed.
+    #[error("connection closed before the end of the response body")]
+    BodyCut,
+    /// Not HTTP/1.1, or a framing lb refuses (see `h1/framing.rs`, `h1/chunked.rs`).
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+impl WireError {
+    /// Did the backend reset the connection (RST), rather than close it in order?
+    pub fn is_reset(&self) -> bool {
+        matches!(self, WireError::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ))
+    }
 }
 
 /// Why we could not get a connection to one backend. Nothing was sent, so trying another is safe.

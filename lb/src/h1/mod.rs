@@ -62,31 +62,8 @@ fn parser() -> httparse::ParserConfig {
     httparse::ParserConfig::default()
 }
 
-/// What went wrong on a connection to a backend.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The backend closed the connection before a complete response head.
-    #[error("connection closed before a complete response head")]
-    Closed,
-    /// The backend closed the connection before the end of a body it had framed.
-    #[error("connection closed before the end of the response body")]
-    BodyCut,
-    /// Not HTTP/1.1, or a framing lb refuses (see `framing.rs`, `chunked.rs`).
-    #[error("{0}")]
-    Malformed(&'static str),
-}
-
-impl Error {
-    /// Did the backend reset the connection (RST), rather than close it in order?
-    pub fn is_reset(&self) -> bool {
-        matches!(self, Error::Io(e) if matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-        ))
-    }
-}
+/// What went wrong on a connection to a backend (defined with the other errors, in `error.rs`).
+pub use crate::error::WireError as Error;
 
 /// Why sending a request failed.
 #[derive(Debug)]
