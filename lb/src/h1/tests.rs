@@ -62,6 +62,19 @@ async fn exchange(
     (seen, result, conn)
 }
 
+/// `GET /` without a body, answered with `reply`.
+async fn get_answered(
+    reply: &[u8],
+) -> (Vec<u8>, Result<(Head, Vec<u8>), Error>, Conn<DuplexStream>) {
+    exchange(
+        head(Method::GET, "/", &[]),
+        RequestBody::replay(Vec::new()),
+        get(),
+        reply,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_get_is_written_as_its_head_alone() {
     let parts = head(Method::GET, "/x?y=1", &[("host", "h"), ("x-a", "1")]);
@@ -110,10 +123,7 @@ async fn the_framing_header_is_lbs_own() {
 
 #[tokio::test]
 async fn interim_responses_are_skipped() {
-    let (_, result, conn) = exchange(
-        head(Method::GET, "/", &[]),
-        RequestBody::replay(Vec::new()),
-        get(),
+    let (_, result, conn) = get_answered(
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
           HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
     )
@@ -126,10 +136,7 @@ async fn interim_responses_are_skipped() {
 
 #[tokio::test]
 async fn a_chunked_body_is_decoded_and_the_connection_stays_reusable() {
-    let (_, result, conn) = exchange(
-        head(Method::GET, "/", &[]),
-        RequestBody::replay(Vec::new()),
-        get(),
+    let (_, result, conn) = get_answered(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
@@ -145,13 +152,7 @@ async fn extra_bytes_after_a_response_forbid_reuse() {
         &b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello"[..],
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiX",
     ] {
-        let (_, result, conn) = exchange(
-            head(Method::GET, "/", &[]),
-            RequestBody::replay(Vec::new()),
-            get(),
-            reply,
-        )
-        .await;
+        let (_, result, conn) = get_answered(reply).await;
         assert!(result.is_ok());
         assert!(!conn.is_reusable(), "{:?}", String::from_utf8_lossy(reply));
     }
@@ -178,13 +179,7 @@ async fn a_head_response_has_no_body_whatever_it_announces() {
 
 #[tokio::test]
 async fn a_body_without_framing_ends_with_the_connection() {
-    let (_, result, conn) = exchange(
-        head(Method::GET, "/", &[]),
-        RequestBody::replay(Vec::new()),
-        get(),
-        b"HTTP/1.1 200 OK\r\n\r\nall of it",
-    )
-    .await;
+    let (_, result, conn) = get_answered(b"HTTP/1.1 200 OK\r\n\r\nall of it").await;
     assert_eq!(result.unwrap().1, b"all of it");
     assert!(!conn.is_reusable());
 }
@@ -206,13 +201,7 @@ async fn cut_bodies_and_closed_connections_are_errors() {
         ),
     ];
     for (reply, expected) in cases {
-        let (_, result, conn) = exchange(
-            head(Method::GET, "/", &[]),
-            RequestBody::replay(Vec::new()),
-            get(),
-            reply,
-        )
-        .await;
+        let (_, result, conn) = get_answered(reply).await;
         let error = result.expect_err("must fail");
         assert!(
             expected(&error),
@@ -232,13 +221,7 @@ async fn garbage_and_bad_lengths_are_malformed() {
         b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
     ] {
-        let (_, result, _) = exchange(
-            head(Method::GET, "/", &[]),
-            RequestBody::replay(Vec::new()),
-            get(),
-            reply,
-        )
-        .await;
+        let (_, result, _) = get_answered(reply).await;
         assert!(
             matches!(result, Err(Error::Malformed(_))),
             "{:?}",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tests::{get, BadBackend, RawClient, PATIENCE};
 
-use crate::support::{assert_log_line, rule, Backend, Lb};
+use crate::support::{assert_log_line, hand_backend, rule, Backend, Lb};
 
 /// Two backends, both with pooled connections; one stops. Every request is still answered 200 by
 /// the other, and the log names the backend that really served each one. Then the other stops
@@ -368,28 +368,18 @@ fn a_client_that_gives_up_before_the_answer_is_logged_once_as_499() {
 /// before its reset: a reset that overtakes an answer destroys it in the kernel, for any proxy.)
 #[test]
 fn an_early_answer_to_an_upload_reaches_the_client() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(2) {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let answer: &[u8] = if head.starts_with(b"PUT") {
-                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
-            } else {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            };
-            let _ = stream.write_all(answer);
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            std::thread::sleep(Duration::from_millis(200));
-            // Dropped with the upload unread in its buffer: the kernel answers lb's next bytes
-            // with a reset.
-        }
+    use std::io::Write;
+    let backend_addr = hand_backend(2, |mut stream, head| {
+        let answer: &[u8] = if head.starts_with("PUT") {
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        };
+        let _ = stream.write_all(answer);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        std::thread::sleep(Duration::from_millis(200));
+        // Dropped with the upload unread in its buffer: the kernel answers lb's next bytes
+        // with a reset.
     });
     let lb = Lb::start(vec![rule("/", backend_addr)]);
 
@@ -416,19 +406,10 @@ fn an_early_answer_to_an_upload_reaches_the_client() {
 #[test]
 fn a_backend_that_stops_reading_the_body_gets_504_after_the_body_timeout() {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = listener.local_addr().unwrap();
     let (keep, kept) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let Ok((mut stream, _)) = listener.accept() else {
-            return;
-        };
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-            head.push(byte[0]);
-        }
-        let _ = keep.send(stream); // kept open, never read again
+    let keep = std::sync::Mutex::new(keep);
+    let backend_addr = hand_backend(1, move |stream, _head| {
+        let _ = keep.lock().unwrap().send(stream); // kept open, never read again
     });
     let lb = Lb::start_with(vec![rule("/", backend_addr)], |config| {
         config.timeouts.body_idle = Duration::from_millis(500);

@@ -13,7 +13,7 @@ use tests::http::{client, send, url};
 use tests::reqwest::StatusCode;
 use tests::{BadBackend, RawClient, PATIENCE};
 
-use crate::support::{echoed_headers, rule, Backend, Lb};
+use crate::support::{echoed_headers, hand_backend, rule, Backend, Lb};
 
 /// RFC 9110 §7.6.1: `Connection` and what it names, `Keep-Alive`, `Proxy-Authorization` and `TE`
 /// stay on the client's hop. lb appends the client to `X-Forwarded-For`, adds `Via` and
@@ -365,19 +365,8 @@ fn a_parked_keep_alive_connection_answers_its_next_requests_in_order() {
 #[test]
 fn an_upgraded_connection_becomes_a_tunnel_both_ways() {
     use std::io::Write;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let Ok((mut stream, _)) = listener.accept() else {
-            return;
-        };
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_lowercase();
-        assert!(head.contains("upgrade: websocket"), "{head}");
+    let backend_addr = hand_backend(1, |mut stream, head| {
+        assert!(head.to_lowercase().contains("upgrade: websocket"), "{head}");
         let _ = stream.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello from the backend;",
         );

@@ -9,7 +9,9 @@
 //!   [`Lb::log_lines`] polls (the log is written by a thread, so lines appear shortly after the
 //!   response, never instantly);
 //! - [`lb_process`] and [`lb_builder`]: the real `lb` binary of this crate, started with the
-//!   harness.
+//!   harness;
+//! - [`hand_backend`]: a backend played by hand on a raw socket, for what no HTTP server does on
+//!   purpose (answer before reading a body, stop reading, switch protocols).
 //!
 //! Both in-process servers run on threads of their own ([`tests::InProcess`]), so the tests are
 //! plain blocking functions: a blocking client never stalls the servers it talks to.
@@ -20,6 +22,30 @@ use std::time::{Duration, Instant};
 
 use lb::config::{LogTarget, Rule};
 use tests::{InProcess, LbBuilder, LbProcess};
+
+/// A backend played by hand: on a thread, each of the first `connections` accepted sockets is
+/// handed to `serve` with the request head read from it (one byte at a time, so nothing after the
+/// head is consumed: what the test does next with the socket is up to it).
+pub fn hand_backend(
+    connections: usize,
+    serve: impl Fn(std::net::TcpStream, String) + Send + 'static,
+) -> SocketAddr {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            serve(stream, String::from_utf8_lossy(&head).into_owned());
+        }
+    });
+    addr
+}
 
 /// This crate's binary, which cargo builds for its integration tests.
 pub const LB: &str = env!("CARGO_BIN_EXE_lb");
