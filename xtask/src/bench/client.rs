@@ -48,8 +48,9 @@ impl Load {
     }
 }
 
-/// What the client saw and what it cost.
-#[derive(Debug, Clone, Serialize)]
+/// What the client saw and what it cost. (`Default`: what a client that reports only the basics,
+/// like wrk, leaves empty.)
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Measured {
     pub requests_per_sec: f64,
     pub responses: u64,
@@ -268,14 +269,7 @@ fn parse_wrk(text: &str) -> Result<Measured> {
         errors,
         p50_us: p50.context("no `50%` line (was --latency passed?)")?,
         p99_us: p99.context("no `99%` line (was --latency passed?)")?,
-        p999_us: None,
-        client_cpu: Duration::ZERO,
-        backends: Vec::new(),
-        send_lateness_p99_us: None,
-        pacing: None,
-        tls_handshake_p50_us: None,
-        tls_handshake_p99_us: None,
-        loadgen_report: None,
+        ..Measured::default()
     })
 }
 

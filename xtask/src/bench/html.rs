@@ -385,13 +385,8 @@ mod tests {
             p50_us: 400.0,
             p99_us: 900.0,
             p999_us: Some(1000.0),
-            client_cpu: Duration::ZERO,
-            backends: Vec::new(),
-            send_lateness_p99_us: None,
-            pacing: None,
-            tls_handshake_p50_us: None,
-            tls_handshake_p99_us: None,
             loadgen_report: Some(json.to_owned()),
+            ..Measured::default()
         }
     }
 

@@ -986,14 +986,7 @@ mod tests {
                 errors: 0,
                 p50_us: 100.0,
                 p99_us: 200.0,
-                p999_us: None,
-                client_cpu: Duration::ZERO,
-                backends: Vec::new(),
-                send_lateness_p99_us: None,
-                pacing: None,
-                tls_handshake_p50_us: None,
-                tls_handshake_p99_us: None,
-                loadgen_report: None,
+                ..Measured::default()
             },
             proxy: Some(Usage {
                 user: Duration::from_millis(user),
