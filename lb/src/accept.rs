@@ -1,16 +1,14 @@
 //! Step 1 of a request: accept the client's TCP connection and serve HTTP/1.1 on it.
 //!
-//! Each connection runs in its own task. hyper parses request heads (rejecting malformed ones with
-//! 400 and oversized ones with 431) and calls [`crate::proxy::handle`] once per request, in order,
-//! so pipelined requests are answered in order. Around hyper, this module adds what it lacks:
+//! Each connection runs in its own task, on one worker thread, and is served by `serve.rs`'s loop
+//! (request heads read, each request handed to [`crate::proxy::handle`] in order, responses
+//! written). This module gets connections there:
 //! - one acceptor handing each connection to the worker thread serving the fewest (`--threads`);
 //! - a cap on concurrent connections (`--max-conns`): a semaphore permit per connection; past the
 //!   cap we stop calling `accept`, so new clients wait in the kernel's queue instead of failing;
-//! - a watchdog for the header and idle timeouts, which hyper cannot tell apart (`watchdog.rs`);
+//! - `-s`: the TLS handshake, within `--header-timeout`;
 //! - graceful shutdown: on the stop signal every connection finishes the request it is serving
-//!   and closes; each worker waits for that up to `--grace`, then cuts off the rest;
-//! - a log line for each request head hyper refused (400, 431) or that never completed (408):
-//!   those never reach `proxy::handle`.
+//!   and closes; each worker waits for that up to `--grace`, then cuts off the rest.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,22 +16,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use crate::access_log::Record;
 use crate::downstream::ConnInfo;
 use crate::dump::{Leg, Tapped};
+use crate::serve::{serve_http, stopped, Ended};
 use crate::stats::Stats;
 use crate::trace::Trace;
-use crate::watchdog::{Expired, Watchdog, WatchedIo};
 use crate::Balancer;
 
 /// How many finished handshakes the kernel may queue for us (capped by `net.core.somaxconn`).
@@ -302,238 +295,4 @@ async fn serve_connection<S>(
         }
     };
     ended.record(peer, &balancer, &trace);
-}
-
-/// The client's socket as hyper sees it.
-type ClientIo<S> = TokioIo<WatchedIo<S>>;
-
-/// Serve HTTP/1.1 on `io` (plain or TLS) until the client closes, idles out, or shutdown ends it.
-///
-/// A connection alternates between two states. Served: a hyper connection reads request heads
-/// and writes responses, with its read and write buffers (8 KiB each) and its state. Parked,
-/// once it has been idle for a second (`watchdog::PARK_AFTER`): hyper's connection is gone and
-/// only the socket remains, until the client's next bytes arrive, which a new hyper connection
-/// then reads first. This is what nginx and HAProxy do with a keep-alive connection between
-/// requests, and why ten thousand idle clients cost them little memory.
-async fn serve_http<S>(
-    io: S,
-    info: &Arc<ConnInfo>,
-    balancer: &Arc<Balancer>,
-    mut stop: watch::Receiver<bool>,
-) -> Ended
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut io = TokioIo::new(WatchedIo::new(io, info.clone()));
-    let mut watchdog = Watchdog::new(info.clone(), &balancer.timeouts);
-    loop {
-        io = match serve_requests(io, info, balancer, &mut watchdog, &mut stop).await {
-            Served::Ended(ended) => {
-                // A socket hyper handed over (a tunnel's) must be shut down for real.
-                info.set_parked(false);
-                return ended;
-            }
-            Served::Parked(io) => io,
-        };
-        if let Some(ended) = park(&mut io, info, &mut watchdog, &mut stop).await {
-            return ended;
-        }
-    }
-}
-
-/// How serving requests with hyper stopped.
-enum Served<S> {
-    Ended(Ended),
-    /// Idle for a while: hyper let go of the socket, which is given back.
-    Parked(ClientIo<S>),
-}
-
-/// Serve requests with a hyper connection until the connection ends or parks.
-async fn serve_requests<S>(
-    io: ClientIo<S>,
-    info: &Arc<ConnInfo>,
-    balancer: &Arc<Balancer>,
-    watchdog: &mut Watchdog,
-    stop: &mut watch::Receiver<bool>,
-) -> Served<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = {
-        let (balancer, info) = (balancer.clone(), info.clone());
-        service_fn(move |request| crate::proxy::handle(request, balancer.clone(), info.clone()))
-    };
-    // Boxed, so that a parked connection's task does not keep room for it.
-    let mut connection = Box::new(
-        http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None) // the watchdog does it, see `watchdog.rs`
-            .max_header_size(balancer.limits.max_header_bytes)
-            .serve_connection(io, service)
-            .with_upgrades(),
-    );
-    let stop_signal = stopped(stop);
-    tokio::pin!(stop_signal);
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            result = &mut *connection => {
-                if info.is_parked() && result.is_ok() {
-                    if let Some(parts) = connection.into_parts() {
-                        return park_or_close(parts.io, &parts.read_buf, info).await;
-                    }
-                }
-                return Served::Ended(Ended::from_result(result, stopping));
-            }
-            _ = &mut stop_signal, if !stopping => {
-                stopping = true;
-                Pin::new(&mut *connection).graceful_shutdown();
-            }
-            expired = watchdog.expired() => match expired {
-                Expired::Head => return Served::Ended(Ended::HeadTimeout(balancer.timeouts.header)),
-                Expired::Idle if stopping => return Served::Ended(Ended::IdleDuringShutdown),
-                Expired::Idle => {
-                    info.trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
-                    stopping = true;
-                    Pin::new(&mut *connection).graceful_shutdown();
-                }
-                // hyper closes an idle connection at once when told to shut down gracefully; the
-                // socket's wrapper keeps the socket open (`WatchedIo::poll_shutdown`).
-                Expired::Park if !stopping => {
-                    info.trace.conn_event(format_args!("parking: idle, letting go of hyper's connection and its buffers"));
-                    info.set_parked(true);
-                    Pin::new(&mut *connection).graceful_shutdown();
-                }
-                Expired::Park => {}
-            },
-        }
-    }
-}
-
-/// hyper let go of a connection told to park: keep the socket, with the bytes hyper had read ahead
-/// (a head arriving: the header timeout applies to it, and it is served at once), unless hyper
-/// still wrote after being told, which means it was finishing an answer, perhaps one that closes
-/// the connection (`Connection: close`, HTTP/1.0): then close it, as hyper would have.
-async fn park_or_close<S>(mut io: ClientIo<S>, read_ahead: &[u8], info: &ConnInfo) -> Served<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    if io.inner_mut().take_wrote_while_parked() {
-        info.set_parked(false);
-        let _ = timeout(Duration::from_secs(1), io.inner_mut().shutdown()).await;
-        return Served::Ended(Ended::Closed);
-    }
-    if !read_ahead.is_empty() {
-        info.head_bytes_arrived();
-        // A copy: the bytes hyper read ahead keep its whole buffer alive.
-        io.inner_mut().unread(Bytes::copy_from_slice(read_ahead));
-    }
-    Served::Parked(io)
-}
-
-/// Wait, holding only the socket, for the client's next bytes; `None` once they are in (kept in
-/// the socket's wrapper for the next hyper connection), or how the connection ended meanwhile.
-async fn park<S>(
-    io: &mut ClientIo<S>,
-    info: &Arc<ConnInfo>,
-    watchdog: &mut Watchdog,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<Ended>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    if io.inner_mut().has_unread() {
-        // hyper had read part of the next request already: serve it now.
-        info.set_parked(false);
-        watchdog.look_again();
-        return None;
-    }
-    let mut first = [0u8; 512];
-    let ended = tokio::select! {
-        read = io.inner_mut().read(&mut first) => match read {
-            Ok(n) if n > 0 => {
-                io.inner_mut().unread(Bytes::copy_from_slice(&first[..n]));
-                info.set_parked(false);
-                watchdog.look_again();
-                return None;
-            }
-            _ => Ended::Closed,
-        },
-        _ = stopped(stop) => Ended::IdleDuringShutdown,
-        // Only the idle deadline applies to a parked connection: its first byte unparks it.
-        _ = watchdog.expired() => {
-            info.trace.conn_event(format_args!("closing: idle (--idle-timeout / --header-timeout)"));
-            Ended::Closed
-        }
-    };
-    info.set_parked(false); // so that the socket is shut down properly
-    let _ = timeout(Duration::from_secs(1), io.inner_mut().shutdown()).await;
-    Some(ended)
-}
-
-/// Why a client connection ended.
-#[derive(Debug)]
-enum Ended {
-    Closed,
-    Shutdown,
-    IdleDuringShutdown,
-    /// A request head started arriving and did not complete in time.
-    HeadTimeout(Duration),
-    /// `-s`: the TLS handshake failed (plain HTTP to the TLS port, a bad client) or stalled.
-    Handshake(String),
-    Error(hyper::Error),
-}
-
-impl Ended {
-    fn from_result(result: Result<(), hyper::Error>, stopping: bool) -> Self {
-        match result {
-            Ok(()) if stopping => Ended::Shutdown,
-            Ok(()) => Ended::Closed,
-            Err(e) => Ended::Error(e),
-        }
-    }
-
-    /// Say how the connection ended: `--trace`, and the log line of a request head that never
-    /// reached `proxy::handle` (hyper answered it, or we dropped it), with `-` for what is unknown.
-    fn record(&self, peer: SocketAddr, balancer: &Balancer, trace: &Trace) {
-        if let Some(status) = self.rejected_status() {
-            balancer.stats.unserved.record(status, Duration::ZERO, 0);
-            balancer.log.write(&Record::rejected(peer, status));
-        }
-        trace.conn_event(format_args!("closed ({self})"));
-    }
-
-    /// The status of a request head refused before it became a request: hyper answers 431 to an
-    /// oversized head and 400 to a malformed one; a head that never completed is 408.
-    fn rejected_status(&self) -> Option<u16> {
-        match self {
-            Ended::Error(e) if e.is_parse_too_large() => Some(431),
-            Ended::Error(e) if e.is_parse() => Some(400),
-            Ended::HeadTimeout(_) => Some(408),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Ended {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ended::Closed => f.write_str("client closed or keep-alive ended"),
-            Ended::Shutdown => f.write_str("shutdown"),
-            Ended::IdleDuringShutdown => f.write_str("idle during shutdown"),
-            Ended::HeadTimeout(t) => {
-                write!(
-                    f,
-                    "no complete request head within {t:?} (--header-timeout)"
-                )
-            }
-            Ended::Error(e) => write!(f, "error: {e}"),
-            Ended::Handshake(why) => write!(f, "TLS handshake failed: {why}"),
-        }
-    }
-}
-
-/// Completes once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

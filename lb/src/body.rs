@@ -20,10 +20,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::error::{BoxError, ClientBodyError};
+use crate::error::{BoxError, ClientBodyError, WireError};
+
+/// The client's connection as a request body reads from it (`h1::server::Client`, whatever its
+/// socket type): the next piece of the body, `None` at its end.
+pub trait ReadBody: Send {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, WireError>>>;
+}
 
 /// Aborts a body that makes no progress for `timeout`. The timer is only allocated once the body
 /// first has to wait, so bodies that arrive at once cost nothing.
@@ -97,14 +102,27 @@ impl Kept {
 }
 
 /// Where a request body's frames come from.
-#[derive(Debug)]
 enum Source {
     /// Nothing (health probes, bodiless requests).
     Empty,
-    /// The client's body, streamed.
-    Client(Incoming),
+    /// The client's body, streamed from its connection; `left`: bytes still to come, if the
+    /// length is known (else it is chunked).
+    Client {
+        conn: Arc<Mutex<dyn ReadBody>>,
+        left: Option<u64>,
+    },
     /// A kept copy, sent again on a retry.
     Replay(std::vec::IntoIter<Bytes>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Empty => f.write_str("Empty"),
+            Source::Client { left, .. } => f.debug_struct("Client").field("left", left).finish(),
+            Source::Replay(chunks) => f.debug_tuple("Replay").field(chunks).finish(),
+        }
+    }
 }
 
 /// A request body on its way to a backend: the client's, streamed, or a kept copy, replayed.
@@ -117,15 +135,15 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    /// Wrap the client's body.
-    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
-        let source = if inner.is_end_stream() {
-            Source::Empty
-        } else {
-            Source::Client(inner)
-        };
+    /// The client's body, read from its connection `conn` as it is asked for: `length` bytes, or
+    /// chunked if `None`.
+    pub fn from_client(
+        conn: Arc<Mutex<dyn ReadBody>>,
+        length: Option<u64>,
+        idle_timeout: Duration,
+    ) -> Self {
         RequestBody {
-            source,
+            source: Source::Client { conn, left: length },
             idle: IdleTimer::new(idle_timeout),
             keep: None,
         }
@@ -198,7 +216,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let inner = match &mut this.source {
+        let (conn, left) = match &mut this.source {
             Source::Empty => return Poll::Ready(None),
             Source::Replay(chunks) => {
                 let next = chunks.next();
@@ -207,20 +225,30 @@ impl Body for RequestBody {
                 }
                 return Poll::Ready(next.map(|data| Ok(Frame::data(data))));
             }
-            Source::Client(inner) => inner,
+            Source::Client { conn, left } => (conn, left),
         };
-        match Pin::new(&mut *inner).poll_frame(cx) {
+        let polled = conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .poll_body(cx);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                let ended = inner.is_end_stream();
+                if let (Some(left), Some(data)) = (left.as_mut(), frame.data_ref()) {
+                    *left -= (data.len() as u64).min(*left);
+                }
+                let ended = frame.is_trailers() || *left == Some(0);
                 this.idle.progress();
                 this.kept(&frame);
                 if ended {
+                    // Let go of the connection at once: the body is whole.
+                    this.source = Source::Empty;
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e).into()))),
             Poll::Ready(None) => {
+                this.source = Source::Empty;
                 this.finish();
                 Poll::Ready(None)
             }
@@ -234,7 +262,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Empty => true,
-            Source::Client(inner) => inner.is_end_stream(),
+            Source::Client { left, .. } => *left == Some(0),
             Source::Replay(chunks) => chunks.len() == 0,
         }
     }
@@ -242,7 +270,8 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Empty => SizeHint::with_exact(0),
-            Source::Client(inner) => inner.size_hint(),
+            Source::Client { left: Some(n), .. } => SizeHint::with_exact(*n),
+            Source::Client { left: None, .. } => SizeHint::default(),
             Source::Replay(chunks) => {
                 SizeHint::with_exact(chunks.as_slice().iter().map(|c| c.len() as u64).sum())
             }

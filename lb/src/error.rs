@@ -87,7 +87,7 @@ pub enum ClientBodyError {
     #[error("no byte for {0:?} (--body-timeout)")]
     Stalled(Duration),
     #[error("malformed or cut off: {0}")]
-    Broken(#[source] hyper::Error),
+    Broken(#[source] WireError),
 }
 
 /// The error type carried by the bodies we stream; hyper only needs it to be boxable.

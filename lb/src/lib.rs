@@ -46,6 +46,7 @@ pub mod respond;
 pub mod response;
 pub mod retry;
 pub mod route;
+pub mod serve;
 pub mod shutdown;
 pub mod stats;
 pub mod tls;

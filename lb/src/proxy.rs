@@ -20,7 +20,6 @@
 //! **Invariant:** nothing here panics or buffers a body (a small body kept for a retry is a list of
 //! reference-counted frames, not a copy).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,16 +27,12 @@ use std::sync::Arc;
 
 use std::task::Poll;
 
-use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Sleep;
 
 use crate::access_log::Record;
-use crate::body::IdleTimer;
+use crate::body::{IdleTimer, RequestBody};
 use crate::downstream::ConnInfo;
 use crate::error::{BoxError, ClientBodyError, ConnectError, ProxyError};
 use crate::failover::Walk;
@@ -50,13 +45,13 @@ use crate::route::{rewrite, Group, Member};
 use crate::upstream::{Backend, Upstream};
 use crate::Balancer;
 
-/// hyper's service: answer one request. Never fails; failures are answered with an error status.
+/// Answer one request. Never fails; failures are answered with an error status.
 pub async fn handle(
-    request: Request<Incoming>,
-    balancer: Arc<Balancer>,
-    conn: Arc<ConnInfo>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let mut exchange = Exchange::begin(&balancer, &conn, &request);
+    request: Request<RequestBody>,
+    balancer: &Balancer,
+    conn: &Arc<ConnInfo>,
+) -> Response<ResponseBody> {
+    let mut exchange = Exchange::begin(balancer, conn, &request);
     let response = match exchange.proxy(request).await {
         Ok(response) => response,
         Err(error) => {
@@ -65,7 +60,7 @@ pub async fn handle(
             respond::error_response(&error)
         }
     };
-    Ok(exchange.respond(response))
+    exchange.respond(response)
 }
 
 /// The state of one request while it is being proxied.
@@ -79,7 +74,11 @@ struct Exchange<'a> {
 
 impl<'a> Exchange<'a> {
     /// Step 1 is done: count the request in flight, trace its head, start its log record.
-    fn begin(balancer: &'a Balancer, conn: &'a Arc<ConnInfo>, request: &Request<Incoming>) -> Self {
+    fn begin(
+        balancer: &'a Balancer,
+        conn: &'a Arc<ConnInfo>,
+        request: &Request<RequestBody>,
+    ) -> Self {
         let in_flight = conn.begin_request();
         let number = in_flight.number();
         if conn.trace.is_enabled() {
@@ -122,7 +121,7 @@ impl<'a> Exchange<'a> {
     /// fails and that is safe), then relay the response head.
     async fn proxy(
         &mut self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         check_request(&request)?;
         let group = self.route(&request)?;
@@ -138,7 +137,7 @@ impl<'a> Exchange<'a> {
         }
         let upgrade = crate::forward::is_upgrade(request.headers());
         let target = self.target(group, member, &original)?;
-        let (outgoing, client_upgrade) = self.forward(request, target, &backend);
+        let outgoing = self.forward(request, target, &backend);
         let first = Target {
             group,
             member,
@@ -146,7 +145,7 @@ impl<'a> Exchange<'a> {
             original: &original,
         };
         match self.deliver(&mut walk, first, outgoing, upgrade).await? {
-            Delivered::Answer(answer) => Ok(self.relay(answer, client_upgrade)),
+            Delivered::Answer(answer) => Ok(self.relay(answer, upgrade)),
             Delivered::Redirect(response) => Ok(response),
         }
     }
@@ -155,7 +154,7 @@ impl<'a> Exchange<'a> {
     fn pick(
         &self,
         group: &'a Group,
-        request: &Request<Incoming>,
+        request: &Request<RequestBody>,
         original: &PathAndQuery,
     ) -> Walk<'a> {
         let keys = RequestInfo {
@@ -249,7 +248,7 @@ impl<'a> Exchange<'a> {
 
     /// Step 3: which group serves this Host and path. An absolute-form target
     /// (`GET http://host/x`) carries the host itself.
-    fn route(&self, request: &Request<Incoming>) -> Result<&'a Group, ProxyError> {
+    fn route(&self, request: &Request<RequestBody>) -> Result<&'a Group, ProxyError> {
         let host = request.uri().host().or_else(|| {
             request
                 .headers()
@@ -312,20 +311,9 @@ impl<'a> Exchange<'a> {
         respond::redirect(&location)
     }
 
-    /// Step 6: the client's request becomes the backend's (see `forward.rs`). Returns it, and the
-    /// client's side of a protocol upgrade if one was asked for.
-    fn forward(
-        &self,
-        request: Request<Incoming>,
-        target: Uri,
-        backend: &Backend,
-    ) -> (Outgoing, Option<hyper::upgrade::OnUpgrade>) {
+    /// Step 6: the client's request becomes the backend's (see `forward.rs`).
+    fn forward(&self, request: Request<RequestBody>, target: Uri, backend: &Backend) -> Outgoing {
         let (mut parts, body) = request.into_parts();
-        let client_upgrade = crate::forward::is_upgrade(&parts.headers).then(|| {
-            let mut probe = Request::new(());
-            std::mem::swap(probe.extensions_mut(), &mut parts.extensions);
-            hyper::upgrade::on(probe)
-        });
         let host_added = !parts.headers.contains_key(header::HOST);
         crate::forward::request(
             &mut parts,
@@ -334,12 +322,10 @@ impl<'a> Exchange<'a> {
             self.conn.scheme,
             &backend.name,
         );
-        let body = crate::body::RequestBody::new(body, self.balancer.timeouts.body_idle);
-        let outgoing = Outgoing {
+        Outgoing {
             request: Request::from_parts(parts, body),
             host_added,
-        };
-        (outgoing, client_upgrade)
+        }
     }
 
     /// Steps 5 and 7 on one backend: get a connection, send, wait for the response head. A pooled
@@ -591,11 +577,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// Step 8: the backend's response head goes back to the client, its body streams behind it.
-    fn relay(
-        &self,
-        answer: Answer,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<ResponseBody> {
+    fn relay(&self, answer: Answer, upgrade: bool) -> Response<ResponseBody> {
         let Answer {
             head,
             upstream,
@@ -609,13 +591,10 @@ impl<'a> Exchange<'a> {
         let mut parts = head.parts;
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         crate::forward::response(&mut parts);
-        let body = match (switching, client_upgrade) {
-            (true, Some(client)) => {
-                // The connection now belongs to the tunnel.
-                tunnel(client, upstream, self.conn.trace.clone(), self.number);
-                ResponseBody::empty()
-            }
-            _ => ResponseBody::streamed(
+        let body = match switching && upgrade {
+            // The connection becomes a tunnel once the `101` has reached the client (`serve.rs`).
+            true => ResponseBody::tunnel(upstream, self.number),
+            false => ResponseBody::streamed(
                 upstream,
                 head.body,
                 sending,
@@ -625,8 +604,8 @@ impl<'a> Exchange<'a> {
         Response::from_parts(parts, body)
     }
 
-    /// The response (the backend's, or one lb wrote) goes to hyper; the body finishes the request
-    /// when it ends (step 9).
+    /// The response (the backend's, or one lb wrote) goes to the client; the body finishes the
+    /// request when it ends (step 9).
     fn respond(mut self, mut response: Response<ResponseBody>) -> Response<ResponseBody> {
         self.completion.record.status = response.status().as_u16();
         response.body_mut().on_complete(self.completion);
@@ -800,9 +779,10 @@ fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
             "HTTP/1.1 request without a Host header",
         ));
     }
-    // hyper has checked that the final coding is chunked and removed it; any other coding
-    // (`gzip, chunked`) would reach the backend still applied but no longer declared, since
-    // Transfer-Encoding is hop-by-hop. RFC 9112 §6.1 lets us refuse what we do not implement.
+    // `h1::framing::client_request` has checked that the final coding is chunked, which lb
+    // decodes; any other coding (`gzip, chunked`) would reach the backend still applied but no
+    // longer declared, since Transfer-Encoding is hop-by-hop. RFC 9112 §6.1 lets us refuse what we
+    // do not implement.
     let other_coding = request
         .headers()
         .get_all(header::TRANSFER_ENCODING)
@@ -815,43 +795,4 @@ fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
         ));
     }
     Ok(())
-}
-
-/// After `101 Switching Protocols`, copy bytes both ways between client and backend until either
-/// side closes (WebSocket and friends). Whatever the backend sent right behind its `101` head goes
-/// to the client first.
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: Upstream,
-    trace: crate::trace::Trace,
-    n: u64,
-) {
-    let (mut backend, early): (_, Bytes) = upstream.conn.into_tunnel();
-    tokio::spawn(async move {
-        let client = match client.await {
-            Ok(client) => client,
-            Err(e) => {
-                trace.event(8, n, format_args!("upgrade failed: {e}"));
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        if !early.is_empty() {
-            if let Err(e) = client.write_all(&early).await {
-                trace.event(8, n, format_args!("tunnel closed: {e}"));
-                return;
-            }
-        }
-        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-            Ok((up, down)) => trace.event(
-                8,
-                n,
-                format_args!(
-                    "tunnel closed: {up} bytes up, {} bytes down",
-                    down + early.len() as u64
-                ),
-            ),
-            Err(e) => trace.event(8, n, format_args!("tunnel closed: {e}")),
-        }
-    });
 }

@@ -174,6 +174,9 @@ enum Kind {
     Full(Option<Bytes>),
     /// The backend's body, read from its connection by this task.
     Streamed(Box<Streamed>),
+    /// No body: the answer was `101`, and the upstream connection (with the request's number,
+    /// for `--trace`) waits to become one end of a tunnel.
+    Tunnel(Option<(Upstream, u64)>),
 }
 
 #[derive(Debug)]
@@ -196,13 +199,22 @@ impl ResponseBody {
         }
     }
 
-    /// No body at all (a `101` answer, whose connection became a tunnel).
-    pub fn empty() -> Self {
+    /// No body: a `101` answer from `upstream`, whose connection becomes a tunnel once the head
+    /// has reached the client ([`ResponseBody::take_tunnel`]).
+    pub fn tunnel(upstream: Upstream, number: u64) -> Self {
         ResponseBody {
-            kind: Kind::Full(None),
+            kind: Kind::Tunnel(Some((upstream, number))),
             idle: IdleTimer::new(Duration::MAX),
             completion: None,
             failed: None,
+        }
+    }
+
+    /// The upstream connection of a `101` answer (and the request's number), to tunnel through.
+    pub fn take_tunnel(&mut self) -> Option<(Upstream, u64)> {
+        match &mut self.kind {
+            Kind::Tunnel(upstream) => upstream.take(),
+            _ => None,
         }
     }
 
@@ -244,7 +256,7 @@ impl ResponseBody {
                     }
                     upstream
                 }
-                Kind::Full(_) => None,
+                Kind::Full(_) | Kind::Tunnel(_) => None,
             };
             completion.finish(end, upstream);
         }
@@ -316,6 +328,7 @@ impl Body for ResponseBody {
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Streamed(streamed) => Self::poll_backend(streamed, &mut this.idle, cx),
+            Kind::Tunnel(_) => Poll::Ready(None),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -348,6 +361,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Streamed(streamed) => streamed.decoder.is_done(),
+            Kind::Tunnel(_) => true,
         }
     }
 
@@ -358,6 +372,7 @@ impl Body for ResponseBody {
                 Some(n) => SizeHint::with_exact(n),
                 None => SizeHint::default(),
             },
+            Kind::Tunnel(_) => SizeHint::with_exact(0),
         }
     }
 }

@@ -1,11 +1,9 @@
-//! Step 1 of a request, continued: the two client timeouts hyper cannot tell apart.
+//! Step 1 of a request, continued: the client connection's two timeouts.
 //!
-//! hyper's own `header_read_timeout` also starts while a keep-alive connection waits for its next
-//! request, so it would double as the idle timeout. We want a short `--header-timeout` (a slowloris
-//! client dripping a head byte by byte) and a longer `--idle-timeout` (a polite client keeping its
-//! connection for the next request). So the socket is wrapped in [`WatchedIo`], which notes when the
-//! first byte of a new head arrives, and each connection's [`Watchdog`] sleeps until the deadline
-//! that applies now:
+//! A short `--header-timeout` cuts off a slowloris client dripping a head byte by byte; a longer
+//! `--idle-timeout` lets a polite client keep its connection for the next request. The connection's
+//! loop (`serve.rs`) notes when the first byte of a new head arrives, and each connection's
+//! [`Watchdog`] sleeps until the deadline that applies now:
 //!
 //! ```text
 //!   state of the connection           deadline
@@ -16,8 +14,8 @@
 //!   idle (either) for PARK_AFTER      idle since + PARK_AFTER                -> park
 //! ```
 //!
-//! Parking (see `accept.rs`) lets go of hyper's connection and its buffers while the client is
-//! quiet, keeping only the socket, so that thousands of idle keep-alive clients cost little.
+//! Parking (see `serve.rs`) lets go of the connection's buffers while the client is quiet, keeping
+//! only the socket, so that thousands of idle keep-alive clients cost little.
 //!
 //! Nobody tells the watchdog when a request ends or a head starts arriving: it looks at the
 //! connection when its timer fires, and sets the timer for the deadline that applies then, but
@@ -28,14 +26,10 @@
 //! Telling it on every change cost two wake-ups of the connection's task per request. Parking is
 //! not a deadline: it may come up to a second late.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::config::Timeouts;
@@ -152,113 +146,5 @@ fn deadline(conn: &ConnInfo, header: Duration, idle: Duration) -> Deadline {
     Deadline::Idle {
         close: since + allowed.as_millis() as u64,
         park,
-    }
-}
-
-/// The client socket, noting when the first byte of a request head arrives. For parking, it also
-/// holds bytes read but not yet parsed (the next hyper connection reads them first), does not shut
-/// the socket down when hyper lets go of a parked connection, and notes whether hyper still wrote
-/// after being told to park (then it was still answering, and the connection is closed instead).
-pub struct WatchedIo<S> {
-    inner: S,
-    conn: Arc<ConnInfo>,
-    unread: Bytes,
-    wrote_while_parked: bool,
-}
-
-impl<S> WatchedIo<S> {
-    pub fn new(inner: S, conn: Arc<ConnInfo>) -> Self {
-        WatchedIo {
-            inner,
-            conn,
-            unread: Bytes::new(),
-            wrote_while_parked: false,
-        }
-    }
-
-    /// Put `bytes` (read from the socket but not yet parsed) in front of what the next reader gets.
-    pub fn unread(&mut self, bytes: Bytes) {
-        if self.unread.is_empty() {
-            self.unread = bytes;
-        } else {
-            let mut joined = Vec::with_capacity(bytes.len() + self.unread.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(&self.unread);
-            self.unread = joined.into();
-        }
-    }
-
-    /// Whether bytes wait to be read again (see [`WatchedIo::unread`]).
-    pub fn has_unread(&self) -> bool {
-        !self.unread.is_empty()
-    }
-
-    /// Whether anything was written since the connection was marked parked; clears the note.
-    pub fn take_wrote_while_parked(&mut self) -> bool {
-        std::mem::take(&mut self.wrote_while_parked)
-    }
-
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.unread.is_empty() {
-            let n = self.unread.len().min(buf.remaining());
-            buf.put_slice(&self.unread.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.conn.head_bytes_arrived();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.conn.is_parked() {
-            self.wrote_while_parked = true;
-        }
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if self.conn.is_parked() {
-            self.wrote_while_parked = true;
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.conn.is_parked() {
-            // hyper is letting go of a parked connection: the socket stays open.
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -96,7 +96,7 @@ pub fn response_body(
 
 /// RFC 9112 §9.3: an HTTP/1.1 connection persists unless `Connection: close`; an HTTP/1.0 one
 /// only with `Connection: keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     let lists = |token: &str| {
         headers
             .get_all(header::CONNECTION)
@@ -150,15 +150,49 @@ pub fn parse_digits(text: &[u8]) -> Option<u64> {
     })
 }
 
-/// How lb frames the body of a request it sends.
+/// How a request's body is delimited: as a client sent it ([`client_request`]), or as lb sends it
+/// on ([`request_body`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestBody {
     /// No body: nothing after the head.
     None,
     /// The head carries `Content-Length`; exactly this many bytes follow.
     Length(u64),
-    /// lb adds `Transfer-Encoding: chunked` and chunks the body as it streams.
+    /// The chunked coding (`Transfer-Encoding: chunked`): lb decodes a client's, and chunks a body
+    /// it sends on whose length it does not know.
     Chunked,
+}
+
+/// How a client's request is framed: RFC 9112 §6.3 items 3 to 6, the rules that apply to
+/// requests. Returns the framing, and whether the connection must close after this request.
+/// Anything that two parsers could read two ways is an error (400, then close), never a guess:
+/// that ambiguity is what *request smuggling* exploits.
+pub fn client_request(
+    version: Version,
+    headers: &mut HeaderMap,
+) -> Result<(RequestBody, bool), Error> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // §6.1: HTTP/1.0 has no transfer codings; a server must treat such framing as faulty.
+        if version != Version::HTTP_11 {
+            return Err(Error::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        // Item 4: a request whose final coding is not chunked has no knowable length.
+        if !final_coding_is_chunked(headers) {
+            return Err(Error::Malformed(
+                "Transfer-Encoding without chunked as its final coding",
+            ));
+        }
+        // Item 3: with both headers, Transfer-Encoding wins and Content-Length is dropped; the
+        // message may be an attempt to smuggle a request past a proxy that reads the other one,
+        // so the connection closes after it (what follows is never read as a request).
+        let both = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok((RequestBody::Chunked, both));
+    }
+    // Item 5 (and item 6: neither header, no body).
+    Ok(match content_length(headers)? {
+        Some(n) => (RequestBody::Length(n), false),
+        None => (RequestBody::None, false),
+    })
 }
 
 /// How the request lb sends is framed. lb always writes the framing header itself (and never
@@ -346,6 +380,58 @@ mod tests {
             ("content-length", "1"),
             ("connection", "keep-alive")
         ]));
+    }
+
+    fn client_framing(
+        version: Version,
+        fields: &[(&str, &str)],
+    ) -> Result<(RequestBody, bool), Error> {
+        client_request(version, &mut headers(fields))
+    }
+
+    /// §6.3 items 3 to 6, for requests.
+    #[test]
+    fn a_client_request_is_framed_by_chunked_else_its_length_else_has_no_body() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            client_framing(v11, &[]).unwrap(),
+            (RequestBody::None, false)
+        );
+        assert_eq!(
+            client_framing(v11, &[("content-length", "007")]).unwrap(),
+            (RequestBody::Length(7), false)
+        );
+        assert_eq!(
+            client_framing(v11, &[("transfer-encoding", "chunked")]).unwrap(),
+            (RequestBody::Chunked, false)
+        );
+        // Both: chunked wins, the length goes, and the connection closes after.
+        let mut both = headers(&[("content-length", "3"), ("transfer-encoding", "chunked")]);
+        assert_eq!(
+            client_request(v11, &mut both).unwrap(),
+            (RequestBody::Chunked, true)
+        );
+        assert!(!both.contains_key(header::CONTENT_LENGTH));
+    }
+
+    #[test]
+    fn a_client_request_framed_two_ways_is_refused() {
+        let v11 = Version::HTTP_11;
+        for fields in [
+            &[("transfer-encoding", "gzip")][..],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "identity"),
+            ],
+            &[("transfer-encoding", "xchunked")],
+            &[("content-length", "3"), ("content-length", "5")],
+            &[("content-length", "3,2")],
+            &[("content-length", "+1")],
+            &[("content-length", "-1")],
+        ] {
+            assert!(client_framing(v11, fields).is_err(), "{fields:?}");
+        }
+        assert!(client_framing(Version::HTTP_10, &[("transfer-encoding", "chunked")]).is_err());
     }
 
     #[test]

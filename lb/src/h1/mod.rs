@@ -25,6 +25,7 @@
 
 pub mod chunked;
 pub mod framing;
+pub mod server;
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -80,14 +81,8 @@ pub struct Conn<S> {
     io: S,
     /// Bytes received and not yet handed out.
     input: BytesMut,
-    /// Head bytes and small body pieces waiting to be written, from `output_at`.
-    output: Vec<u8>,
-    output_at: usize,
-    /// A larger body piece waiting to be written after `output`, then `tail`.
-    data: Bytes,
-    tail: &'static [u8],
-    /// Bytes of the current request written so far.
-    written: u64,
+    /// What waits to be written; counts the bytes of the current request written so far.
+    out: Output,
     /// Bytes of interim responses read for the current request.
     interim: usize,
     reusable: bool,
@@ -157,11 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Conn {
             io,
             input: BytesMut::new(),
-            output: Vec::new(),
-            output_at: 0,
-            data: Bytes::new(),
-            tail: b"",
-            written: 0,
+            out: Output::default(),
             interim: 0,
             reusable: true,
         }
@@ -169,18 +160,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// May this connection carry another exchange? (See step 5 of the module comment.)
     pub fn is_reusable(&self) -> bool {
-        self.reusable && self.input.is_empty() && self.output_pending() == 0
+        self.reusable && self.input.is_empty() && self.out.pending() == 0
     }
 
     /// Bytes of the current request written so far: a change means the backend took some.
     pub fn written(&self) -> u64 {
-        self.written
+        self.out.written
     }
 
     /// The last `poll_send` is waiting for the socket (the backend is not reading), not for the
     /// client's body.
     pub fn is_write_blocked(&self) -> bool {
-        self.output_pending() > 0
+        self.out.pending() > 0
     }
 
     /// Something went wrong mid-exchange: this connection must not be reused.
@@ -212,11 +203,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn start(&mut self, head: &request::Parts, body: RequestBody) -> Sending {
         let has_body = !body.is_end_stream();
         let framing = framing::request_body(&head.headers, body.size_hint().exact(), has_body);
-        self.written = 0;
         self.interim = 0;
-        self.output.clear();
-        self.output_at = 0;
-        let out = &mut self.output;
+        self.out.clear();
+        let out = &mut self.out.buf;
         out.extend_from_slice(head.method.as_str().as_bytes());
         out.push(b' ');
         let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -267,11 +256,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
         loop {
-            if let Err(error) = ready!(self.poll_write_out(cx)) {
+            if let Err(error) = ready!(self.out.poll_write(&mut self.io, cx)) {
                 self.reusable = false;
                 return Poll::Ready(Err(SendError::Backend {
                     error: error.into(),
-                    written: self.written > 0,
+                    written: self.out.written > 0,
                 }));
             }
             if sending.ended {
@@ -299,7 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         )));
                     }
                     if sending.framing == framing::RequestBody::Chunked {
-                        self.output.extend_from_slice(chunked::LAST_CHUNK);
+                        self.out.buf.extend_from_slice(chunked::LAST_CHUNK);
                     }
                     sending.ended = true;
                 }
@@ -317,7 +306,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 // The client's trailers end its body; they are not passed on (nor were they by
                 // hyper): a backend that merged them into the head could be told anything.
                 if chunked {
-                    self.output.extend_from_slice(chunked::LAST_CHUNK);
+                    self.out.buf.extend_from_slice(chunked::LAST_CHUNK);
                 }
                 sending.ended = true;
                 return Ok(());
@@ -325,10 +314,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         if chunked {
             if !data.is_empty() {
-                chunked::encode_size(data.len(), &mut self.output);
-                self.queue_data(data, if ended { b"\r\n0\r\n\r\n" } else { b"\r\n" });
+                chunked::encode_size(data.len(), &mut self.out.buf);
+                self.out
+                    .queue_data(data, if ended { b"\r\n0\r\n\r\n" } else { b"\r\n" });
             } else if ended {
-                self.output.extend_from_slice(chunked::LAST_CHUNK);
+                self.out.buf.extend_from_slice(chunked::LAST_CHUNK);
             }
         } else {
             let len = data.len() as u64;
@@ -343,54 +333,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     "request body shorter than its Content-Length",
                 ));
             }
-            self.queue_data(data, b"");
+            self.out.queue_data(data, b"");
         }
         sending.ended = ended;
         Ok(())
-    }
-
-    /// Queue body bytes after the output buffer: copied when small, else written from where they are.
-    fn queue_data(&mut self, data: Bytes, tail: &'static [u8]) {
-        if data.len() < COPY_BELOW {
-            self.output.extend_from_slice(&data);
-            self.output.extend_from_slice(tail);
-        } else {
-            self.data = data;
-            self.tail = tail;
-        }
-    }
-
-    fn output_pending(&self) -> usize {
-        self.output.len() - self.output_at + self.data.len() + self.tail.len()
-    }
-
-    /// Write the output buffer, the queued data and its tail, in as few writes as the socket takes.
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.output_pending() > 0 {
-            let pieces = [
-                IoSlice::new(&self.output[self.output_at..]),
-                IoSlice::new(&self.data),
-                IoSlice::new(self.tail),
-            ];
-            let mut n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &pieces))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n as u64;
-            let from_output = n.min(self.output.len() - self.output_at);
-            self.output_at += from_output;
-            n -= from_output;
-            let from_data = n.min(self.data.len());
-            self.data.advance(from_data);
-            n -= from_data;
-            self.tail = &self.tail[n.min(self.tail.len())..];
-        }
-        self.output.clear();
-        self.output_at = 0;
-        // Let go of the last body piece (a slice of the client's read buffer).
-        self.data = Bytes::new();
-        self.tail = b"";
-        Poll::Ready(Ok(()))
     }
 
     /// Step 3: read the response head. Interim responses (`100 Continue`, `103 Early Hints`) are
@@ -588,6 +534,93 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let response = std::future::poll_fn(|cx| self.poll_head(&asked, cx)).await?;
         self.reusable = false;
         Ok(response.parts)
+    }
+}
+
+/// Bytes waiting to be written to a socket, in order: a buffer of small pieces (heads, chunk-size
+/// lines, small body pieces copied in), then at most one larger body piece written from where it
+/// is (a slice of the other side's read buffer, never copied), then that piece's tail. Both legs
+/// write through one: the request lb sends to a backend, the response it sends to a client.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub buf: Vec<u8>,
+    at: usize,
+    data: Bytes,
+    tail: &'static [u8],
+    /// Bytes written since [`Output::clear`].
+    pub written: u64,
+}
+
+impl Output {
+    /// Start a new message: nothing pending, nothing written.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.at = 0;
+        self.written = 0;
+    }
+
+    /// Queue body bytes after the buffer: copied when small, else written from where they are.
+    /// Only one large piece waits at a time (see [`Output::has_room`]).
+    pub fn queue_data(&mut self, data: Bytes, tail: &'static [u8]) {
+        if data.len() < COPY_BELOW || !self.data.is_empty() {
+            self.buf.extend_from_slice(&data);
+            self.buf.extend_from_slice(tail);
+        } else {
+            self.data = data;
+            self.tail = tail;
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.at + self.data.len() + self.tail.len()
+    }
+
+    /// Whether another body piece may be queued before the socket takes what waits: the reader
+    /// of a body is only asked for more once the socket keeps up (that is the backpressure).
+    pub fn has_room(&self) -> bool {
+        self.data.is_empty() && self.pending() < COPY_BELOW
+    }
+
+    /// Let go of the buffer's memory (a connection that waits idle keeps none).
+    pub fn release(&mut self) {
+        if self.pending() == 0 {
+            self.buf = Vec::new();
+            self.at = 0;
+        }
+    }
+
+    /// Write everything pending, in as few writes as the socket takes.
+    pub fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending() > 0 {
+            let pieces = [
+                IoSlice::new(&self.buf[self.at..]),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.tail),
+            ];
+            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &pieces))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n as u64;
+            let from_buf = n.min(self.buf.len() - self.at);
+            self.at += from_buf;
+            n -= from_buf;
+            let from_data = n.min(self.data.len());
+            self.data.advance(from_data);
+            n -= from_data;
+            self.tail = &self.tail[n.min(self.tail.len())..];
+        }
+        self.buf.clear();
+        self.at = 0;
+        // Let go of the last body piece (a slice of the other side's read buffer).
+        self.data = Bytes::new();
+        self.tail = b"";
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -1,0 +1,275 @@
+//! Step 1 of a request, continued: one client connection, served request after request.
+//!
+//! [`serve_http`] is the connection's loop; the HTTP/1.1 it speaks is `h1/server.rs`. Each turn:
+//!
+//! 1. wait for the next request head, or for the connection to end: the client closes, the
+//!    watchdog's header or idle timeout runs out (`watchdog.rs`), or shutdown begins (an idle
+//!    connection closes at once). A connection idle for a second is *parked*: its buffers are
+//!    let go of, and only the socket is kept until the client's next bytes arrive (this is what
+//!    nginx and HAProxy do between requests, and why ten thousand idle clients cost them little);
+//! 2. a head lb refuses gets 400 or 431 and the connection closes, with a log line of its own;
+//! 3. the request goes to [`crate::proxy::handle`] (steps 2 to 8). Meanwhile the loop watches
+//!    the socket: a client that hangs up while its answer is awaited ends the request (logged as
+//!    499), and bytes of a next request are kept;
+//! 4. the response is written (`h1::server::write_response`), then the connection carries the
+//!    next request if both messages ended cleanly and nobody asked to close; after a `101` it
+//!    becomes a tunnel between client and backend instead.
+//!
+//! Requests on one connection are answered one at a time, in order: pipelined requests wait in
+//! the buffer.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+use crate::access_log::Record;
+use crate::downstream::ConnInfo;
+use crate::h1::server::{self, lock, Asked, Client, Refused, Shared, Written};
+use crate::trace::Trace;
+use crate::upstream::Upstream;
+use crate::watchdog::{Expired, Watchdog};
+use crate::Balancer;
+
+/// Serve HTTP/1.1 on `io` (plain or TLS) until the client closes, idles out, or shutdown ends it.
+pub async fn serve_http<S>(
+    io: S,
+    info: &Arc<ConnInfo>,
+    balancer: &Balancer,
+    stop: watch::Receiver<bool>,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client: Shared<S> = Arc::new(Mutex::new(Client::new(io)));
+    let mut watchdog = Watchdog::new(info.clone(), &balancer.timeouts);
+    let max_head = balancer.limits.max_header_bytes;
+    let stopping = stop.clone();
+    let mut stop = stop;
+    let mut stop_signal = pin!(stopped(&mut stop));
+    loop {
+        if lock(&client).has_input() {
+            info.head_bytes_arrived(); // part of the next head came with the last request
+        }
+        // 1. The next request head.
+        let arrived = || {
+            info.head_bytes_arrived();
+            info.set_parked(false);
+        };
+        let parsed = tokio::select! {
+            biased;
+            head = poll_fn(|cx| lock(&client).poll_head(max_head, &arrived, cx)) => head,
+            _ = &mut stop_signal => return close(&client, Ended::IdleDuringShutdown).await,
+            expired = watchdog.expired() => {
+                match expired {
+                    Expired::Head => {
+                        return Ended::HeadTimeout(balancer.timeouts.header);
+                    }
+                    Expired::Idle => {
+                        info.trace.conn_event(format_args!(
+                            "closing: idle (--idle-timeout / --header-timeout)"
+                        ));
+                        return close(&client, Ended::Closed).await;
+                    }
+                    Expired::Park => {
+                        info.trace.conn_event(format_args!(
+                            "parking: idle, letting go of the connection's buffers"
+                        ));
+                        info.set_parked(true);
+                        lock(&client).release();
+                    }
+                }
+                continue;
+            }
+        };
+        // 2. A head lb refuses.
+        let parsed = match parsed {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ended::Closed,
+            Err(refused) => {
+                if let Some(status) = refused.status() {
+                    lock(&client).refuse(status);
+                    let _ = timeout(
+                        Duration::from_secs(1),
+                        poll_fn(|cx| lock(&client).poll_close(cx)),
+                    )
+                    .await;
+                }
+                return Ended::Refused(refused);
+            }
+        };
+        if info.is_parked() {
+            info.set_parked(false);
+        }
+        watchdog.look_again();
+        // 3. Steps 2 to 8. The request's future is boxed: it is large, and an idle connection
+        // should not keep room for it.
+        let mut asked = Asked {
+            method: parsed.parts.method.clone(),
+            version: parsed.parts.version,
+            keep_alive: parsed.keep_alive,
+        };
+        let body = server::request_body(&client, parsed.body, balancer.timeouts.body_idle);
+        let request = Request::from_parts(parsed.parts, body);
+        let mut handling = Box::pin(crate::proxy::handle(request, balancer, info));
+        let answered = poll_fn(|cx| {
+            if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            match lock(&client).poll_closed(max_head, cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        drop(handling);
+        let Some(response) = answered else {
+            // The client hung up: the request was dropped with it, and logged as 499.
+            return Ended::Closed;
+        };
+        // 4. The response.
+        let shutting_down = *stopping.borrow();
+        if shutting_down {
+            asked.keep_alive = false; // finish this request, then close
+        }
+        let (parts, mut body) = response.into_parts();
+        let written = server::write_response(&client, &parts, &mut body, &asked).await;
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if let (Ok(Written::Whole(_)), Some((upstream, number))) =
+                (&written, body.take_tunnel())
+            {
+                drop(body);
+                return tunnel(client, upstream, &info.trace, number).await;
+            }
+        }
+        drop(body);
+        match written {
+            Ok(Written::Whole(true)) if lock(&client).finish_body() => {}
+            Ok(Written::Whole(_)) if shutting_down => return close(&client, Ended::Shutdown).await,
+            Ok(Written::Whole(_)) => return close(&client, Ended::Closed).await,
+            Ok(Written::Cut) | Err(_) => return Ended::Closed,
+        }
+    }
+}
+
+/// Close the connection in order (what is queued goes out, then the end of the stream), for at
+/// most a second.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &Mutex<Client<S>>,
+    ended: Ended,
+) -> Ended {
+    let _ = timeout(
+        Duration::from_secs(1),
+        poll_fn(|cx| lock(client).poll_close(cx)),
+    )
+    .await;
+    ended
+}
+
+/// After `101 Switching Protocols`, copy bytes both ways between client and backend until either
+/// side closes (WebSocket and friends). What either side sent right behind its head goes first.
+async fn tunnel<S>(client: Shared<S>, upstream: Upstream, trace: &Trace, n: u64) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(client) = Arc::try_unwrap(client) else {
+        trace.event(
+            8,
+            n,
+            format_args!("tunnel not started: the request body is still read"),
+        );
+        return Ended::Closed;
+    };
+    let client = client
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (mut client, client_early): (S, Bytes) = client.into_tunnel();
+    let (mut backend, backend_early): (_, Bytes) = upstream.conn.into_tunnel();
+    let early = async {
+        client.write_all(&backend_early).await?;
+        backend.write_all(&client_early).await
+    };
+    if let Err(e) = early.await {
+        trace.event(8, n, format_args!("tunnel closed: {e}"));
+        return Ended::Closed;
+    }
+    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        Ok((up, down)) => trace.event(
+            8,
+            n,
+            format_args!(
+                "tunnel closed: {} bytes up, {} bytes down",
+                up + client_early.len() as u64,
+                down + backend_early.len() as u64
+            ),
+        ),
+        Err(e) => trace.event(8, n, format_args!("tunnel closed: {e}")),
+    }
+    Ended::Closed
+}
+
+/// Why a client connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    Closed,
+    Shutdown,
+    IdleDuringShutdown,
+    /// A request head started arriving and did not complete in time.
+    HeadTimeout(Duration),
+    /// `-s`: the TLS handshake failed (plain HTTP to the TLS port, a bad client) or stalled.
+    Handshake(String),
+    /// A request head lb refused (answered 400 or 431, or not at all).
+    Refused(Refused),
+}
+
+impl Ended {
+    /// Say how the connection ended: `--trace`, and the log line of a request head that never
+    /// reached `proxy::handle` (lb answered it, or dropped it), with `-` for what is unknown.
+    pub fn record(&self, peer: std::net::SocketAddr, balancer: &Balancer, trace: &Trace) {
+        if let Some(status) = self.rejected_status() {
+            balancer.stats.unserved.record(status, Duration::ZERO, 0);
+            balancer.log.write(&Record::rejected(peer, status));
+        }
+        trace.conn_event(format_args!("closed ({self})"));
+    }
+
+    /// The status of a request head refused before it became a request: 431 for an oversized
+    /// head, 400 for a malformed one; a head that never completed is 408.
+    fn rejected_status(&self) -> Option<u16> {
+        match self {
+            Ended::Refused(refused) => refused.status().map(|s| s.as_u16()),
+            Ended::HeadTimeout(_) => Some(408),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Closed => f.write_str("client closed or keep-alive ended"),
+            Ended::Shutdown => f.write_str("shutdown"),
+            Ended::IdleDuringShutdown => f.write_str("idle during shutdown"),
+            Ended::HeadTimeout(t) => {
+                write!(
+                    f,
+                    "no complete request head within {t:?} (--header-timeout)"
+                )
+            }
+            Ended::Handshake(why) => write!(f, "TLS handshake failed: {why}"),
+            Ended::Refused(refused) => write!(f, "refused: {refused}"),
+        }
+    }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
