@@ -98,7 +98,7 @@ impl Record {
         }
     }
 
-    /// The record of a request head refused before it became a request (hyper's 400 and 431, or a
+    /// The record of a request head refused before it became a request (lb's 400 and 431, or a
     /// head that never completed, 408): method and target are unknown, shown as `-`.
     pub fn rejected(client: SocketAddr, status: u16) -> Self {
         Record {

@@ -31,7 +31,7 @@ pub struct ConnInfo {
     idle_since_ms: AtomicU64,
     /// [`now_ms`] of the first byte read since the last request started or finished; 0 = none.
     head_started_ms: AtomicU64,
-    /// Whether the connection is parked: idle, served by no hyper connection (see `accept.rs`).
+    /// Whether the connection is parked: idle, holding no buffers (see `serve.rs`).
     parked: AtomicBool,
 }
 

@@ -90,5 +90,5 @@ pub enum ClientBodyError {
     Broken(#[source] WireError),
 }
 
-/// The error type carried by the bodies we stream; hyper only needs it to be boxable.
+/// The error type carried by the bodies we stream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

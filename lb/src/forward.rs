@@ -4,7 +4,7 @@
 //! A proxy is two HTTP connections glued together, so headers that describe *one connection* must
 //! not cross over (RFC 9110 §7.6.1): `Connection` and every header it lists, `Keep-Alive`,
 //! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate` and
-//! `Proxy-Authorization`. Each side is framed anew on the way out (hyper's server towards the client,
+//! `Proxy-Authorization`. Each side is framed anew on the way out (lb's `h1/server.rs` towards the client,
 //! `h1` towards the backend, each writing its own Content-Length or chunked), so dropping
 //! `Transfer-Encoding` is safe. `Host` stays even if `Connection` names it: it says which site is
 //! asked for, not anything about the connection.

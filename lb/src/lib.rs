@@ -1,20 +1,22 @@
 //! `lb`: a streaming HTTP/1.1 load balancer with the command line of the Mongoose
-//! `load_balancer` example, built on hyper (client side) and its own HTTP/1.1 codec (backend side): round robin by default, as the original, and
-//! load-aware or consistent-hashing strategies with `--balance`.
+//! `load_balancer` example, speaking HTTP/1.1 on both legs through its own codec ([`h1`]): round
+//! robin by default, as the original, and load-aware or consistent-hashing strategies with
+//! `--balance`.
 //!
 //! The modules follow one request through the balancer, in order (start reading at [`proxy`],
 //! whose [`proxy::handle`] runs steps 2 to 8):
 //!
 //! 0. [`cli`] / [`config`]: the original command line becomes a [`Config`];
-//! 1. [`accept`]: accept the connection, serve HTTP/1.1 on it (connection cap, shutdown), with
-//!    [`watchdog`] for the header and idle timeouts; [`downstream`] is what the request path knows
-//!    of that client connection;
+//! 1. [`accept`]: accept the connection (connection cap, TLS, shutdown); [`serve`]: read its
+//!    requests one by one and write their responses ([`h1::server`]), with [`watchdog`] for the
+//!    header and idle timeouts; [`downstream`] is what the request path knows of that client
+//!    connection;
 //! 2. [`proxy`]: check the request;
 //! 3. [`route`]: Host + path -> a group of backends (longest prefix, vhosts first);
 //! 4. [`pick`]: the group's strategy orders the members (round robin by default); [`failover`]
 //!    walks that order, with [`health`] deciding who is left out;
 //! 5. [`upstream`]: a pooled (or new) connection to that backend, spoken to in HTTP/1.1 by [`h1`]
-//!    (lb's own codec for the backend leg: framing, chunks, when a connection can be reused);
+//!    (framing, chunks, when a connection can be reused);
 //! 6. [`forward`]: the rewritten request head (hop-by-hop headers, X-Forwarded-For, Via);
 //! 7. send: the request [`body`] streamed up; on a failure before the response, [`retry`] says
 //!    whether the request may go to the next member;

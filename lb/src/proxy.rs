@@ -1,8 +1,8 @@
-//! The file to read first: one request, from the moment hyper hands it to us until its response
+//! The file to read first: one request, from the moment its head has been read until its response
 //! head goes back. [`handle`] runs the steps of a request in order (the numbers are the ones used
 //! everywhere: ARCHITECTURE.md, each module's opening comment, `--trace`):
 //!
-//! 1. [`crate::accept`] accepted the connection and hyper parsed the request head;
+//! 1. [`crate::accept`] accepted the connection and [`crate::serve`] read the request head;
 //! 2. check the request ([`check_request`]): HTTP/1.1 needs exactly one `Host`;
 //! 3. [`crate::route`]: which group of backends serves this Host and path;
 //! 4. [`crate::pick`] names the member to try first, [`crate::failover`] walks on from there;

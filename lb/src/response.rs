@@ -10,7 +10,7 @@
 //! idle timer (`--body-timeout`) on the backend's side.
 //!
 //! The end of a request is [`Completion::finish`], called by the body where the exchange ends: at
-//! its last frame, on an error, or when hyper drops it. Only then is the upstream connection checked
+//! its last frame, on an error, or when the connection's loop drops it. Only then is the upstream connection checked
 //! in (after a clean end only: a connection with half a response still in it is useless), the
 //! access-log line written and `done` traced. A request that never got as far as a response body
 //! (the client closed its connection while `lb` was still waiting for a backend) is finished by
@@ -40,7 +40,7 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// The whole response reached hyper.
+    /// The whole response was handed to the client connection.
     Complete,
     /// The response was cut off: the backend failed mid-body, or the client went away.
     CutOff,
@@ -151,8 +151,8 @@ impl Completion {
 }
 
 impl Drop for Completion {
-    /// The safety net: a request dropped before any response body took charge of it (hyper drops
-    /// the handler when the client hangs up while lb waits for a backend; shutdown's `--grace`
+    /// The safety net: a request dropped before any response body took charge of it (the connection's
+    /// loop drops the handler when the client hangs up while lb waits for a backend; shutdown's `--grace`
     /// ending does the same) still gets its one log line.
     fn drop(&mut self) {
         self.write(End::Abandoned, None);
@@ -165,7 +165,7 @@ pub struct ResponseBody {
     kind: Kind,
     idle: IdleTimer,
     completion: Option<Box<Completion>>,
-    /// A backend failure held back for one poll, so hyper first flushes what it already has.
+    /// A backend failure held back for one poll, so that what is queued is written first.
     failed: Option<BoxError>,
 }
 
@@ -340,9 +340,9 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                // The backend failed mid-body. hyper closes the client connection when we return
-                // the error, dropping whatever it has not written yet, which may be the response
-                // head itself when everything arrived at once. So yield once first: hyper flushes
+                // The backend failed mid-body. The client connection closes when we return the
+                // error, dropping whatever it has not written yet, which may be the response head
+                // itself when everything arrived at once. So yield once first: the writer flushes
                 // its buffer when a body is pending, and the client sees a head and a truncated
                 // body, never a silent close.
                 this.failed = Some(error);
@@ -379,9 +379,9 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // hyper drops the body once it is done with it. A body that was empty from the start is
-        // never polled: it ends here, after hyper wrote the head. Any other body dropped before its
-        // end was cut off (the client went away, or hyper gave up); its upstream connection is
+        // The connection's loop drops the body once it is done with it. A body that was empty
+        // from the start is never polled: it ends here, after the head was written. Any other
+        // body dropped before its end was cut off (the client went away, or a write failed); its upstream connection is
         // dropped with it, which cancels the backend's side of the exchange.
         let end = if self.is_end_stream() && self.failed.is_none() {
             End::Complete

@@ -59,10 +59,7 @@ where
             info.head_bytes_arrived(); // part of the next head came with the last request
         }
         // 1. The next request head.
-        let arrived = || {
-            info.head_bytes_arrived();
-            info.set_parked(false);
-        };
+        let arrived = || info.head_bytes_arrived();
         let parsed = tokio::select! {
             biased;
             head = poll_fn(|cx| lock(&client).poll_head(max_head, &arrived, cx)) => head,
@@ -106,9 +103,11 @@ where
             }
         };
         if info.is_parked() {
+            // Its next deadline (parking again) may be sooner than the watchdog's timer. (A busy
+            // connection never moves the timer: it costs nothing per request.)
             info.set_parked(false);
+            watchdog.look_again();
         }
-        watchdog.look_again();
         // 3. Steps 2 to 8. The request's future is boxed: it is large, and an idle connection
         // should not keep room for it.
         let mut asked = Asked {

@@ -197,7 +197,7 @@ pub fn client_request(
 
 /// How the request lb sends is framed. lb always writes the framing header itself (and never
 /// copies the client's `Content-Length` or `Transfer-Encoding`), so the backend can only ever see
-/// one framing: a body of known length (`exact`: hyper checked the client's `Content-Length`, or it
+/// one framing: a body of known length (`exact`: the client's `Content-Length`, checked by [`client_request`], or it
 /// is a kept copy) goes with `Content-Length`, as does an empty body the client announced with
 /// `Content-Length: 0`; a body of unknown length (it came chunked) goes chunked; no body, nothing.
 pub fn request_body(headers: &HeaderMap, exact: Option<u64>, has_body: bool) -> RequestBody {

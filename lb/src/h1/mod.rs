@@ -1,8 +1,8 @@
 //! HTTP/1.1 on the upstream leg, written out: how lb sends a request to a backend, reads the
 //! response, knows where that response ends, and whether the connection can carry another one.
 //!
-//! The client leg is hyper's server. The backend leg is this module, small enough to read in one
-//! sitting. One exchange on a [`Conn`] goes:
+//! The client leg is [`server`] (requests read, responses written); the backend leg is the rest
+//! of this module, small enough to read in one sitting. One exchange on a [`Conn`] goes:
 //!
 //! 1. [`Conn::start`] writes the request head into the connection's output buffer: request line,
 //!    the (already rewritten) header fields, and the framing of the body, always lb's own
@@ -410,26 +410,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// The first `len` input bytes are a complete head: make it a [`Head`]. The header values
     /// are slices of the head's bytes, not copies.
     fn take_head(&mut self, len: usize, asked: &Asked) -> Result<Head, Error> {
-        let bytes = self.input.split_to(len).freeze();
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
-        // The same bytes parsed a moment ago: this cannot fail.
-        let _ = parser().parse_response_with_uninit_headers(&mut parsed, &bytes, &mut fields);
-        let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
-            .map_err(|_| Error::Malformed("invalid status code"))?;
+        // Parsed a moment ago: this cannot fail. Where each field lies is noted, so that the
+        // head's bytes can be split off and its values be slices of them, without a copy.
+        let _ = parser().parse_response_with_uninit_headers(&mut parsed, &self.input, &mut fields);
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let count = locate(&self.input, parsed.headers, &mut spans);
+        let code = parsed.code.unwrap_or_default();
         let version = match parsed.version {
             Some(1) => http::Version::HTTP_11,
             _ => http::Version::HTTP_10,
         };
+        let bytes = self.input.split_to(len).freeze();
+        let status =
+            StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status code"))?;
         // One spare slot: the `Via` lb adds on the way to the client (`forward::response`).
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
-        for field in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| Error::Malformed("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
-                .map_err(|_| Error::Malformed("invalid header value"))?;
-            headers.append(name, value);
-        }
+        let headers = header_map(&bytes, &spans[..count], 1).map_err(Error::Malformed)?;
         let framing = framing::response_body(&asked.method, status, version, &headers)?;
         if !framing.reusable || status == StatusCode::SWITCHING_PROTOCOLS {
             self.reusable = false;
@@ -622,6 +619,45 @@ impl Output {
         self.tail = b"";
         Poll::Ready(Ok(()))
     }
+}
+
+/// Where one header field's name and value lie within the bytes of its head.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Note where each of `fields` (parsed from `head`) lies in `head`; returns how many there are.
+fn locate(head: &[u8], fields: &[httparse::Header<'_>], spans: &mut [Span; MAX_HEADERS]) -> usize {
+    let at = |part: &[u8]| (part.as_ptr() as usize - head.as_ptr() as usize, part.len());
+    for (span, field) in spans.iter_mut().zip(fields) {
+        *span = Span {
+            name: at(field.name.as_bytes()),
+            value: at(field.value),
+        };
+    }
+    fields.len().min(MAX_HEADERS)
+}
+
+/// The header map of a head whose fields lie at `spans` in `bytes`: each value is a slice of
+/// `bytes`, not a copy. `spare`: room for fields lb will add.
+fn header_map(bytes: &Bytes, spans: &[Span], spare: usize) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + spare);
+    for span in spans {
+        let (at, len) = span.name;
+        let name = bytes.get(at..at + len).ok_or("invalid header name")?;
+        let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
+        let value = slice(bytes, span.value).ok_or("invalid header value")?;
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// The part of `bytes` at `(start, len)`, if it lies within.
+fn slice(bytes: &Bytes, (at, len): (usize, usize)) -> Option<Bytes> {
+    (at.checked_add(len)? <= bytes.len()).then(|| bytes.slice(at..at + len))
 }
 
 /// `content-length: N` and its line end.

@@ -10,8 +10,8 @@
 //!    with more than 100 fields) with 431, and either way the connection closes;
 //! 2. [`framing::client_request`] says how the body is delimited (chunked, a length, or none) and
 //!    refuses what could be read two ways (RFC 9112 §6.3);
-//! 3. the body is [`Incoming`]: read from the same buffer as the proxy asks for it (so a slow
-//!    backend slows the client down), after a `100 Continue` if the client waits for one;
+//! 3. the body ([`request_body`]) is read from the same buffer as the proxy asks for it (so a
+//!    slow backend slows the client down), after a `100 Continue` if the client waits for one;
 //! 4. [`write_response`] writes the response head with lb's own framing (`Content-Length` when the
 //!    body's length is known, else chunked, or for an HTTP/1.0 client until the close), then the
 //!    body as its frames come;
@@ -31,14 +31,16 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, request, response, HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http::{header, request, response, Method, Request};
 use http::{StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chunked::{self, Decoded};
 use super::framing::{self, RequestBody as Framing};
-use super::{parser, write_length, Error, Output, MAX_HEADERS, READ_SIZE};
+use super::{
+    header_map, locate, parser, slice, write_length, Error, Output, Span, MAX_HEADERS, READ_SIZE,
+};
 use crate::body::{ReadBody, RequestBody};
 use crate::error::BoxError;
 
@@ -115,28 +117,26 @@ pub fn parse(input: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refused
         Err(httparse::Error::Version) => return Err(Refused::Malformed("unknown HTTP version")),
         Err(_) => return Err(Refused::Malformed("not an HTTP/1.1 request head")),
     };
-    let bytes = input.split_to(len).freeze();
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    // The same bytes parsed a moment ago: this cannot fail.
-    let _ = parser().parse_request_with_uninit_headers(&mut parsed, &bytes, &mut fields);
-    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
         .map_err(|_| Refused::Malformed("invalid method"))?;
-    let target = bytes.slice_ref(parsed.path.unwrap_or_default().as_bytes());
-    let uri = Uri::from_maybe_shared(target).map_err(|_| Refused::Malformed("invalid target"))?;
-    let version = match parsed.version {
+    let version = match request.version {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
+    let target = request.path.unwrap_or_default().as_bytes();
+    let target = (
+        target.as_ptr() as usize - input.as_ptr() as usize,
+        target.len(),
+    );
+    let mut spans = [Span::default(); MAX_HEADERS];
+    let count = locate(input, request.headers, &mut spans);
+    // The head's bytes leave the buffer; the target and the header values are slices of them.
+    let bytes = input.split_to(len).freeze();
+    let uri = slice(&bytes, target)
+        .and_then(|target| Uri::from_maybe_shared(target).ok())
+        .ok_or(Refused::Malformed("invalid target"))?;
     // Spare slots for what lb adds on the way (`X-Forwarded-For`, `X-Forwarded-Proto`, `Via`).
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 3);
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Refused::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(field.value))
-            .map_err(|_| Refused::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let mut headers = header_map(&bytes, &spans[..count], 3).map_err(Refused::Malformed)?;
     let (body, close_after) =
         framing::client_request(version, &mut headers).map_err(|e| match e {
             Error::Malformed(why) => Refused::Malformed(why),
@@ -349,7 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// After the answer: whether the request body was read to its end. What is left of it is
-    /// skipped if it is already here, as hyper does; a body still on its way is not waited for
+    /// skipped if it is already here (as hyper does); a body still on its way is not waited for
     /// (the connection then closes).
     pub fn finish_body(&mut self) -> bool {
         self.expect_continue = false;
@@ -406,12 +406,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
+        // The framing and the connection's fate are lb's to say (a `101` keeps its
+        // `Connection: upgrade`; a response to HEAD keeps the length it would have had). lb's
+        // `Content-Length` goes where the backend had one, so the head keeps its order.
+        let mut length_written = false;
         for (name, value) in &parts.headers {
-            // The framing and the connection's fate are lb's to say (a `101` keeps its
-            // `Connection: upgrade`; a response to HEAD keeps the length it would have had).
-            let framing_header = name == header::TRANSFER_ENCODING
-                || (name == header::CONTENT_LENGTH && asked.method != Method::HEAD);
-            if framing_header || (name == header::CONNECTION && !switching) {
+            if name == header::CONTENT_LENGTH && asked.method != Method::HEAD {
+                if let (Out::Length(n), false) = (body, length_written) {
+                    write_length(out, n);
+                    length_written = true;
+                }
+                continue;
+            }
+            if name == header::TRANSFER_ENCODING || (name == header::CONNECTION && !switching) {
                 continue;
             }
             out.extend_from_slice(name.as_str().as_bytes());
@@ -420,12 +427,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             out.extend_from_slice(b"\r\n");
         }
         if !parts.headers.contains_key(header::DATE) {
+            // RFC 9110 §6.6.1: a server with a clock sends Date (backends usually did already).
             out.extend_from_slice(b"date: ");
-            out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+            write_date(out);
             out.extend_from_slice(b"\r\n");
         }
         match body {
-            Out::Length(n) => write_length(out, n),
+            Out::Length(n) if !length_written => write_length(out, n),
             Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             _ => {}
         }
@@ -505,6 +513,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         ready!(self.poll_write(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+fn write_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
 }
 
 /// What the request was, as far as writing its response is concerned.
