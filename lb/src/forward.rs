@@ -33,8 +33,11 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Does this request ask to switch protocols (e.g. WebSocket)? Then `Upgrade` must pass through.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+/// Only HTTP/1.1 can: a server must ignore `Upgrade` in an HTTP/1.0 request (RFC 9110 §7.8).
+pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_lists(headers, "upgrade")
 }
 
 /// Turn the client's request head into the backend's: new target, HTTP/1.1, proxy headers.
@@ -46,7 +49,7 @@ pub fn request(
     scheme: &'static str,
     backend: &str,
 ) {
-    let upgrade = is_upgrade(&parts.headers);
+    let upgrade = is_upgrade(parts.version, &parts.headers);
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     let via = via_value(parts.version);
     remove_hop_by_hop(&mut parts.headers);

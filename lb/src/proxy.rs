@@ -135,7 +135,7 @@ impl<'a> Exchange<'a> {
         if member.redirect {
             return Ok(self.redirect(group, member, &backend, &original));
         }
-        let upgrade = crate::forward::is_upgrade(request.headers());
+        let upgrade = crate::forward::is_upgrade(request.version(), request.headers());
         let target = self.target(group, member, &original)?;
         let outgoing = self.forward(request, target, &backend);
         let first = Target {

@@ -176,7 +176,7 @@ enum Kind {
     Streamed(Box<Streamed>),
     /// No body: the answer was `101`, and the upstream connection (with the request's number,
     /// for `--trace`) waits to become one end of a tunnel.
-    Tunnel(Option<(Upstream, u64)>),
+    Tunnel(Option<Box<(Upstream, u64)>>),
 }
 
 #[derive(Debug)]
@@ -203,7 +203,7 @@ impl ResponseBody {
     /// has reached the client ([`ResponseBody::take_tunnel`]).
     pub fn tunnel(upstream: Upstream, number: u64) -> Self {
         ResponseBody {
-            kind: Kind::Tunnel(Some((upstream, number))),
+            kind: Kind::Tunnel(Some(Box::new((upstream, number)))),
             idle: IdleTimer::new(Duration::MAX),
             completion: None,
             failed: None,
@@ -213,7 +213,7 @@ impl ResponseBody {
     /// The upstream connection of a `101` answer (and the request's number), to tunnel through.
     pub fn take_tunnel(&mut self) -> Option<(Upstream, u64)> {
         match &mut self.kind {
-            Kind::Tunnel(upstream) => upstream.take(),
+            Kind::Tunnel(upstream) => upstream.take().map(|pair| *pair),
             _ => None,
         }
     }

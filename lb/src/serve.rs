@@ -93,11 +93,9 @@ where
             Err(refused) => {
                 if let Some(status) = refused.status() {
                     lock(&client).refuse(status);
-                    let _ = timeout(
-                        Duration::from_secs(1),
-                        poll_fn(|cx| lock(&client).poll_close(cx)),
-                    )
-                    .await;
+                    // Logged now, not when the connection is gone (which lingering may delay).
+                    log_refused(info.peer, balancer, status.as_u16());
+                    return close(&client, Ended::Refused(refused)).await;
                 }
                 return Ended::Refused(refused);
             }
@@ -114,6 +112,7 @@ where
             method: parsed.parts.method.clone(),
             version: parsed.parts.version,
             keep_alive: parsed.keep_alive,
+            body_unclaimed: false,
         };
         let body = server::request_body(&client, parsed.body, balancer.timeouts.body_idle);
         let request = Request::from_parts(parsed.parts, body);
@@ -139,8 +138,11 @@ where
             asked.keep_alive = false; // finish this request, then close
         }
         let (parts, mut body) = response.into_parts();
-        let written = server::write_response(&client, &parts, &mut body, &asked).await;
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only the connection itself holds it: nobody reads the request body any more.
+        asked.body_unclaimed = Arc::strong_count(&client) == 1;
+        let written = server::write_response(&client, &parts, &mut body, &asked, max_head).await;
+        // A tunnel starts from a request read to its end: nothing of it may leak into the tunnel.
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS && lock(&client).body_done() {
             if let (Ok(Written::Whole(_)), Some((upstream, number))) =
                 (&written, body.take_tunnel())
             {
@@ -153,24 +155,33 @@ where
             Ok(Written::Whole(true)) if lock(&client).finish_body() => {}
             Ok(Written::Whole(_)) if shutting_down => return close(&client, Ended::Shutdown).await,
             Ok(Written::Whole(_)) => return close(&client, Ended::Closed).await,
-            Ok(Written::Cut) | Err(_) => return Ended::Closed,
+            Ok(Written::Cut) => return close(&client, Ended::Closed).await,
+            Err(_) => return Ended::Closed,
         }
     }
 }
 
-/// Close the connection in order (what is queued goes out, then the end of the stream), for at
-/// most a second.
+/// Close the connection in order: what is queued goes out, then the end of the stream; then, if
+/// the client may still be sending, what it sends is read and dropped until it closes too (a
+/// *lingering close*), so that its unread bytes do not make the kernel reset the connection and
+/// destroy the response on its way. All within [`LINGER`].
 async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     client: &Mutex<Client<S>>,
     ended: Ended,
 ) -> Ended {
-    let _ = timeout(
-        Duration::from_secs(1),
-        poll_fn(|cx| lock(client).poll_close(cx)),
-    )
-    .await;
+    let closing = async {
+        let _ = poll_fn(|cx| lock(client).poll_close(cx)).await;
+        if lock(client).needs_lingering() {
+            poll_fn(|cx| lock(client).poll_linger(cx)).await;
+        }
+    };
+    let _ = timeout(LINGER, closing).await;
     ended
 }
+
+/// How long closing a connection may take, lingering included (nginx lingers up to 30 s, 5 s
+/// without a byte; lb's clients are tests and demos, which close at once).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// After `101 Switching Protocols`, copy bytes both ways between client and backend until either
 /// side closes (WebSocket and friends). What either side sent right behind its head goes first.
@@ -231,22 +242,12 @@ pub enum Ended {
 impl Ended {
     /// Say how the connection ended: `--trace`, and the log line of a request head that never
     /// reached `proxy::handle` (lb answered it, or dropped it), with `-` for what is unknown.
+    /// (A head lb answered with 400 or 431 was logged when it was refused.)
     pub fn record(&self, peer: std::net::SocketAddr, balancer: &Balancer, trace: &Trace) {
-        if let Some(status) = self.rejected_status() {
-            balancer.stats.unserved.record(status, Duration::ZERO, 0);
-            balancer.log.write(&Record::rejected(peer, status));
+        if let Ended::HeadTimeout(_) = self {
+            log_refused(peer, balancer, 408);
         }
         trace.conn_event(format_args!("closed ({self})"));
-    }
-
-    /// The status of a request head refused before it became a request: 431 for an oversized
-    /// head, 400 for a malformed one; a head that never completed is 408.
-    fn rejected_status(&self) -> Option<u16> {
-        match self {
-            Ended::Refused(refused) => refused.status().map(|s| s.as_u16()),
-            Ended::HeadTimeout(_) => Some(408),
-            _ => None,
-        }
     }
 }
 
@@ -266,6 +267,13 @@ impl std::fmt::Display for Ended {
             Ended::Refused(refused) => write!(f, "refused: {refused}"),
         }
     }
+}
+
+/// The log line (and the count) of a request head that never became a request: 400 malformed,
+/// 431 oversized, 408 never completed; `-` for what is unknown.
+fn log_refused(peer: std::net::SocketAddr, balancer: &Balancer, status: u16) {
+    balancer.stats.unserved.record(status, Duration::ZERO, 0);
+    balancer.log.write(&Record::rejected(peer, status));
 }
 
 /// Completes once the stop flag is set (or its sender is gone).

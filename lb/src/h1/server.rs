@@ -174,6 +174,10 @@ pub struct Client<S> {
     body: BodyState,
     /// The client waits for `100 Continue`: sent when the body is first asked for.
     expect_continue: bool,
+    /// A `100 Continue` is queued and not yet flushed.
+    continue_queued: bool,
+    /// The client has closed its side (end of stream read): only what is buffered remains.
+    eof: bool,
 }
 
 /// Where the request body being read is.
@@ -207,12 +211,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             out: Output::default(),
             body: BodyState::Done,
             expect_continue: false,
+            continue_queued: false,
+            eof: false,
         }
     }
 
-    /// Bytes of a next request are already here.
-    pub fn has_input(&self) -> bool {
+    /// Bytes of a next request are already here. (Empty lines between requests do not count:
+    /// RFC 9112 §2.2 lets old clients send one after a body, and a server ignore it.)
+    pub fn has_input(&mut self) -> bool {
+        let blank = self
+            .input
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        self.input.advance(blank);
         !self.input.is_empty()
+    }
+
+    /// The request body has been read to its end (or there was none).
+    pub fn body_done(&self) -> bool {
+        matches!(self.body, BodyState::Done)
+    }
+
+    /// Closing now could lose the response: the client may still be sending (a body not read, a
+    /// request refused), and unread bytes make the kernel answer with a reset.
+    pub fn needs_lingering(&self) -> bool {
+        !self.eof && (!self.body_done() || !self.input.is_empty())
     }
 
     /// Let go of the buffers while the connection waits idle (parking): only the socket is kept.
@@ -265,17 +289,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Read more bytes; `Ok(0)` at the end of the stream. A connection that let go of its buffer
     /// (parked) reads into a small one on the stack first, and takes a buffer only once bytes came.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.input.capacity() == 0 {
+        if self.eof {
+            return Poll::Ready(Ok(0));
+        }
+        let n = if self.input.capacity() == 0 {
             let mut first = [0u8; 512];
             let mut buf = ReadBuf::new(&mut first);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
             self.input.extend_from_slice(buf.filled());
-            return Poll::Ready(Ok(buf.filled().len()));
-        }
-        if self.input.capacity() - self.input.len() < READ_SIZE / 8 {
-            self.input.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.input)
+            buf.filled().len()
+        } else {
+            if self.input.capacity() - self.input.len() < READ_SIZE / 8 {
+                self.input.reserve(READ_SIZE);
+            }
+            ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.input
+            ))?
+        };
+        self.eof = n == 0;
+        Poll::Ready(Ok(n))
     }
 
     /// Step 3: the next piece of the request body, `None` at its end.
@@ -293,11 +327,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     if *left == 0 {
                         self.body = BodyState::Done;
                     }
+                    self.expect_continue = false; // the body is coming anyway
                     return Poll::Ready(Some(Ok(Frame::data(self.input.split_to(take).freeze()))));
                 }
                 BodyState::Length(_) => {}
                 BodyState::Chunked(chunks) => match chunks.decode(&mut self.input) {
-                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Data(data)) => {
+                        self.expect_continue = false;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
                     Ok(Decoded::Trailers(trailers)) => {
                         self.body = BodyState::Done;
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -313,13 +351,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     }
                 },
             }
-            // The client sends its body once told to go on; the answer goes out before we wait.
+            // The client sends its body once told to go on: that goes out before we wait.
             if std::mem::take(&mut self.expect_continue) {
                 self.out.buf.extend_from_slice(CONTINUE);
+                self.continue_queued = true;
             }
-            if let Err(error) = ready!(self.out.poll_write(&mut self.io, cx)) {
-                self.body = BodyState::Broken;
-                return Poll::Ready(Some(Err(error.into())));
+            if self.continue_queued {
+                if let Err(error) = ready!(self.poll_write(cx)) {
+                    self.body = BodyState::Broken;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                self.continue_queued = false;
             }
             match ready!(self.poll_fill(cx)) {
                 Ok(0) => {
@@ -335,17 +377,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// While the request is being answered: has the client closed the connection (or failed)?
-    /// Bytes that arrive meanwhile (a pipelined request) are kept for later, up to `max`; past
-    /// that the client waits (and a close is only noticed after the answer).
+    /// While the request is being answered: has the client gone (closed the connection with
+    /// nothing left to answer, or failed)? Bytes that arrive meanwhile (a pipelined request) are
+    /// kept for later, up to `max`; past that the client waits (and a close is only noticed
+    /// after the answer). A client that sent its requests and then closed its side is still
+    /// answered, request by request.
     pub fn poll_closed(&mut self, max: usize, cx: &mut Context<'_>) -> Poll<()> {
-        while matches!(self.body, BodyState::Done) && self.input.len() <= max {
+        while self.body_done() && !self.eof && self.input.len() <= max {
             match ready!(self.poll_fill(cx)) {
-                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(0) if self.input.is_empty() => return Poll::Ready(()),
                 Ok(_) => {}
+                Err(_) => return Poll::Ready(()),
             }
         }
         Poll::Pending
+    }
+
+    /// After the connection's end was sent: read and drop what the client still sends, until it
+    /// closes too, so that unread bytes do not make the kernel reset the connection (and destroy
+    /// the response on its way: RFC 9112 §9.6). The caller bounds it in time.
+    pub fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [0u8; 512];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => {}
+                _ => return Poll::Ready(()),
+            }
+        }
     }
 
     /// After the answer: whether the request body was read to its end. What is left of it is
@@ -382,6 +441,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     ) -> Writing {
         // A `100 Continue` not sent yet never will be: the answer is final.
         self.expect_continue = false;
+        // A request body nobody reads any more is skipped if it is all here; one still arriving
+        // (or still being sent on to a backend that answered early) means this response is the
+        // connection's last, and says so.
+        let body_done = match asked.body_unclaimed {
+            true => self.finish_body(),
+            false => self.body_done(),
+        };
         let status = parts.status;
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         let bodiless = asked.method == Method::HEAD
@@ -389,7 +455,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let mut keep_alive =
-            asked.keep_alive && framing::keeps_alive(Version::HTTP_11, &parts.headers);
+            asked.keep_alive && body_done && framing::keeps_alive(Version::HTTP_11, &parts.headers);
         let body = if bodiless {
             Out::None
         } else if let Some(n) = exact {
@@ -540,6 +606,8 @@ pub struct Asked {
     pub version: Version,
     /// The connection may carry another request after this one (the client's wish, and lb's).
     pub keep_alive: bool,
+    /// Nothing reads the request body any more (no backend is being sent the rest of it).
+    pub body_unclaimed: bool,
 }
 
 /// How a response body goes out, and how far it is.
@@ -573,44 +641,54 @@ pub enum Written {
 }
 
 /// Step 4: write `parts` and `body` to the client, the body frame by frame as it comes, never
-/// asking for the next frame before the socket took the last one (backpressure).
+/// asking for the next frame before the socket took the last one (backpressure). A client that
+/// goes away while the body is slow to come is noticed (`max`: as in [`Client::poll_closed`]).
 pub async fn write_response<S, B>(
     client: &Mutex<Client<S>>,
     parts: &response::Parts,
     body: &mut B,
     asked: &Asked,
+    max: usize,
 ) -> io::Result<Written>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     let mut writing = lock(client).start_response(parts, body.size_hint().exact(), asked);
+    // The body broke off: what is queued (perhaps the head itself) still goes out first.
+    let mut cut = false;
     poll_fn(|cx| loop {
-        if !writing.ended && lock(client).out.has_room() {
+        if !writing.ended && !cut && lock(client).out.has_room() {
             match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if lock(client).queue_frame(&mut writing, frame).is_err() {
-                        return Poll::Ready(Ok(Written::Cut));
-                    }
+                    cut = lock(client).queue_frame(&mut writing, frame).is_err();
                     continue;
                 }
                 Poll::Ready(None) => {
-                    if lock(client).end_response(&mut writing).is_err() {
-                        return Poll::Ready(Ok(Written::Cut));
-                    }
+                    cut = lock(client).end_response(&mut writing).is_err();
                     continue;
                 }
-                Poll::Ready(Some(Err(_))) => return Poll::Ready(Ok(Written::Cut)),
+                Poll::Ready(Some(Err(_))) => {
+                    cut = true;
+                    continue;
+                }
                 Poll::Pending => {}
             }
         }
         let mut guard = lock(client);
-        if guard.out.pending() > 0 || writing.ended {
+        if guard.out.pending() > 0 || writing.ended || cut {
             ready!(guard.poll_write(cx))?;
+            if cut {
+                return Poll::Ready(Ok(Written::Cut));
+            }
             if writing.ended {
                 return Poll::Ready(Ok(Written::Whole(writing.keep_alive)));
             }
             continue;
+        }
+        // Waiting for the body: is anyone still there to receive it?
+        if guard.poll_closed(max, cx).is_ready() {
+            return Poll::Ready(Ok(Written::Cut));
         }
         return Poll::Pending;
     })

@@ -25,7 +25,7 @@ fn parse(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
-/// hyper answers a malformed head with 400 and an oversized one with 431 without calling lb's
+/// lb answers a malformed head with 400 and an oversized one with 431 without calling its
 /// handler; lb drops a head that does not complete within `--header-timeout`. Each is one line, with
 /// `-` for the method and path it never learned, and `backend=not defined` in the original format.
 #[test]

@@ -97,6 +97,48 @@ fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+/// A client that sends its requests and then closes its side of the connection (`nc -N`,
+/// scripts) is still answered, every request in order, before lb closes too.
+#[test]
+fn pipelined_requests_before_a_half_close_are_all_answered() {
+    use std::io::Write;
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/", a.addr)]);
+
+    let mut stream = std::net::TcpStream::connect(lb.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let two = "GET /api/v1/whoami HTTP/1.1\r\nHost: lb.test\r\n\r\n".repeat(2);
+    stream.write_all(two.as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answers = String::new();
+    stream.read_to_string(&mut answers).unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+}
+
+/// A request body nobody will read (no route for it) is skipped when it has all arrived, and the
+/// connection carries on; while it is still arriving, the answer says `Connection: close` and
+/// lb closes after it (a client must not send its next request on a connection about to close).
+#[test]
+fn an_unread_request_body_keeps_the_connection_only_when_it_is_all_there() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/api", a.addr)]);
+
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(b"POST /nowhere HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 5\r\n\r\nhello");
+    let small = conn.read_response();
+    assert_eq!(small.status, 404);
+    assert_eq!(small.header("connection"), None);
+    assert_eq!(conn.get("/api/v1/whoami").status, 200);
+
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(b"POST /nowhere HTTP/1.1\r\nHost: lb.test\r\nContent-Length: 10000000\r\n\r\n");
+    conn.send(&[b'x'; 64 * 1024]);
+    let large = conn.read_response();
+    assert_eq!(large.status, 404);
+    assert_eq!(large.header("connection"), Some("close"));
+    assert!(conn.closes_within(PATIENCE));
+}
+
 /// A backend that sends 64 KiB every 200 ms: the first bytes reach the client long before the
 /// backend is done, so lb forwards frames as they come instead of collecting the reply.
 #[test]
