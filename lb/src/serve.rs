@@ -54,6 +54,10 @@ where
     let stopping = stop.clone();
     let mut stop = stop;
     let mut stop_signal = pin!(stopped(&mut stop));
+    // Where the request being answered runs (steps 2 to 8): on the heap, since it is large and an
+    // idle connection should not keep room for it; kept from one request to the next (the
+    // allocation, not the request), and let go of when the connection parks.
+    let mut slot = None;
     loop {
         if lock(&client).has_input() {
             info.head_bytes_arrived(); // part of the next head came with the last request
@@ -81,6 +85,7 @@ where
                         ));
                         info.set_parked(true);
                         lock(&client).release();
+                        slot = None;
                     }
                 }
                 continue;
@@ -116,9 +121,13 @@ where
         };
         let body = server::request_body(&client, parsed.body, balancer.timeouts.body_idle);
         let request = Request::from_parts(parsed.parts, body);
-        let mut handling = Box::pin(crate::proxy::handle(request, balancer, info));
+        let handling = slot.get_or_insert_with(|| Box::pin(None));
+        handling
+            .as_mut()
+            .set(Some(crate::proxy::handle(request, balancer, info)));
         let answered = poll_fn(|cx| {
-            if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+            if let Some(Poll::Ready(response)) = handling.as_mut().as_pin_mut().map(|h| h.poll(cx))
+            {
                 return Poll::Ready(Some(response));
             }
             match lock(&client).poll_closed(max_head, cx) {
@@ -127,7 +136,7 @@ where
             }
         })
         .await;
-        drop(handling);
+        handling.as_mut().set(None);
         let Some(response) = answered else {
             // The client hung up: the request was dropped with it, and logged as 499.
             return Ended::Closed;

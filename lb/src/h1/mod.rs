@@ -624,13 +624,17 @@ impl Output {
 /// Where one header field's name and value lie within the bytes of its head.
 #[derive(Debug, Clone, Copy, Default)]
 struct Span {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 /// Note where each of `fields` (parsed from `head`) lies in `head`; returns how many there are.
 fn locate(head: &[u8], fields: &[httparse::Header<'_>], spans: &mut [Span; MAX_HEADERS]) -> usize {
-    let at = |part: &[u8]| (part.as_ptr() as usize - head.as_ptr() as usize, part.len());
+    // Offset and length; a head is far smaller than 4 GiB (`MAX_HEAD`, `--max-header-bytes`).
+    let at = |part: &[u8]| {
+        let offset = part.as_ptr() as usize - head.as_ptr() as usize;
+        (offset as u32, part.len() as u32)
+    };
     for (span, field) in spans.iter_mut().zip(fields) {
         *span = Span {
             name: at(field.name.as_bytes()),
@@ -645,9 +649,8 @@ fn locate(head: &[u8], fields: &[httparse::Header<'_>], spans: &mut [Span; MAX_H
 fn header_map(bytes: &Bytes, spans: &[Span], spare: usize) -> Result<HeaderMap, &'static str> {
     let mut headers = HeaderMap::with_capacity(spans.len() + spare);
     for span in spans {
-        let (at, len) = span.name;
-        let name = bytes.get(at..at + len).ok_or("invalid header name")?;
-        let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
+        let name = slice(bytes, span.name).ok_or("invalid header name")?;
+        let name = HeaderName::from_bytes(&name).map_err(|_| "invalid header name")?;
         let value = slice(bytes, span.value).ok_or("invalid header value")?;
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| "invalid header value")?;
         headers.append(name, value);
@@ -656,7 +659,8 @@ fn header_map(bytes: &Bytes, spans: &[Span], spare: usize) -> Result<HeaderMap, 
 }
 
 /// The part of `bytes` at `(start, len)`, if it lies within.
-fn slice(bytes: &Bytes, (at, len): (usize, usize)) -> Option<Bytes> {
+fn slice(bytes: &Bytes, (at, len): (u32, u32)) -> Option<Bytes> {
+    let (at, len) = (at as usize, len as usize);
     (at.checked_add(len)? <= bytes.len()).then(|| bytes.slice(at..at + len))
 }
 

@@ -125,8 +125,8 @@ pub fn parse(input: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refused
     };
     let target = request.path.unwrap_or_default().as_bytes();
     let target = (
-        target.as_ptr() as usize - input.as_ptr() as usize,
-        target.len(),
+        (target.as_ptr() as usize - input.as_ptr() as usize) as u32,
+        target.len() as u32,
     );
     let mut spans = [Span::default(); MAX_HEADERS];
     let count = locate(input, request.headers, &mut spans);
