@@ -54,9 +54,9 @@ where
     let stopping = stop.clone();
     let mut stop = stop;
     let mut stop_signal = pin!(stopped(&mut stop));
-    // Where the request being answered runs (steps 2 to 8): on the heap, since it is large and an
-    // idle connection should not keep room for it; kept from one request to the next (the
-    // allocation, not the request), and let go of when the connection parks.
+    // Where the request being answered runs (steps 2 to 8, [`answer`]): on the heap, since it is
+    // large and an idle connection should not keep room for it; kept from one request to the next
+    // (the allocation, not the request), and let go of when the connection parks.
     let mut slot = None;
     loop {
         if lock(&client).has_input() {
@@ -111,62 +111,100 @@ where
             info.set_parked(false);
             watchdog.look_again();
         }
-        // 3. Steps 2 to 8. The request's future is boxed: it is large, and an idle connection
-        // should not keep room for it.
-        let mut asked = Asked {
-            method: parsed.parts.method.clone(),
-            version: parsed.parts.version,
-            keep_alive: parsed.keep_alive,
-            body_unclaimed: false,
-        };
-        let body = server::request_body(&client, parsed.body, balancer.timeouts.body_idle);
-        let request = Request::from_parts(parsed.parts, body);
+        // 3 and 4: the request answered, in the slot.
         let handling = slot.get_or_insert_with(|| Box::pin(None));
         handling
             .as_mut()
-            .set(Some(crate::proxy::handle(request, balancer, info)));
-        let answered = poll_fn(|cx| {
-            if let Some(Poll::Ready(response)) = handling.as_mut().as_pin_mut().map(|h| h.poll(cx))
-            {
-                return Poll::Ready(Some(response));
-            }
-            match lock(&client).poll_closed(max_head, cx) {
-                Poll::Ready(()) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        handling.as_mut().set(None);
-        let Some(response) = answered else {
-            // The client hung up: the request was dropped with it, and logged as 499.
-            return Ended::Closed;
+            .set(Some(answer(&client, parsed, balancer, info, &stopping)));
+        let next = match handling.as_mut().as_pin_mut() {
+            Some(answering) => answering.await,
+            None => Next::End(Ended::Closed),
         };
-        // 4. The response.
-        let shutting_down = *stopping.borrow();
-        if shutting_down {
-            asked.keep_alive = false; // finish this request, then close
-        }
-        let (parts, mut body) = response.into_parts();
-        // Only the connection itself holds it: nobody reads the request body any more.
-        asked.body_unclaimed = Arc::strong_count(&client) == 1;
-        let written = server::write_response(&client, &parts, &mut body, &asked, max_head).await;
-        // A tunnel starts from a request read to its end: nothing of it may leak into the tunnel.
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS && lock(&client).body_done() {
-            if let (Ok(Written::Whole(_)), Some((upstream, number))) =
-                (&written, body.take_tunnel())
-            {
-                drop(body);
-                return tunnel(client, upstream, &info.trace, number).await;
+        handling.as_mut().set(None);
+        match next {
+            Next::KeepAlive => {}
+            Next::Close(ended) => return close(&client, ended).await,
+            Next::End(ended) => return ended,
+            Next::Tunnel(tunnel_to) => {
+                let (upstream, number) = *tunnel_to;
+                drop(slot);
+                // Boxed: rare, and large (an idle connection should not keep room for it).
+                return Box::pin(tunnel(client, upstream, &info.trace, number)).await;
             }
         }
-        drop(body);
-        match written {
-            Ok(Written::Whole(true)) if lock(&client).finish_body() => {}
-            Ok(Written::Whole(_)) if shutting_down => return close(&client, Ended::Shutdown).await,
-            Ok(Written::Whole(_)) => return close(&client, Ended::Closed).await,
-            Ok(Written::Cut) => return close(&client, Ended::Closed).await,
-            Err(_) => return Ended::Closed,
+    }
+}
+
+/// What the connection does once a request has been answered.
+enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close, in order.
+    Close(Ended),
+    /// End at once (the client is gone, or the socket failed).
+    End(Ended),
+    /// Become a tunnel to this upstream connection (after a `101`; the request's number). Boxed:
+    /// rare, and large.
+    Tunnel(Box<(Upstream, u64)>),
+}
+
+/// Steps 2 to 8 for the request just parsed (`proxy::handle`), then its response written (step
+/// 8's end); meanwhile a client that hangs up is noticed (the request is then dropped, and logged
+/// as 499).
+async fn answer<S>(
+    client: &Shared<S>,
+    parsed: server::Parsed,
+    balancer: &Balancer,
+    info: &Arc<ConnInfo>,
+    stopping: &watch::Receiver<bool>,
+) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_head = balancer.limits.max_header_bytes;
+    let mut asked = Asked {
+        method: parsed.parts.method.clone(),
+        version: parsed.parts.version,
+        keep_alive: parsed.keep_alive,
+        body_unclaimed: false,
+    };
+    let body = server::request_body(client, parsed.body, balancer.timeouts.body_idle);
+    let request = Request::from_parts(parsed.parts, body);
+    let mut handling = pin!(crate::proxy::handle(request, balancer, info));
+    let answered = poll_fn(|cx| {
+        if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
         }
+        match lock(client).poll_closed(max_head, cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    let Some(response) = answered else {
+        // The client hung up: the request is dropped with this future, and logged as 499.
+        return Next::End(Ended::Closed);
+    };
+    let shutting_down = *stopping.borrow();
+    if shutting_down {
+        asked.keep_alive = false; // finish this request, then close
+    }
+    let (parts, mut body) = response.into_parts();
+    // Only the connection itself holds it: nobody reads the request body any more.
+    asked.body_unclaimed = Arc::strong_count(client) == 1;
+    let written = server::write_response(client, &parts, &mut body, &asked, max_head).await;
+    // A tunnel starts from a request read to its end: nothing of it may leak into the tunnel.
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS && lock(client).body_done() {
+        if let (Ok(Written::Whole(_)), Some((upstream, number))) = (&written, body.take_tunnel()) {
+            return Next::Tunnel(Box::new((upstream, number)));
+        }
+    }
+    drop(body);
+    match written {
+        Ok(Written::Whole(true)) if lock(client).finish_body() => Next::KeepAlive,
+        Ok(Written::Whole(_)) if shutting_down => Next::Close(Ended::Shutdown),
+        Ok(Written::Whole(_) | Written::Cut) => Next::Close(Ended::Closed),
+        Err(_) => Next::End(Ended::Closed),
     }
 }
 
@@ -184,7 +222,8 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
             poll_fn(|cx| lock(client).poll_linger(cx)).await;
         }
     };
-    let _ = timeout(LINGER, closing).await;
+    // Boxed: once per connection, and an idle connection should not keep room for it.
+    let _ = Box::pin(timeout(LINGER, closing)).await;
     ended
 }
 

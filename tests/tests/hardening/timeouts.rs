@@ -224,9 +224,13 @@ fn stalled_request_body_is_aborted() {
             r.text()
         );
     }
+    // `closed` is noted as the backend reads the end of the stream, a moment before it files the
+    // request it was reading: wait for both.
     assert!(
-        backend.wait_until(Duration::from_secs(2), |c| c.len() == 1 && c[0].closed),
-        "the backend connection must be closed"
+        backend.wait_until(Duration::from_secs(2), |c| c.len() == 1
+            && c[0].closed
+            && c[0].requests.len() == 1),
+        "the backend connection must be closed, its one request cut short"
     );
     let received = backend.requests();
     assert_eq!(received.len(), 1);
