@@ -201,10 +201,13 @@ impl RequestBody {
     }
 }
 
-/// The copy is only touched by the request's own task; poisoning cannot leave it half-written in
-/// a way that matters (a retry would at worst send a body that is then refused), so it is ignored.
-fn lock(kept: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
-    kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The copy and the client's connection are only touched by the request's own task; poisoning
+/// cannot leave them half-written in a way that matters (a retry would at worst send a body that is
+/// then refused; a connection whose body broke is not reused), so it is ignored.
+fn lock<T: ?Sized>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Body for RequestBody {
@@ -227,10 +230,7 @@ impl Body for RequestBody {
             }
             Source::Client { conn, left } => (conn, left),
         };
-        let polled = conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .poll_body(cx);
+        let polled = lock(conn).poll_body(cx);
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(left), Some(data)) = (left.as_mut(), frame.data_ref()) {

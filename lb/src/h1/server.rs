@@ -252,10 +252,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         (self.io, self.input.freeze())
     }
 
-    pub fn io_mut(&mut self) -> &mut S {
-        &mut self.io
-    }
-
     /// Step 1: read until a whole request head is buffered, and parse it. `Ok(None)`: the client
     /// closed the connection between requests. `arrived` is called for each read that brings
     /// bytes (the watchdog's head timer starts at the first).
@@ -467,11 +463,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             Out::UntilClose
         };
         let out = &mut self.out.buf;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_status_line(out, status);
         // The framing and the connection's fate are lb's to say (a `101` keeps its
         // `Connection: upgrade`; a response to HEAD keeps the length it would have had). lb's
         // `Content-Length` goes where the backend had one, so the head keeps its order.
@@ -567,11 +559,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub fn refuse(&mut self, status: StatusCode) {
         self.out.clear();
         let out = &mut self.out.buf;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        write_status_line(out, status);
+        out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
     }
 
     /// Close the connection in order: what is queued goes out first, then the end of the stream.
@@ -579,6 +568,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         ready!(self.poll_write(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// `HTTP/1.1 200 OK` and its line end: lb answers every client in HTTP/1.1 (RFC 9110 §6.2: a
+/// server sends its own version; an HTTP/1.0 client still gets no chunked body, see
+/// [`Client::start_response`]).
+fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The current time as an HTTP date, formatted once a second per thread.
