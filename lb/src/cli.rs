@@ -116,7 +116,8 @@ struct Args {
     idle_timeout: Duration,
 
     /// Abort a request or response body that moves no byte for this long (a client that stops
-    /// sending gets 408; a backend that stops taking the request body, 504).
+    /// sending gets 408; a backend that stops taking the request body, 504; a client that stops
+    /// reading its response is cut off).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     body_timeout: Duration,
 

@@ -41,7 +41,7 @@ use super::framing::{self, RequestBody as Framing};
 use super::{
     header_map, locate, parser, slice, write_length, Error, Output, Span, MAX_HEADERS, READ_SIZE,
 };
-use crate::body::{ReadBody, RequestBody};
+use crate::body::{IdleTimer, ReadBody, RequestBody};
 use crate::error::BoxError;
 
 /// The client's interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
@@ -642,13 +642,16 @@ pub enum Written {
 
 /// Step 4: write `parts` and `body` to the client, the body frame by frame as it comes, never
 /// asking for the next frame before the socket took the last one (backpressure). A client that
-/// goes away while the body is slow to come is noticed (`max`: as in [`Client::poll_closed`]).
+/// goes away while the body is slow to come is noticed (`max`: as in [`Client::poll_closed`]); one
+/// that stays but takes no byte for `stall` (`--body-timeout`, nginx's `send_timeout`) is given up
+/// on, so that it cannot hold the connection, and the backend's, forever.
 pub async fn write_response<S, B>(
     client: &Mutex<Client<S>>,
     parts: &response::Parts,
     body: &mut B,
     asked: &Asked,
     max: usize,
+    stall: Duration,
 ) -> io::Result<Written>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -657,6 +660,8 @@ where
     let mut writing = lock(client).start_response(parts, body.size_hint().exact(), asked);
     // The body broke off: what is queued (perhaps the head itself) still goes out first.
     let mut cut = false;
+    let mut stalled = IdleTimer::new(stall);
+    let mut written = lock(client).out.written;
     poll_fn(|cx| loop {
         if !writing.ended && !cut && lock(client).out.has_room() {
             match Pin::new(&mut *body).poll_frame(cx) {
@@ -677,7 +682,18 @@ where
         }
         let mut guard = lock(client);
         if guard.out.pending() > 0 || writing.ended || cut {
-            ready!(guard.poll_write(cx))?;
+            let polled = guard.poll_write(cx);
+            if guard.out.written != written {
+                written = guard.out.written;
+                stalled.progress();
+            }
+            if polled.is_pending() && stalled.poll_expired(cx) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took no byte of the response for --body-timeout",
+                )));
+            }
+            ready!(polled)?;
             if cut {
                 return Poll::Ready(Ok(Written::Cut));
             }

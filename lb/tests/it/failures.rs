@@ -444,3 +444,36 @@ fn a_backend_that_stops_reading_the_body_gets_504_after_the_body_timeout() {
     assert!(took < Duration::from_secs(5), "the 504 came after {took:?}");
     drop(kept);
 }
+
+/// A client that asks for a large response and then stops reading must not hold its connection,
+/// and the backend's, forever: once its socket has taken no byte for `--body-timeout`, lb gives up
+/// on it (nginx's `send_timeout`). Without that, lb would still be waiting, and would stream the
+/// whole response as soon as the client read again.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_body_timeout() {
+    use std::io::{Read, Write};
+    let a = Backend::start("a");
+    let lb = Lb::start_with(vec![rule("/", a.addr)], |config| {
+        config.timeouts.body_idle = Duration::from_millis(500);
+    });
+    let mut client = std::net::TcpStream::connect(lb.addr).unwrap();
+    let n = 256 * 1024 * 1024;
+    let ask = format!("GET /api/v1/bytes?n={n} HTTP/1.1\r\nHost: lb.test\r\n\r\n");
+    client.write_all(ask.as_bytes()).unwrap();
+    // Read nothing for a while: the sockets' buffers fill up, and lb can write no more.
+    std::thread::sleep(Duration::from_secs(2));
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    let started = Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    while started.elapsed() < PATIENCE {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => total += k,
+        }
+    }
+    assert!(
+        total < n / 4,
+        "read {total} of {n} bytes: lb kept the response going for a client that had stopped reading"
+    );
+}
