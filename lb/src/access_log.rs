@@ -332,8 +332,9 @@ pub fn format_line(format: LogFormat, r: &Record) -> String {
     }
 }
 
-/// `n` in decimal, written into the end of `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal, written into the end of `buf` (no allocation; the log line and the framing
+/// headers lb writes use it).
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut start = buf.len();
     loop {
         start -= 1;

@@ -667,22 +667,8 @@ fn slice(bytes: &Bytes, (at, len): (u32, u32)) -> Option<Bytes> {
 /// `content-length: N` and its line end.
 fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa(n, &mut [0; 20]));
+    out.extend_from_slice(crate::access_log::itoa(n, &mut [0; 20]).as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, written into `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[at..]
 }
 
 #[cfg(test)]
