@@ -493,6 +493,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         match body {
             Out::Length(n) if !length_written => write_length(out, n),
             Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            // A HEAD answer lb wrote itself says how long its GET answer would be (RFC 9110
+            // §9.3.2); a backend's says what the backend said (its body, unread, counts as 0).
+            Out::None
+                if asked.method == Method::HEAD
+                    && !parts.headers.contains_key(header::CONTENT_LENGTH) =>
+            {
+                if let Some(n) = exact.filter(|&n| n > 0) {
+                    write_length(out, n);
+                }
+            }
             _ => {}
         }
         if !switching {

@@ -139,6 +139,24 @@ fn an_unread_request_body_keeps_the_connection_only_when_it_is_all_there() {
     assert!(conn.closes_within(PATIENCE));
 }
 
+/// A HEAD answer lb writes itself (here a 404: no route) says the length its GET answer has, and
+/// carries no body, so the next request on the connection is read in step (RFC 9110 §9.3.2).
+#[test]
+fn a_head_answer_lb_writes_has_the_length_of_its_get_answer() {
+    let a = Backend::start("a");
+    let lb = Lb::start(vec![rule("/api", a.addr)]);
+
+    let mut conn = RawClient::connect(lb.addr);
+    conn.send(b"HEAD /nowhere HTTP/1.1\r\nHost: lb.test\r\n\r\n");
+    let head = conn.response(true).expect("an answer to HEAD");
+    let get = conn.get("/nowhere");
+    assert_eq!((head.status, get.status), (404, 404));
+    assert!(head.body.is_empty());
+    let length = get.body.len().to_string();
+    assert_eq!(head.header("content-length"), Some(length.as_str()));
+    assert_eq!(get.header("content-length"), Some(length.as_str()));
+}
+
 /// A backend that sends 64 KiB every 200 ms: the first bytes reach the client long before the
 /// backend is done, so lb forwards frames as they come instead of collecting the reply.
 #[test]
