@@ -1,12 +1,13 @@
 //! The user-space cost of one request through `lb`, without the kernel.
 //!
 //! Each case serves a client connection with lb's real request path ([`lb::accept::serve_stream`]:
-//! hyper's server, the watchdog, routing, the pick, the pool, the rewritten head, lb's backend codec
-//! (`h1`), the relay, the access log line) over an in-memory pipe (`tokio::io::duplex`) instead of a socket, and reaches
-//! its one backend through another pipe ([`lb::upstream::Connector::Memory`]). The client and the
-//! backend at the pipes' other ends are as small as they can be: the client writes fixed request
-//! bytes and reads until the response's `content-length` is in; the backend reads a head (and a
-//! `content-length` body) and writes a fixed response. Everything runs on one thread, as one of
+//! lb's client-side HTTP/1.1 (`h1/server.rs`, `serve.rs`), the watchdog, routing, the round-robin
+//! pick between the article's two backends, the pool, the rewritten head, lb's backend codec (`h1`),
+//! the relay, the access log line) over an in-memory pipe (`tokio::io::duplex`) instead of a
+//! socket, and reaches its backends through other pipes ([`lb::upstream::Connector::Memory`]). The
+//! client and the backends at the pipes' other ends are as small as they can be: the client writes
+//! fixed request bytes and reads until the response's `content-length` is in; a backend reads a
+//! head (and a `content-length` body) and writes a fixed response. Everything runs on one thread, as one of
 //! lb's workers does, so a request's time here is the CPU time lb and the two tiny peers spend.
 //! The `direct` cases are the same client talking to the same backend without lb: the rig's own
 //! floor, to subtract.
@@ -193,6 +194,9 @@ impl Rig {
                 "-b",
                 "/",
                 "127.0.0.1:8910",
+                "-b",
+                "/",
+                "127.0.0.1:8911",
             ])
             .expect("a valid command line");
             let (access_log, writer) = lb::access_log::AccessLog::start(

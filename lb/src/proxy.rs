@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use http::uri::PathAndQuery;
-use http::{header, Request, Response, StatusCode, Uri, Version};
+use http::{header, request, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Sleep;
 
 use crate::access_log::Record;
@@ -182,8 +182,8 @@ impl<'a> Exchange<'a> {
         upgrade: bool,
     ) -> Result<Delivered, ProxyError> {
         let limit = self.balancer.limits.retry_body_bytes;
-        // A copy for a retry costs a clone of the head: keep one only when a retry is possible.
-        let replay = (!upgrade && walk.has_more())
+        // Keeping a retry's body copy costs: arrange one only when a retry is possible.
+        let mut replay = (!upgrade && walk.has_more())
             .then(|| Replay::capture(&mut outgoing, limit))
             .flatten();
         let mut deadline = std::pin::pin!(tokio::time::sleep(self.balancer.timeouts.response));
@@ -226,10 +226,13 @@ impl<'a> Exchange<'a> {
                     walk.failed(why, false);
                     unsent = Some(outgoing);
                 }
-                Attempt::Lost(error) => {
+                Attempt::Lost(error, head) => {
                     to.backend.stats.lost.fetch_add(1, Relaxed);
                     if replay.is_none() && walk.has_more() {
                         return Err(error); // it may not be sent again (see `retry.rs`)
+                    }
+                    if let Some(replay) = replay.as_mut() {
+                        replay.keep_head(*head);
                     }
                     walk.failed(error.to_string(), true);
                 }
@@ -362,7 +365,9 @@ impl<'a> Exchange<'a> {
                         "connection closed before the request was written".into(),
                     )
                 }
-                Sent::Failed(error, pooled) => return self.lost(backend, error, pooled),
+                Sent::Failed(error, pooled, head) => {
+                    return self.lost(backend, error, pooled, head)
+                }
                 Sent::Fatal(error) => return Attempt::Fatal(error),
             }
         }
@@ -429,7 +434,13 @@ impl<'a> Exchange<'a> {
     /// arrived. Its other idle connections are likely dead too (it is restarting, or died): drop
     /// them. A failure on a fresh connection, or a reset, also marks it down; a pooled connection
     /// closed in that instant is the ordinary keep-alive race and does not.
-    fn lost(&self, backend: &Backend, error: h1::Error, pooled: bool) -> Attempt {
+    fn lost(
+        &self,
+        backend: &Backend,
+        error: h1::Error,
+        pooled: bool,
+        head: Box<request::Parts>,
+    ) -> Attempt {
         let dropped = backend.forget_idle();
         let why = retry_reason(&error, pooled);
         self.conn.trace.event(
@@ -443,11 +454,12 @@ impl<'a> Exchange<'a> {
         if !pooled || error.is_reset() {
             self.mark_down(backend, &why);
         }
-        Attempt::Lost(ProxyError::Upstream {
+        let error = ProxyError::Upstream {
             backend: backend.name.to_string(),
             what: why,
             source: error,
-        })
+        };
+        Attempt::Lost(error, head)
     }
 
     /// Step 7: send the request on `upstream` and wait for the response head.
@@ -570,9 +582,9 @@ impl<'a> Exchange<'a> {
                     };
                     Sent::NotWritten(unsent, upstream.id)
                 }
-                None => Sent::failed(error, &upstream),
+                None => Sent::failed(error, &upstream, head),
             },
-            Err(SendError::Backend { error, .. }) => Sent::failed(error, &upstream),
+            Err(SendError::Backend { error, .. }) => Sent::failed(error, &upstream, head),
         }
     }
 
@@ -705,8 +717,9 @@ enum Attempt {
     Answered(Answer),
     /// Nothing was written (connect failed, or the connection closed first): safe to send anywhere.
     NotSent(Outgoing, String),
-    /// Written, then the connection failed before a response: only a replay may try again.
-    Lost(ProxyError),
+    /// Written, then the connection failed before a response: only a replay may try again, with
+    /// the head handed back here.
+    Lost(ProxyError, Box<request::Parts>),
     /// Nothing more to try: a timeout, the client's own body failing, a malformed response.
     Fatal(ProxyError),
 }
@@ -718,21 +731,22 @@ enum Sent {
     /// conn id.
     NotWritten(Outgoing, u64),
     /// The connection failed after the request was written; `bool` = it was a pooled connection.
-    Failed(h1::Error, bool),
+    /// The head comes back, for a replay.
+    Failed(h1::Error, bool, Box<request::Parts>),
     Fatal(ProxyError),
 }
 
 impl Sent {
     /// Sorting a failure after the request was (at least partly) written: a malformed response
     /// ends the request; the connection failing may be retried.
-    fn failed(error: h1::Error, upstream: &Upstream) -> Sent {
+    fn failed(error: h1::Error, upstream: &Upstream, head: request::Parts) -> Sent {
         match error {
             h1::Error::Malformed(_) => Sent::Fatal(ProxyError::Upstream {
                 backend: upstream.backend.name.to_string(),
                 what: "sent a malformed response".into(),
                 source: error,
             }),
-            error => Sent::Failed(error, upstream.was_pooled()),
+            error => Sent::Failed(error, upstream.was_pooled(), Box::new(head)),
         }
     }
 }

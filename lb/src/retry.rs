@@ -16,9 +16,10 @@
 //!
 //! A request is *idempotent* when sending it twice has the same effect as sending it once (GET,
 //! HEAD, OPTIONS, TRACE, PUT, DELETE). Even then a retry needs the request itself: the body is
-//! consumed as it is written, so before the first attempt [`Replay::capture`] keeps a copy of the
-//! rewritten head and, if the body is small enough (`--retry-body-bytes`), of the body as it streams
-//! past (see `body.rs`). A larger body is not kept, and its request is never retried once it left.
+//! consumed as it is written, so before the first attempt [`Replay::capture`] arranges to keep a copy
+//! of the body as it streams past, if it is small enough (`--retry-body-bytes`, see `body.rs`). The
+//! rewritten head needs no copy: writing it leaves it whole, and the attempt that fails hands it back
+//! ([`Replay::keep_head`]). A larger body is not kept, and its request is never retried once it left.
 //!
 //! Retries are bounded by `--retries` (each backend tried after the first counts one) and never
 //! extend `--response-timeout`: all attempts share one deadline.
@@ -59,10 +60,12 @@ impl Outgoing {
     }
 }
 
-/// What it takes to send a request again after it was written: a copy of its head and its body.
+/// What it takes to send a request again after it was written: its head and a copy of its body.
 #[derive(Debug)]
 pub struct Replay {
-    head: request::Parts,
+    /// The rewritten head, handed back by the attempt that lost it (see [`Replay::keep_head`]):
+    /// most requests are answered the first time, and never pay for a copy of their head.
+    head: Option<request::Parts>,
     host_added: bool,
     /// The body's copy; `None` for a request without a body (most GETs), which needs none.
     body: Option<Arc<Mutex<Kept>>>,
@@ -80,20 +83,24 @@ impl Replay {
         } else {
             Some(outgoing.request.body_mut().keep_copy(body_limit)?)
         };
-        let mut head = Request::new(()).into_parts().0;
-        head.method = outgoing.request.method().clone();
-        head.version = outgoing.request.version();
-        head.headers = outgoing.request.headers().clone();
         Some(Replay {
-            head,
+            head: None,
             host_added: outgoing.host_added,
             body,
         })
     }
 
+    /// The head of an attempt that was written and lost: what [`Replay::again`] sends anew.
+    /// Writing a request does not consume its head, so keeping it costs nothing; only the first
+    /// is kept (every attempt carries the same head, re-aimed).
+    pub fn keep_head(&mut self, head: request::Parts) {
+        self.head.get_or_insert(head);
+    }
+
     /// The request again, aimed at `backend` with `target`; `None` if the body was not kept whole
     /// (it outgrew the limit, or the client had not finished sending it).
     pub fn again(&self, target: Uri, backend: &str) -> Option<Outgoing> {
+        let head = self.head.as_ref()?;
         let chunks: Vec<Bytes> = match &self.body {
             None => Vec::new(),
             Some(kept) => kept
@@ -103,9 +110,9 @@ impl Replay {
         };
         let body = RequestBody::replay(chunks);
         let mut request = Request::new(body);
-        *request.method_mut() = self.head.method.clone();
-        *request.version_mut() = self.head.version;
-        *request.headers_mut() = self.head.headers.clone();
+        *request.method_mut() = head.method.clone();
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers.clone();
         let outgoing = Outgoing {
             request,
             host_added: self.host_added,
