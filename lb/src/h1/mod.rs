@@ -352,6 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ) {
                 Ok(httparse::Status::Complete(len)) => {
                     let code = response.code.unwrap_or_default();
+                    let version = response.version;
                     if code == 101 && !asked.upgrade {
                         self.reusable = false;
                         return Poll::Ready(Err(Error::Malformed(
@@ -369,7 +370,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         self.input.advance(len);
                         continue;
                     }
-                    let head = self.take_head(len, asked);
+                    // Where each field lies is noted, so that the head's bytes can be split off
+                    // and its values be slices of them, without a copy.
+                    let mut spans = [Span::default(); MAX_HEADERS];
+                    let count = locate(&self.input, response.headers, &mut spans);
+                    let head = self.take_head(len, code, version, &spans[..count], asked);
                     if head.is_err() {
                         self.reusable = false;
                     }
@@ -407,18 +412,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// The first `len` input bytes are a complete head: make it a [`Head`]. The header values
-    /// are slices of the head's bytes, not copies.
-    fn take_head(&mut self, len: usize, asked: &Asked) -> Result<Head, Error> {
-        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        // Parsed a moment ago: this cannot fail. Where each field lies is noted, so that the
-        // head's bytes can be split off and its values be slices of them, without a copy.
-        let _ = parser().parse_response_with_uninit_headers(&mut parsed, &self.input, &mut fields);
-        let mut spans = [Span::default(); MAX_HEADERS];
-        let count = locate(&self.input, parsed.headers, &mut spans);
-        let code = parsed.code.unwrap_or_default();
-        let version = match parsed.version {
+    /// The first `len` input bytes are a complete head (status `code`, HTTP/1.`version`, its
+    /// fields at `spans`): make it a [`Head`]. The header values are slices of the head's bytes,
+    /// not copies.
+    fn take_head(
+        &mut self,
+        len: usize,
+        code: u16,
+        version: Option<u8>,
+        spans: &[Span],
+        asked: &Asked,
+    ) -> Result<Head, Error> {
+        let version = match version {
             Some(1) => http::Version::HTTP_11,
             _ => http::Version::HTTP_10,
         };
@@ -426,7 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let status =
             StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status code"))?;
         // One spare slot: the `Via` lb adds on the way to the client (`forward::response`).
-        let headers = header_map(&bytes, &spans[..count], 1).map_err(Error::Malformed)?;
+        let headers = header_map(&bytes, spans, 1).map_err(Error::Malformed)?;
         let framing = framing::response_body(&asked.method, status, version, &headers)?;
         if !framing.reusable || status == StatusCode::SWITCHING_PROTOCOLS {
             self.reusable = false;
