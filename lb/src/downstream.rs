@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::forward::Added;
 use crate::health::now_ms;
 use crate::trace::Trace;
 
@@ -20,8 +21,9 @@ pub struct ConnInfo {
     /// The connection's number (`conn=` in `--trace` and `-D`).
     pub id: u64,
     pub peer: SocketAddr,
-    /// The peer's IP as the value appended to `X-Forwarded-For` (made once, used per request).
-    pub forwarded_for: http::HeaderValue,
+    /// The fields lb adds to this client's requests (`X-Forwarded-For` with the peer's IP, ...),
+    /// written once, used per request.
+    pub added: Added,
     /// `http`, or `https` behind `-s`: what `X-Forwarded-Proto` says.
     pub scheme: &'static str,
     pub trace: Trace,
@@ -41,7 +43,7 @@ impl ConnInfo {
         ConnInfo {
             id,
             peer,
-            forwarded_for: client_ip_value(peer),
+            added: Added::new(client_ip_value(peer), scheme),
             scheme,
             trace,
             requests: AtomicU64::new(0),

@@ -11,9 +11,13 @@
 //!
 //! What we add: `X-Forwarded-For` (the client address appended to any list the client sent; lb does
 //! not trust or interpret inbound values, it only extends them), `X-Forwarded-Proto: http` (or
-//! `https` behind `-s`; overwritten: we know the truth), and `Via: 1.1 lb` (RFC 9110 §7.6.3). The client's `Host` is
-//! kept, as in the original.
+//! `https` behind `-s`; overwritten: we know the truth), and `Via: 1.1 lb` (RFC 9110 §7.6.3). The
+//! client's `Host` is kept, as in the original. The three added fields are the same for every
+//! request of a connection, so they are written out once, when it is accepted ([`Added`]), and
+//! copied after the client's fields as they are (`h1::Conn::start`); only a client that sent its
+//! own `X-Forwarded-For` gets them written anew.
 
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Uri, Version};
 
@@ -40,18 +44,57 @@ pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
         && connection_lists(headers, "upgrade")
 }
 
-/// Turn the client's request head into the backend's: new target, HTTP/1.1, proxy headers.
-/// `client_ip` is the client's address as a header value (made once per connection).
-pub fn request(
-    parts: &mut request::Parts,
-    target: Uri,
-    client_ip: &HeaderValue,
+/// The fields lb adds to the requests of one client connection, as the bytes of their lines:
+/// `X-Forwarded-For` with the client's address, `X-Forwarded-Proto`, and `Via` (one set for
+/// HTTP/1.1 requests, one for HTTP/1.0).
+#[derive(Debug, Clone)]
+pub struct Added {
+    client_ip: HeaderValue,
     scheme: &'static str,
-    backend: &str,
-) {
+    http11: Bytes,
+    http10: Bytes,
+}
+
+impl Added {
+    /// The fields for a client at `client_ip`, which connected over `scheme` (`http`, `https`).
+    pub fn new(client_ip: HeaderValue, scheme: &'static str) -> Self {
+        let lines = |version| added_lines(client_ip.as_bytes(), scheme, version);
+        Added {
+            http11: lines(Version::HTTP_11),
+            http10: lines(Version::HTTP_10),
+            client_ip,
+            scheme,
+        }
+    }
+
+    /// The lines for a request of `version` whose client sent no `X-Forwarded-For`.
+    fn lines(&self, version: Version) -> Bytes {
+        match version {
+            Version::HTTP_10 => self.http10.clone(),
+            _ => self.http11.clone(),
+        }
+    }
+}
+
+/// `x-forwarded-for: <for>\r\nx-forwarded-proto: <scheme>\r\nvia: 1.x lb\r\n`.
+fn added_lines(forwarded_for: &[u8], scheme: &str, version: Version) -> Bytes {
+    let mut lines = BytesMut::with_capacity(64 + forwarded_for.len());
+    lines.put_slice(b"x-forwarded-for: ");
+    lines.put_slice(forwarded_for);
+    lines.put_slice(b"\r\nx-forwarded-proto: ");
+    lines.put_slice(scheme.as_bytes());
+    lines.put_slice(b"\r\nvia: ");
+    lines.put_slice(via_value(version).as_bytes());
+    lines.put_slice(b"\r\n");
+    lines.freeze()
+}
+
+/// Turn the client's request head into the backend's: new target, HTTP/1.1, no hop-by-hop
+/// fields. Returns the lines of the fields lb adds, to be written after the head's own.
+pub fn request(parts: &mut request::Parts, target: Uri, added: &Added, backend: &str) -> Bytes {
     let upgrade = is_upgrade(parts.version, &parts.headers);
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
-    let via = via_value(parts.version);
+    let version = parts.version;
     remove_hop_by_hop(&mut parts.headers);
     if let (true, Some(protocol)) = (upgrade, upgrade_value) {
         parts.headers.insert(header::UPGRADE, protocol);
@@ -68,11 +111,21 @@ pub fn request(
             parts.headers.insert(header::HOST, host);
         }
     }
-    append_forwarded_for(&mut parts.headers, client_ip);
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    parts.headers.append(header::VIA, via);
+    // lb's X-Forwarded-Proto replaces the client's; its X-Forwarded-For extends the client's.
+    let (mut proto_sent, mut forwarded_sent) = (false, false);
+    for name in parts.headers.keys() {
+        proto_sent |= name == X_FORWARDED_PROTO;
+        forwarded_sent |= name == X_FORWARDED_FOR;
+    }
+    if proto_sent {
+        parts.headers.remove(&X_FORWARDED_PROTO);
+    }
+    if !forwarded_sent {
+        return added.lines(version);
+    }
+    let list = forwarded_for(&parts.headers, &added.client_ip);
+    parts.headers.remove(&X_FORWARDED_FOR);
+    added_lines(list.as_bytes(), added.scheme, version)
 }
 
 /// Clean the backend's response head for the client. A `101 Switching Protocols` keeps its
@@ -139,12 +192,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
-/// `X-Forwarded-For: <what the client sent>, <client ip>`, as one header line.
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
-        return;
-    }
+/// `<what the client sent>, <client ip>`: the value of lb's one `X-Forwarded-For` line.
+fn forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> String {
     let mut list = String::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(text) = value.to_str() {
@@ -153,9 +202,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
         }
     }
     list.push_str(client_ip.to_str().unwrap_or_default());
-    if let Ok(value) = HeaderValue::from_str(&list) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    list
 }
 
 #[cfg(test)]
@@ -181,13 +228,8 @@ mod tests {
             ("proxy-authorization", "basic x"),
             ("x-kept", "yes"),
         ]);
-        request(
-            &mut p,
-            Uri::from_static("/y"),
-            &HeaderValue::from_static("10.0.0.1"),
-            "http",
-            "b:1",
-        );
+        let added = Added::new(HeaderValue::from_static("10.0.0.1"), "http");
+        let lines = request(&mut p, Uri::from_static("/y"), &added, "b:1");
         for gone in [
             "connection",
             "x-secret",
@@ -201,29 +243,35 @@ mod tests {
         assert_eq!(p.headers["x-kept"], "yes");
         assert_eq!(p.headers["host"], "h");
         assert_eq!(p.uri, "/y");
-        assert_eq!(p.headers["via"], "1.1 lb");
-    }
-
-    /// Forward `p` to target `/` for client 127.0.0.1, backend `b:1`.
-    fn forward_to_b1(p: &mut request::Parts) {
-        request(
-            p,
-            Uri::from_static("/"),
-            &HeaderValue::from_static("127.0.0.1"),
-            "http",
-            "b:1",
+        assert_eq!(
+            lines,
+            "x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nvia: 1.1 lb\r\n"
         );
     }
 
+    /// Forward `p` to target `/` for client 127.0.0.1 over https, backend `b:1`; the lines lb adds.
+    fn forward_to_b1(p: &mut request::Parts) -> Bytes {
+        let added = Added::new(HeaderValue::from_static("127.0.0.1"), "https");
+        request(p, Uri::from_static("/"), &added, "b:1")
+    }
+
     #[test]
-    fn forwarded_for_is_appended() {
+    fn forwarded_for_is_appended_and_forwarded_proto_replaced() {
         let mut p = parts(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-proto", "gopher"),
+            ("via", "1.0 squid"),
         ]);
-        forward_to_b1(&mut p);
-        assert_eq!(p.headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
-        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        let lines = forward_to_b1(&mut p);
+        assert_eq!(
+            lines,
+            "x-forwarded-for: 1.2.3.4, 5.6.7.8, 127.0.0.1\r\nx-forwarded-proto: https\r\n\
+             via: 1.1 lb\r\n"
+        );
+        assert!(!p.headers.contains_key("x-forwarded-for"), "one line, lb's");
+        assert!(!p.headers.contains_key("x-forwarded-proto"), "lb's replaces it");
+        assert_eq!(p.headers["via"], "1.0 squid", "lb's Via is added after");
         assert_eq!(
             p.headers["host"], "b:1",
             "a missing Host is filled in with the backend"
@@ -241,6 +289,15 @@ mod tests {
         forward_to_b1(&mut p);
         assert_eq!(p.headers["host"], "site.test");
         assert!(!p.headers.contains_key("x-a"));
+    }
+
+    #[test]
+    fn an_http_1_0_request_says_so_in_via() {
+        let mut p = parts(&[("host", "h")]);
+        p.version = Version::HTTP_10;
+        let lines = forward_to_b1(&mut p);
+        assert!(lines.ends_with(b"\r\nvia: 1.0 lb\r\n"), "{lines:?}");
+        assert_eq!(p.version, Version::HTTP_11);
     }
 
     #[test]

@@ -318,15 +318,10 @@ impl<'a> Exchange<'a> {
     fn forward(&self, request: Request<RequestBody>, target: Uri, backend: &Backend) -> Outgoing {
         let (mut parts, body) = request.into_parts();
         let host_added = !parts.headers.contains_key(header::HOST);
-        crate::forward::request(
-            &mut parts,
-            target,
-            &self.conn.forwarded_for,
-            self.conn.scheme,
-            &backend.name,
-        );
+        let added = crate::forward::request(&mut parts, target, &self.conn.added, &backend.name);
         Outgoing {
             request: Request::from_parts(parts, body),
+            added,
             host_added,
         }
     }
@@ -477,6 +472,7 @@ impl<'a> Exchange<'a> {
     ) -> Sent {
         let Outgoing {
             request,
+            added,
             host_added,
         } = outgoing;
         let timeout = self.balancer.timeouts.response;
@@ -491,7 +487,7 @@ impl<'a> Exchange<'a> {
             method: head.method.clone(),
             upgrade,
         };
-        let mut sending = Some(upstream.conn.start(&head, body));
+        let mut sending = Some(upstream.conn.start(&head, &added, body));
         // A write that fails is not the end yet: the backend may have answered first (a 413 to an
         // upload it will not read, then a reset), and that answer is what the client should get.
         let mut send_failed = None;
@@ -578,6 +574,7 @@ impl<'a> Exchange<'a> {
                 Some(body) => {
                     let unsent = Outgoing {
                         request: Request::from_parts(head, body),
+                        added,
                         host_added,
                     };
                     Sent::NotWritten(unsent, upstream.id)

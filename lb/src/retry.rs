@@ -44,6 +44,8 @@ pub fn is_idempotent(method: &Method) -> bool {
 #[derive(Debug)]
 pub struct Outgoing {
     pub request: Request<RequestBody>,
+    /// The lines of the fields lb adds (`forward.rs`), written after the request's own.
+    pub added: Bytes,
     /// `Host` was absent from the client's request and lb filled in the backend's name.
     pub host_added: bool,
 }
@@ -66,6 +68,7 @@ pub struct Replay {
     /// The rewritten head, handed back by the attempt that lost it (see [`Replay::keep_head`]):
     /// most requests are answered the first time, and never pay for a copy of their head.
     head: Option<request::Parts>,
+    added: Bytes,
     host_added: bool,
     /// The body's copy; `None` for a request without a body (most GETs), which needs none.
     body: Option<Arc<Mutex<Kept>>>,
@@ -85,6 +88,7 @@ impl Replay {
         };
         Some(Replay {
             head: None,
+            added: outgoing.added.clone(),
             host_added: outgoing.host_added,
             body,
         })
@@ -115,6 +119,7 @@ impl Replay {
         *request.headers_mut() = head.headers.clone();
         let outgoing = Outgoing {
             request,
+            added: self.added.clone(),
             host_added: self.host_added,
         };
         Some(outgoing.aimed_at(target, backend))

@@ -199,8 +199,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Step 1: write the head of `request` (its body framed as [`framing::request_body`] says)
-    /// into the output buffer. Nothing is sent until [`Conn::poll_send`].
-    pub fn start(&mut self, head: &request::Parts, body: RequestBody) -> Sending {
+    /// into the output buffer, with the lines of the fields lb adds (`added`) after its own.
+    /// Nothing is sent until [`Conn::poll_send`].
+    pub fn start(&mut self, head: &request::Parts, added: &[u8], body: RequestBody) -> Sending {
         let has_body = !body.is_end_stream();
         let framing = framing::request_body(&head.headers, body.size_hint().exact(), has_body);
         self.interim = 0;
@@ -227,6 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(added);
         match framing {
             framing::RequestBody::Length(n) if !length_written => write_length(out, n),
             framing::RequestBody::Chunked => {
@@ -522,7 +524,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// A whole exchange for a request without a body, for health probes: send it, read the head
     /// (the body is not read; the connection is not reused).
     pub async fn head_only(&mut self, head: &request::Parts) -> Result<response::Parts, Error> {
-        let mut sending = self.start(head, RequestBody::empty());
+        let mut sending = self.start(head, b"", RequestBody::empty());
         std::future::poll_fn(|cx| self.poll_send(&mut sending, cx))
             .await
             .map_err(|e| match e {

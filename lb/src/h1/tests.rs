@@ -38,7 +38,7 @@ async fn exchange(
     reply: &[u8],
 ) -> (Vec<u8>, Result<(Head, Vec<u8>), Error>, Conn<DuplexStream>) {
     let (mut conn, mut backend) = pipe();
-    let mut sending = conn.start(&parts, body);
+    let mut sending = conn.start(&parts, b"", body);
     poll_fn(|cx| conn.poll_send(&mut sending, cx))
         .await
         .map_err(|_| ())
@@ -239,7 +239,7 @@ async fn switching_protocols_hands_over_the_bytes_behind_it() {
         "/ws",
         &[("connection", "upgrade"), ("upgrade", "websocket")],
     );
-    let mut sending = conn.start(&parts, RequestBody::replay(Vec::new()));
+    let mut sending = conn.start(&parts, b"", RequestBody::replay(Vec::new()));
     poll_fn(|cx| conn.poll_send(&mut sending, cx))
         .await
         .map_err(|_| ())
@@ -278,7 +278,7 @@ async fn a_streamed_body_and_response_round_trip() {
     let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
     let (mut conn, mut backend) = pipe();
     let parts = head(Method::PUT, "/", &[("content-length", "10000")]);
-    let mut sending = conn.start(&parts, RequestBody::replay(chunks));
+    let mut sending = conn.start(&parts, b"", RequestBody::replay(chunks));
     let backend_task = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
