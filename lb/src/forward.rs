@@ -19,18 +19,20 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, response, Uri, Version};
+use http::{request, StatusCode, Uri, Version};
+
+use crate::h1::{Fields, HeadFields};
 
 /// Headers that never cross a proxy, beyond those named in `Connection`.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -41,7 +43,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(header::UPGRADE)
-        && connection_lists(headers, "upgrade")
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// The fields lb adds to the requests of one client connection, as the bytes of their lines:
@@ -128,68 +130,69 @@ pub fn request(parts: &mut request::Parts, target: Uri, added: &Added, backend: 
     added_lines(list.as_bytes(), added.scheme, version)
 }
 
-/// Clean the backend's response head for the client. A `101 Switching Protocols` keeps its
-/// `Upgrade`/`Connection` headers, since the client needs them to finish the switch.
-pub fn response(parts: &mut response::Parts) {
-    let via = via_value(parts.version);
+/// Clean the fields of a backend's response (status `status`, HTTP/1.x `version`) for the client.
+/// A `101 Switching Protocols` keeps its `Upgrade`/`Connection` headers, since the client needs
+/// them to finish the switch. Returns the line lb adds, `Via`, to be written after them.
+pub fn response(status: StatusCode, version: Version, fields: &mut Fields) -> &'static [u8] {
     // A backend that sends both Content-Length and Transfer-Encoding was framed by the latter,
     // and the Content-Length is wrong: it must not reach the client (RFC 9112 §6.3 item 3).
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        parts.headers.remove(header::CONTENT_LENGTH);
+    if fields.contains(&header::TRANSFER_ENCODING) {
+        fields.remove(b"content-length");
     }
-    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        remove_hop_by_hop(&mut parts.headers);
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        remove_hop_by_hop(fields);
     }
-    parts.headers.append(header::VIA, via);
+    match version {
+        Version::HTTP_10 => b"via: 1.0 lb\r\n",
+        _ => b"via: 1.1 lb\r\n",
+    }
 }
 
-fn via_value(version: Version) -> HeaderValue {
-    HeaderValue::from_static(if version == Version::HTTP_10 {
-        "1.0 lb"
-    } else {
-        "1.1 lb"
-    })
+/// The `Via` value lb adds to a message that came to it in HTTP `version` (RFC 9110 §7.6.3).
+fn via_value(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0 lb",
+        _ => "1.1 lb",
+    }
 }
 
 /// Remove `Connection`, every header it names, and the fixed hop-by-hop list. `TE: trailers` is the
 /// one `TE` value a proxy may forward.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
+fn remove_hop_by_hop(headers: &mut impl HeadFields) {
     // Most heads carry none of them: one look at each name is cheaper than nine lookups.
-    let any = headers
-        .keys()
-        .any(|name| name == header::TE || HOP_BY_HOP.contains(name));
-    if !any {
+    let hop = |name: &[u8]| {
+        name.eq_ignore_ascii_case(b"te")
+            || HOP_BY_HOP
+                .iter()
+                .any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
+    };
+    if !headers.names().any(hop) {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| name != header::HOST)
+    let named: Vec<Vec<u8>> = connection_tokens(headers)
+        .filter(|token| !token.eq_ignore_ascii_case(b"host"))
+        .map(<[u8]>::to_vec)
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named.iter().map(Vec::as_slice) {
         headers.remove(name);
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
-        headers.remove(header::TE);
+    for name in HOP_BY_HOP {
+        headers.remove(name.as_bytes());
     }
-}
-
-/// Does any `Connection` header list `token`?
-fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+    let te_trailers = headers
+        .values(&header::TE)
+        .all(|v| v.eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(b"te");
+    }
 }
 
 /// The comma-separated options of every `Connection` header (RFC 9110 §7.6.1), trimmed.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+fn connection_tokens(headers: &impl HeadFields) -> impl Iterator<Item = &[u8]> {
     headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .values(&header::CONNECTION)
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// `<what the client sent>, <client ip>`: the value of lb's one `X-Forwarded-For` line.
@@ -270,7 +273,10 @@ mod tests {
              via: 1.1 lb\r\n"
         );
         assert!(!p.headers.contains_key("x-forwarded-for"), "one line, lb's");
-        assert!(!p.headers.contains_key("x-forwarded-proto"), "lb's replaces it");
+        assert!(
+            !p.headers.contains_key("x-forwarded-proto"),
+            "lb's replaces it"
+        );
         assert_eq!(p.headers["via"], "1.0 squid", "lb's Via is added after");
         assert_eq!(
             p.headers["host"], "b:1",

@@ -592,25 +592,31 @@ impl<'a> Exchange<'a> {
             upstream,
             sending,
         } = answer;
+        let h1::Head {
+            status,
+            version,
+            mut fields,
+            body,
+        } = head;
         self.conn.trace.event(
             8,
             self.number,
-            format_args!("response head received: {}", head.parts.status),
+            format_args!("response head received: {status}"),
         );
-        let mut parts = head.parts;
-        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        crate::forward::response(&mut parts);
-        let body = match switching && upgrade {
+        let added = crate::forward::response(status, version, &mut fields);
+        let body = match status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
             // The connection becomes a tunnel once the `101` has reached the client (`serve.rs`).
             true => ResponseBody::tunnel(upstream, self.number),
-            false => ResponseBody::streamed(
-                upstream,
-                head.body,
-                sending,
-                self.balancer.timeouts.body_idle,
-            ),
+            false => {
+                ResponseBody::streamed(upstream, body, sending, self.balancer.timeouts.body_idle)
+            }
         };
-        Response::from_parts(parts, body)
+        // The backend's fields travel with its body, as they came (`h1::Fields`); the response's
+        // own header map stays empty.
+        let mut response = Response::new(body.with_fields(fields, added));
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        response
     }
 
     /// The response (the backend's, or one lb wrote) goes to the client; the body finishes the

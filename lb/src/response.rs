@@ -28,7 +28,7 @@ use crate::access_log::{AccessLog, Record};
 use crate::body::IdleTimer;
 use crate::downstream::InFlight;
 use crate::error::BoxError;
-use crate::h1::{Decoder, Sending};
+use crate::h1::{Decoder, Fields, Sending};
 use crate::pick::OwnedInFlight;
 use crate::stats::Stats;
 use crate::trace::Trace;
@@ -163,6 +163,10 @@ impl Drop for Completion {
 #[derive(Debug)]
 pub struct ResponseBody {
     kind: Kind,
+    /// A backend's header fields, as they arrived, and the lines lb adds (written after the
+    /// response's own header map, which is empty then; see [`ResponseBody::take_fields`]).
+    fields: Fields,
+    added: &'static [u8],
     idle: IdleTimer,
     completion: Option<Box<Completion>>,
     /// A backend failure held back for one poll, so that what is queued is written first.
@@ -196,6 +200,8 @@ impl ResponseBody {
             idle: IdleTimer::new(Duration::MAX),
             completion: None,
             failed: None,
+            fields: Fields::default(),
+            added: b"",
         }
     }
 
@@ -207,6 +213,8 @@ impl ResponseBody {
             idle: IdleTimer::new(Duration::MAX),
             completion: None,
             failed: None,
+            fields: Fields::default(),
+            added: b"",
         }
     }
 
@@ -236,7 +244,23 @@ impl ResponseBody {
             idle: IdleTimer::new(idle_timeout),
             completion: None,
             failed: None,
+            fields: Fields::default(),
+            added: b"",
         }
+    }
+
+    /// The body of a response whose head has a backend's `fields` (written as they are, then the
+    /// lines `added`).
+    pub fn with_fields(mut self, fields: Fields, added: &'static [u8]) -> Self {
+        self.fields = fields;
+        self.added = added;
+        self
+    }
+
+    /// The backend's fields and the lines lb adds to them, to write the head (both empty for an
+    /// answer lb wrote itself).
+    pub fn take_fields(&mut self) -> (Fields, &'static [u8]) {
+        (std::mem::take(&mut self.fields), self.added)
     }
 
     /// Finish `completion` when this body ends.

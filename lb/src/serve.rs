@@ -193,7 +193,13 @@ where
     // Only the connection itself holds it: nobody reads the request body any more.
     asked.body_unclaimed = Arc::strong_count(client) == 1;
     let stall = balancer.timeouts.body_idle;
-    let written = server::write_response(client, &parts, &mut body, &asked, max_head, stall).await;
+    let (fields, added) = body.take_fields();
+    let head = server::ResponseHead {
+        parts: &parts,
+        fields: &fields,
+        added,
+    };
+    let written = server::write_response(client, head, &mut body, &asked, max_head, stall).await;
     // A tunnel starts from a request read to its end: nothing of it may leak into the tunnel.
     if parts.status == StatusCode::SWITCHING_PROTOCOLS && lock(client).body_done() {
         if let (Ok(Written::Whole(_)), Some((upstream, number))) = (&written, body.take_tunnel()) {

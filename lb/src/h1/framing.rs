@@ -8,7 +8,7 @@
 
 use http::{header, HeaderMap, Method, StatusCode, Version};
 
-use super::Error;
+use super::{Error, HeadFields};
 
 /// How a response's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub fn response_body(
     method: &Method,
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    headers: &impl HeadFields,
 ) -> Result<Framing, Error> {
     let mut reusable = keeps_alive(version, headers);
     // 1. A response to HEAD, and any 1xx, 204 or 304 response, ends at its head: whatever length
@@ -50,7 +50,7 @@ pub fn response_body(
         // A 204 may not announce a body at all, nor a 304 a coding (RFC 9110 §8.6, RFC 9112
         // §6.1): a backend that does may send one anyway, which would be read as the next
         // response. Such a connection is not reused.
-        let announces_body = headers.contains_key(header::TRANSFER_ENCODING)
+        let announces_body = headers.contains(&header::TRANSFER_ENCODING)
             || (status == StatusCode::NO_CONTENT
                 && content_length(headers).map_or(true, |n| n.unwrap_or(0) > 0));
         if announces_body && *method != Method::HEAD {
@@ -63,8 +63,8 @@ pub fn response_body(
     }
     // 3. Transfer-Encoding overrides Content-Length. If both are present the message may be an
     //    attempt at smuggling: read it by Transfer-Encoding and close the connection after it.
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if headers.contains_key(header::CONTENT_LENGTH) || version == Version::HTTP_10 {
+    if headers.contains(&header::TRANSFER_ENCODING) {
+        if headers.contains(&header::CONTENT_LENGTH) || version == Version::HTTP_10 {
             reusable = false;
         }
         // Chunked must be the final coding; if it is not, the body ends when the connection does.
@@ -96,12 +96,11 @@ pub fn response_body(
 
 /// RFC 9112 §9.3: an HTTP/1.1 connection persists unless `Connection: close`; an HTTP/1.0 one
 /// only with `Connection: keep-alive`.
-pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+pub fn keeps_alive(version: Version, headers: &impl HeadFields) -> bool {
     let lists = |token: &str| {
         headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .values(&header::CONNECTION)
+            .flat_map(|v| v.split(|&b| b == b','))
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     };
     match version {
@@ -111,21 +110,20 @@ pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 }
 
 /// Is `chunked` the last coding of the (possibly several) Transfer-Encoding headers?
-fn final_coding_is_chunked(headers: &HeaderMap) -> bool {
+fn final_coding_is_chunked(headers: &impl HeadFields) -> bool {
     headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .values(&header::TRANSFER_ENCODING)
+        .last()
+        .and_then(|v| v.rsplit(|&b| b == b',').next())
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// RFC 9110 §8.6: Content-Length is digits. Several fields or a list are accepted only when every
 /// value is the same (§8.6 lets a recipient take that as one); anything else is an error.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+fn content_length(headers: &impl HeadFields) -> Result<Option<u64>, Error> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
+    for value in headers.values(&header::CONTENT_LENGTH) {
+        for item in value.split(|&b| b == b',') {
             let n = parse_digits(item.trim_ascii())
                 .ok_or(Error::Malformed("invalid Content-Length"))?;
             if length.is_some_and(|seen| seen != n) {

@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, request, response, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{header, request, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -119,8 +119,96 @@ pub struct Asked {
 /// A response head, and how its body is framed.
 #[derive(Debug)]
 pub struct Head {
-    pub parts: response::Parts,
+    pub status: StatusCode,
+    pub version: http::Version,
+    /// The header fields, as the backend wrote them.
+    pub fields: Fields,
     pub body: Decoder,
+}
+
+/// Header fields as they arrived: the bytes of their head and where each field lies in it.
+///
+/// A backend's response head goes to the client almost as it came, so lb keeps its fields this
+/// way instead of parsing them into a `HeaderMap`: no name is looked up in a table of standard
+/// names, hashed or copied, no value is validated twice (httparse did) and nothing is allocated
+/// per field. A lookup walks the spans, which for the handful of fields of a response is as
+/// quick as a hash.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    bytes: Bytes,
+    spans: Vec<Span>,
+}
+
+impl Fields {
+    /// Each field's name (as the backend spelled it) and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans
+            .iter()
+            .map(|span| (self.at(span.name), self.at(span.value)))
+    }
+
+    /// The value of the first field called `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.values(name).next()
+    }
+
+    fn at(&self, (at, len): (u32, u32)) -> &[u8] {
+        &self.bytes[at as usize..(at + len) as usize]
+    }
+}
+
+/// The fields of a message head, whether parsed into a `HeaderMap` (requests, and the answers lb
+/// writes itself) or kept as they arrived ([`Fields`], a backend's responses): what the framing
+/// rules and the hop-by-hop rules need to read and remove. Names compare case-insensitively.
+pub trait HeadFields {
+    /// Every field's name.
+    fn names(&self) -> impl Iterator<Item = &[u8]>;
+    /// The values of every field called `name`, in order.
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]>;
+    /// Remove every field called `name`.
+    fn remove(&mut self, name: &[u8]);
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.values(name).next().is_some()
+    }
+}
+
+impl HeadFields for Fields {
+    fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|span| self.at(span.name))
+    }
+
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        let name = name.as_str().as_bytes();
+        self.spans
+            .iter()
+            .filter(move |span| self.at(span.name).eq_ignore_ascii_case(name))
+            .map(|span| self.at(span.value))
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        let bytes = &self.bytes;
+        self.spans.retain(|span| {
+            let (at, len) = span.name;
+            !bytes[at as usize..(at + len) as usize].eq_ignore_ascii_case(name)
+        });
+    }
+}
+
+impl HeadFields for HeaderMap {
+    fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.keys().map(|name| name.as_str().as_bytes())
+    }
+
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if let Ok(name) = HeaderName::from_bytes(name) {
+            HeaderMap::remove(self, name);
+        }
+    }
 }
 
 /// Reads one response body (see [`Conn::poll_body`]).
@@ -429,12 +517,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(1) => http::Version::HTTP_11,
             _ => http::Version::HTTP_10,
         };
-        let bytes = self.input.split_to(len).freeze();
         let status =
             StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status code"))?;
-        // One spare slot: the `Via` lb adds on the way to the client (`forward::response`).
-        let headers = header_map(&bytes, spans, 1).map_err(Error::Malformed)?;
-        let framing = framing::response_body(&asked.method, status, version, &headers)?;
+        let fields = Fields {
+            bytes: self.input.split_to(len).freeze(),
+            spans: spans.to_vec(),
+        };
+        let framing = framing::response_body(&asked.method, status, version, &fields)?;
         if !framing.reusable || status == StatusCode::SWITCHING_PROTOCOLS {
             self.reusable = false;
         }
@@ -444,11 +533,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Framed::Chunked => Decoder::Chunked(chunked::Decoder::default()),
             Framed::UntilClose => Decoder::UntilClose,
         };
-        let mut parts = response::Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.version = version;
-        parts.headers = headers;
-        Ok(Head { parts, body })
+        Ok(Head {
+            status,
+            version,
+            fields,
+            body,
+        })
     }
 
     /// Step 4: the next piece of the response body, `None` at its end.
@@ -523,7 +613,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// A whole exchange for a request without a body, for health probes: send it, read the head
     /// (the body is not read; the connection is not reused).
-    pub async fn head_only(&mut self, head: &request::Parts) -> Result<response::Parts, Error> {
+    pub async fn head_only(&mut self, head: &request::Parts) -> Result<Head, Error> {
         let mut sending = self.start(head, b"", RequestBody::empty());
         std::future::poll_fn(|cx| self.poll_send(&mut sending, cx))
             .await
@@ -537,7 +627,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let response = std::future::poll_fn(|cx| self.poll_head(&asked, cx)).await?;
         self.reusable = false;
-        Ok(response.parts)
+        Ok(response)
     }
 }
 

@@ -39,7 +39,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::chunked::{self, Decoded};
 use super::framing::{self, RequestBody as Framing};
 use super::{
-    header_map, locate, parser, slice, write_length, Error, Output, Span, MAX_HEADERS, READ_SIZE,
+    header_map, locate, parser, slice, write_length, Error, Fields, Output, Span, MAX_HEADERS,
+    READ_SIZE,
 };
 use crate::body::{IdleTimer, ReadBody, RequestBody};
 use crate::error::BoxError;
@@ -431,10 +432,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Step 4: queue the response head, framed as the body and the client allow.
     fn start_response(
         &mut self,
-        parts: &response::Parts,
+        head: &ResponseHead,
         exact: Option<u64>,
         asked: &Asked,
     ) -> Writing {
+        let parts = head.parts;
         // A `100 Continue` not sent yet never will be: the answer is final.
         self.expect_continue = false;
         // A request body nobody reads any more is skipped if it is all here; one still arriving
@@ -467,24 +469,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         // The framing and the connection's fate are lb's to say (a `101` keeps its
         // `Connection: upgrade`; a response to HEAD keeps the length it would have had). lb's
         // `Content-Length` goes where the backend had one, so the head keeps its order.
-        let mut length_written = false;
-        for (name, value) in &parts.headers {
-            if name == header::CONTENT_LENGTH && asked.method != Method::HEAD {
-                if let (Out::Length(n), false) = (body, length_written) {
-                    write_length(out, n);
-                    length_written = true;
+        let own = parts.headers.iter();
+        let own = own.map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        let (mut length_written, mut has_length, mut has_date) = (false, false, false);
+        for (name, value) in own.chain(head.fields.iter()) {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                has_length = true;
+                if asked.method != Method::HEAD {
+                    if let (Out::Length(n), false) = (body, length_written) {
+                        write_length(out, n);
+                        length_written = true;
+                    }
+                    continue;
                 }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || (!switching && name.eq_ignore_ascii_case(b"connection"))
+            {
                 continue;
             }
-            if name == header::TRANSFER_ENCODING || (name == header::CONNECTION && !switching) {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
+            has_date |= name.eq_ignore_ascii_case(b"date");
+            out.extend_from_slice(name);
             out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
-        if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(head.added);
+        if !has_date {
             // RFC 9110 §6.6.1: a server with a clock sends Date (backends usually did already).
             out.extend_from_slice(b"date: ");
             write_date(out);
@@ -495,10 +505,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             // A HEAD answer lb wrote itself says how long its GET answer would be (RFC 9110
             // §9.3.2); a backend's says what the backend said (its body, unread, counts as 0).
-            Out::None
-                if asked.method == Method::HEAD
-                    && !parts.headers.contains_key(header::CONTENT_LENGTH) =>
-            {
+            Out::None if asked.method == Method::HEAD && !has_length => {
                 if let Some(n) = exact.filter(|&n| n > 0) {
                     write_length(out, n);
                 }
@@ -650,14 +657,23 @@ pub enum Written {
     Cut,
 }
 
-/// Step 4: write `parts` and `body` to the client, the body frame by frame as it comes, never
+/// A response head as lb writes it to a client: the status and lb's own header map (`parts`),
+/// then a backend's fields as they arrived and the lines lb adds to them (both empty for an
+/// answer lb wrote itself).
+pub struct ResponseHead<'a> {
+    pub parts: &'a response::Parts,
+    pub fields: &'a Fields,
+    pub added: &'a [u8],
+}
+
+/// Step 4: write `head` and `body` to the client, the body frame by frame as it comes, never
 /// asking for the next frame before the socket took the last one (backpressure). A client that
 /// goes away while the body is slow to come is noticed (`max`: as in [`Client::poll_closed`]); one
 /// that stays but takes no byte for `stall` (`--body-timeout`, nginx's `send_timeout`) is given up
 /// on, so that it cannot hold the connection, and the backend's, forever.
 pub async fn write_response<S, B>(
     client: &Mutex<Client<S>>,
-    parts: &response::Parts,
+    head: ResponseHead<'_>,
     body: &mut B,
     asked: &Asked,
     max: usize,
@@ -667,7 +683,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    let mut writing = lock(client).start_response(parts, body.size_hint().exact(), asked);
+    let mut writing = lock(client).start_response(&head, body.size_hint().exact(), asked);
     // The body broke off: what is queued (perhaps the head itself) still goes out first.
     let mut cut = false;
     let mut stalled = IdleTimer::new(stall);

@@ -87,7 +87,7 @@ async fn a_get_is_written_as_its_head_alone() {
     .await;
     assert_eq!(seen, b"GET /x?y=1 HTTP/1.1\r\nhost: h\r\nx-a: 1\r\n\r\n");
     let (head, body) = result.unwrap();
-    assert_eq!(head.parts.status, 200);
+    assert_eq!(head.status, 200);
     assert_eq!(body, b"hi");
 }
 
@@ -129,7 +129,7 @@ async fn interim_responses_are_skipped() {
     )
     .await;
     let (head, body) = result.unwrap();
-    assert_eq!(head.parts.status, 200);
+    assert_eq!(head.status, 200);
     assert_eq!(body, b"x");
     assert!(conn.is_reusable());
 }
@@ -172,9 +172,41 @@ async fn a_head_response_has_no_body_whatever_it_announces() {
     )
     .await;
     let (head, body) = result.unwrap();
-    assert_eq!(head.parts.headers["content-length"], "1000");
+    assert_eq!(
+        head.fields.get(&http::header::CONTENT_LENGTH),
+        Some(&b"1000"[..])
+    );
     assert!(body.is_empty());
     assert!(conn.is_reusable());
+}
+
+/// A response's fields are kept as the backend wrote them (names in its case, values without the
+/// spaces around them, repeated fields in order), and lookups ignore case.
+#[tokio::test]
+async fn a_response_keeps_its_fields_as_they_came() {
+    let (_, result, _) = get_answered(
+        b"HTTP/1.1 200 OK\r\nX-Served-By:  b1 \r\nSet-Cookie: a=1\r\n\
+          content-length: 0\r\nset-cookie: b=2\r\n\r\n",
+    )
+    .await;
+    let (mut head, _) = result.unwrap();
+    let fields: Vec<(&[u8], &[u8])> = head.fields.iter().collect();
+    assert_eq!(
+        fields,
+        [
+            (&b"X-Served-By"[..], &b"b1"[..]),
+            (b"Set-Cookie", b"a=1"),
+            (b"content-length", b"0"),
+            (b"set-cookie", b"b=2"),
+        ]
+    );
+    let cookies: Vec<&[u8]> = head.fields.values(&http::header::SET_COOKIE).collect();
+    assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+    head.fields.remove(b"SET-COOKIE");
+    assert_eq!(
+        head.fields.names().collect::<Vec<_>>(),
+        [&b"X-Served-By"[..], b"content-length"]
+    );
 }
 
 #[tokio::test]
@@ -253,7 +285,7 @@ async fn switching_protocols_hands_over_the_bytes_behind_it() {
         upgrade: true,
     };
     let head = poll_fn(|cx| conn.poll_head(&asked, cx)).await.unwrap();
-    assert_eq!(head.parts.status, 101);
+    assert_eq!(head.status, 101);
     assert!(!conn.is_reusable());
     let (_, early) = conn.into_tunnel();
     assert_eq!(early, "frame");
