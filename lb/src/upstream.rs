@@ -167,7 +167,7 @@ pub struct PoolSettings {
 }
 
 struct IdleConn {
-    conn: Conn,
+    conn: Box<Conn>,
     id: u64,
     since: Instant,
     user: Option<Arc<(AtomicU64, AtomicU64)>>,
@@ -183,7 +183,10 @@ impl std::fmt::Debug for IdleConn {
 /// while the exchange lasts, then [`Upstream::check_in`] returns it to the pool.
 pub struct Upstream {
     pub backend: Arc<Backend>,
-    pub conn: Conn,
+    /// Boxed once, when connected: an `Upstream` moves a dozen times per request (checkout,
+    /// send, the answer, the response body, check-in), and a pointer is cheaper to move than a
+    /// connection's socket and buffers.
+    pub conn: Box<Conn>,
     /// Per-backend connection number, shown by `--trace`.
     pub id: u64,
     /// How long connecting took, or `None` for a reused pooled connection.
@@ -299,7 +302,7 @@ impl Backend {
         });
         Ok(Upstream {
             backend: self.clone(),
-            conn: h1::Conn::new(stream),
+            conn: Box::new(h1::Conn::new(stream)),
             id,
             connect_time: Some(started.elapsed()),
             user,
@@ -330,7 +333,12 @@ impl Backend {
     }
 
     /// Return a connection whose exchange completed cleanly (see [`Upstream::check_in`]).
-    fn checkin(&self, conn: Conn, id: u64, user: Option<Arc<(AtomicU64, AtomicU64)>>) -> bool {
+    fn checkin(
+        &self,
+        conn: Box<Conn>,
+        id: u64,
+        user: Option<Arc<(AtomicU64, AtomicU64)>>,
+    ) -> bool {
         if !conn.is_reusable() {
             return false;
         }
