@@ -306,6 +306,48 @@ mod tests {
         assert_eq!(p.version, Version::HTTP_11);
     }
 
+    /// A backend's response: `Connection` and what it names go (whatever their case), and so do
+    /// the fixed hop-by-hop fields; a `Content-Length` beside `Transfer-Encoding` is dropped;
+    /// everything else stays as it came, and lb's `Via` goes after it.
+    #[test]
+    fn a_response_loses_its_hop_by_hop_fields() {
+        let mut fields = Fields::of_response(
+            b"HTTP/1.1 200 OK\r\nConnection: X-Backend-Secret, keep-alive\r\n\
+              x-backend-secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n\
+              Transfer-Encoding: chunked\r\nContent-Length: 12\r\nX-Served-By: b1\r\n\r\n",
+        )
+        .unwrap();
+        let via = response(StatusCode::OK, Version::HTTP_11, &mut fields);
+        assert_eq!(fields.names().collect::<Vec<_>>(), [&b"X-Served-By"[..]]);
+        assert_eq!(via, b"via: 1.1 lb\r\n");
+
+        let mut fields = Fields::of_response(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n");
+        let via = response(StatusCode::OK, Version::HTTP_10, fields.as_mut().unwrap());
+        assert_eq!(
+            fields.unwrap().get(&header::CONTENT_LENGTH),
+            Some(&b"3"[..])
+        );
+        assert_eq!(via, b"via: 1.0 lb\r\n");
+    }
+
+    /// A `101` keeps `Upgrade` and `Connection`: the client needs them to finish the switch.
+    #[test]
+    fn a_switching_response_keeps_its_upgrade() {
+        let mut fields = Fields::of_response(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        response(
+            StatusCode::SWITCHING_PROTOCOLS,
+            Version::HTTP_11,
+            &mut fields,
+        );
+        assert_eq!(
+            fields.names().collect::<Vec<_>>(),
+            [&b"Upgrade"[..], b"Connection"]
+        );
+    }
+
     #[test]
     fn te_trailers_and_upgrades_pass() {
         let mut p = parts(&[

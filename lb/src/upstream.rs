@@ -333,12 +333,7 @@ impl Backend {
     }
 
     /// Return a connection whose exchange completed cleanly (see [`Upstream::check_in`]).
-    fn checkin(
-        &self,
-        conn: Box<Conn>,
-        id: u64,
-        user: Option<Arc<(AtomicU64, AtomicU64)>>,
-    ) -> bool {
+    fn checkin(&self, conn: Box<Conn>, id: u64, user: Option<Arc<(AtomicU64, AtomicU64)>>) -> bool {
         if !conn.is_reusable() {
             return false;
         }

@@ -140,6 +140,23 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// The fields of `head`, a complete response head (status line, fields, empty line); `None`
+    /// if it is not one.
+    pub fn of_response(head: &[u8]) -> Option<Fields> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        let len = match parser().parse_response(&mut response, head) {
+            Ok(httparse::Status::Complete(len)) => len,
+            _ => return None,
+        };
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let count = locate(head, response.headers, &mut spans);
+        Some(Fields {
+            bytes: Bytes::copy_from_slice(&head[..len]),
+            spans: spans[..count].to_vec(),
+        })
+    }
+
     /// Each field's name (as the backend spelled it) and value, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.spans

@@ -136,8 +136,9 @@ pub fn parse(input: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refused
     let uri = slice(&bytes, target)
         .and_then(|target| Uri::from_maybe_shared(target).ok())
         .ok_or(Refused::Malformed("invalid target"))?;
-    // Spare slots for what lb adds on the way (`X-Forwarded-For`, `X-Forwarded-Proto`, `Via`).
-    let mut headers = header_map(&bytes, &spans[..count], 3).map_err(Refused::Malformed)?;
+    // A spare slot for the `Host` lb adds when an HTTP/1.0 client sent none (the fields lb adds to
+    // every request are not put in the map: `forward::Added`).
+    let mut headers = header_map(&bytes, &spans[..count], 1).map_err(Refused::Malformed)?;
     let (body, close_after) =
         framing::client_request(version, &mut headers).map_err(|e| match e {
             Error::Malformed(why) => Refused::Malformed(why),
