@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Method, Version};
 
 use crate::config::{LogFormat, LogTarget};
+use crate::h1::{itoa, RequestHead};
 
 /// How many lines may wait for the writer before new ones are dropped.
 const QUEUE: usize = 64 * 1024;
@@ -68,26 +69,25 @@ pub struct Record {
 impl Record {
     /// The record of a request whose head just arrived. Without `-l` (`logged` false) the copies
     /// the line would need (a few allocations per request) are skipped.
-    pub fn start<B>(
-        request: &http::Request<B>,
+    pub fn start(
+        head: &RequestHead,
         number: u64,
         client: SocketAddr,
         scheme: &'static str,
         logged: bool,
     ) -> Self {
         let copied = |name| {
-            logged
-                .then(|| request.headers().get(name).cloned())
-                .flatten()
+            let value = head.fields.get_shared(&name).filter(|_| logged)?;
+            HeaderValue::from_maybe_shared(value).ok()
         };
         Record {
             request: number,
             started: Instant::now(),
             unix_time: if logged { unix_now() } else { 0 },
             client,
-            method: request.method().clone(),
-            target: Target::Uri(request.uri().clone()),
-            version: request.version(),
+            method: head.method.clone(),
+            target: Target::Uri(head.uri.clone()),
+            version: head.version,
             scheme,
             backend: None,
             status: 0,
@@ -330,21 +330,6 @@ pub fn format_line(format: LogFormat, r: &Record) -> String {
             line
         }
     }
-}
-
-/// `n` in decimal, written into the end of `buf` (no allocation; the log line and the framing
-/// headers lb writes use it).
-pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[start..]).unwrap_or("0")
 }
 
 fn header_text(value: Option<&HeaderValue>) -> String {

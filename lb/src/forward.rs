@@ -18,10 +18,10 @@
 //! own `X-Forwarded-For` gets them written anew.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, StatusCode, Uri, Version};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{StatusCode, Uri, Version};
 
-use crate::h1::{Fields, HeadFields};
+use crate::h1::{visible_text, Fields, HeadFields, RequestHead};
 
 /// Headers that never cross a proxy, beyond those named in `Connection`.
 const HOP_BY_HOP: [&str; 8] = [
@@ -40,9 +40,9 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// Does this request ask to switch protocols (e.g. WebSocket)? Then `Upgrade` must pass through.
 /// Only HTTP/1.1 can: a server must ignore `Upgrade` in an HTTP/1.0 request (RFC 9110 §7.8).
-pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+pub fn is_upgrade(version: Version, headers: &impl HeadFields) -> bool {
     version == Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
+        && headers.contains(&header::UPGRADE)
         && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
@@ -93,41 +93,54 @@ fn added_lines(forwarded_for: &[u8], scheme: &str, version: Version) -> Bytes {
 
 /// Turn the client's request head into the backend's: new target, HTTP/1.1, no hop-by-hop
 /// fields. Returns the lines of the fields lb adds, to be written after the head's own.
-pub fn request(parts: &mut request::Parts, target: Uri, added: &Added, backend: &str) -> Bytes {
-    let upgrade = is_upgrade(parts.version, &parts.headers);
-    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
-    let version = parts.version;
-    remove_hop_by_hop(&mut parts.headers);
-    if let (true, Some(protocol)) = (upgrade, upgrade_value) {
-        parts.headers.insert(header::UPGRADE, protocol);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-
-    parts.uri = target;
-    parts.version = Version::HTTP_11;
-    // HTTP/1.0 clients may omit Host; an HTTP/1.1 request must carry one (RFC 9112 §3.2).
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(backend) {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
+pub fn request(head: &mut RequestHead, target: Uri, added: &Added) -> Bytes {
+    let version = head.version;
+    let upgrade = match is_upgrade(version, &head.fields) {
+        true => head.fields.get_shared(&header::UPGRADE),
+        false => None,
+    };
+    remove_hop_by_hop(&mut head.fields);
+    head.uri = target;
+    head.version = Version::HTTP_11;
     // lb's X-Forwarded-Proto replaces the client's; its X-Forwarded-For extends the client's.
     let (mut proto_sent, mut forwarded_sent) = (false, false);
-    for name in parts.headers.keys() {
-        proto_sent |= name == X_FORWARDED_PROTO;
-        forwarded_sent |= name == X_FORWARDED_FOR;
+    for name in head.fields.names() {
+        proto_sent |= name.eq_ignore_ascii_case(X_FORWARDED_PROTO.as_str().as_bytes());
+        forwarded_sent |= name.eq_ignore_ascii_case(X_FORWARDED_FOR.as_str().as_bytes());
     }
     if proto_sent {
-        parts.headers.remove(&X_FORWARDED_PROTO);
+        head.fields.remove(X_FORWARDED_PROTO.as_str().as_bytes());
     }
-    if !forwarded_sent {
-        return added.lines(version);
+    if !forwarded_sent && upgrade.is_none() {
+        return added.lines(version); // the usual case: the connection's lines, as they are
     }
-    let list = forwarded_for(&parts.headers, &added.client_ip);
-    parts.headers.remove(&X_FORWARDED_FOR);
-    added_lines(list.as_bytes(), added.scheme, version)
+    let mut lines = BytesMut::new();
+    if let Some(protocol) = upgrade {
+        // A protocol switch keeps its `Upgrade`, and says so in lb's own `Connection`.
+        lines.put_slice(b"upgrade: ");
+        lines.put_slice(&protocol);
+        lines.put_slice(b"\r\nconnection: upgrade\r\n");
+    }
+    if forwarded_sent {
+        let list = forwarded_for(&head.fields, &added.client_ip);
+        head.fields.remove(X_FORWARDED_FOR.as_str().as_bytes());
+        lines.put_slice(&added_lines(list.as_bytes(), added.scheme, version));
+    } else {
+        lines.put_slice(&added.lines(version));
+    }
+    lines.freeze()
+}
+
+/// `lines` with a `Host` naming `backend` in front: HTTP/1.0 clients may omit Host, and an
+/// HTTP/1.1 request must carry one (RFC 9112 §3.2). Written per attempt, since a retry goes to
+/// another backend.
+pub fn with_host(lines: &[u8], backend: &str) -> Bytes {
+    let mut with_host = BytesMut::with_capacity(lines.len() + backend.len() + 8);
+    with_host.put_slice(b"host: ");
+    with_host.put_slice(backend.as_bytes());
+    with_host.put_slice(b"\r\n");
+    with_host.put_slice(lines);
+    with_host.freeze()
 }
 
 /// Clean the fields of a backend's response (status `status`, HTTP/1.x `version`) for the client.
@@ -195,14 +208,13 @@ fn connection_tokens(headers: &impl HeadFields) -> impl Iterator<Item = &[u8]> {
         .map(<[u8]>::trim_ascii)
 }
 
-/// `<what the client sent>, <client ip>`: the value of lb's one `X-Forwarded-For` line.
-fn forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> String {
+/// `<what the client sent>, <client ip>`: the value of lb's one `X-Forwarded-For` line. Values
+/// that are not visible ASCII are left out.
+fn forwarded_for(headers: &Fields, client_ip: &HeaderValue) -> String {
     let mut list = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(text) = value.to_str() {
-            list.push_str(text);
-            list.push_str(", ");
-        }
+    for text in headers.values(&X_FORWARDED_FOR).filter_map(visible_text) {
+        list.push_str(text);
+        list.push_str(", ");
     }
     list.push_str(client_ip.to_str().unwrap_or_default());
     list
@@ -212,12 +224,21 @@ fn forwarded_for(headers: &HeaderMap, client_ip: &HeaderValue) -> String {
 mod tests {
     use super::*;
 
-    fn parts(headers: &[(&str, &str)]) -> request::Parts {
-        let mut builder = http::Request::builder().uri("/x").version(Version::HTTP_11);
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
+    fn parts(fields: &[(&str, &str)]) -> RequestHead {
+        RequestHead {
+            method: http::Method::GET,
+            uri: Uri::from_static("/x"),
+            version: Version::HTTP_11,
+            fields: Fields::from_pairs(fields),
         }
-        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn has(head: &RequestHead, name: &'static str) -> bool {
+        head.fields.contains(&HeaderName::from_static(name))
+    }
+
+    fn value<'h>(head: &'h RequestHead, name: &'static str) -> Option<&'h str> {
+        head.fields.get_str(&HeaderName::from_static(name))
     }
 
     #[test]
@@ -232,7 +253,7 @@ mod tests {
             ("x-kept", "yes"),
         ]);
         let added = Added::new(HeaderValue::from_static("10.0.0.1"), "http");
-        let lines = request(&mut p, Uri::from_static("/y"), &added, "b:1");
+        let lines = request(&mut p, Uri::from_static("/y"), &added);
         for gone in [
             "connection",
             "x-secret",
@@ -241,10 +262,10 @@ mod tests {
             "proxy-authorization",
             "upgrade",
         ] {
-            assert!(!p.headers.contains_key(gone), "{gone} should be removed");
+            assert!(!has(&p, gone), "{gone} should be removed");
         }
-        assert_eq!(p.headers["x-kept"], "yes");
-        assert_eq!(p.headers["host"], "h");
+        assert_eq!(value(&p, "x-kept"), Some("yes"));
+        assert_eq!(value(&p, "host"), Some("h"));
         assert_eq!(p.uri, "/y");
         assert_eq!(
             lines,
@@ -252,34 +273,37 @@ mod tests {
         );
     }
 
-    /// Forward `p` to target `/` for client 127.0.0.1 over https, backend `b:1`; the lines lb adds.
-    fn forward_to_b1(p: &mut request::Parts) -> Bytes {
+    /// Forward `p` to target `/` for client 127.0.0.1 over https; the lines lb adds.
+    fn forward(p: &mut RequestHead) -> Bytes {
         let added = Added::new(HeaderValue::from_static("127.0.0.1"), "https");
-        request(p, Uri::from_static("/"), &added, "b:1")
+        request(p, Uri::from_static("/"), &added)
     }
 
     #[test]
     fn forwarded_for_is_appended_and_forwarded_proto_replaced() {
         let mut p = parts(&[
             ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-for", "5.6.7.8"),
+            ("X-Forwarded-For", "5.6.7.8"),
             ("x-forwarded-proto", "gopher"),
             ("via", "1.0 squid"),
         ]);
-        let lines = forward_to_b1(&mut p);
+        let lines = forward(&mut p);
         assert_eq!(
             lines,
             "x-forwarded-for: 1.2.3.4, 5.6.7.8, 127.0.0.1\r\nx-forwarded-proto: https\r\n\
              via: 1.1 lb\r\n"
         );
-        assert!(!p.headers.contains_key("x-forwarded-for"), "one line, lb's");
-        assert!(
-            !p.headers.contains_key("x-forwarded-proto"),
-            "lb's replaces it"
-        );
-        assert_eq!(p.headers["via"], "1.0 squid", "lb's Via is added after");
+        assert!(!has(&p, "x-forwarded-for"), "one line, lb's");
+        assert!(!has(&p, "x-forwarded-proto"), "lb's replaces it");
         assert_eq!(
-            p.headers["host"], "b:1",
+            value(&p, "via"),
+            Some("1.0 squid"),
+            "lb's Via is added after"
+        );
+        assert_eq!(
+            with_host(&lines, "b:1")[..],
+            b"host: b:1\r\nx-forwarded-for: 1.2.3.4, 5.6.7.8, 127.0.0.1\r\n\
+              x-forwarded-proto: https\r\nvia: 1.1 lb\r\n"[..],
             "a missing Host is filled in with the backend"
         );
     }
@@ -292,16 +316,16 @@ mod tests {
             ("connection", "host, x-a"),
             ("x-a", "1"),
         ]);
-        forward_to_b1(&mut p);
-        assert_eq!(p.headers["host"], "site.test");
-        assert!(!p.headers.contains_key("x-a"));
+        forward(&mut p);
+        assert_eq!(value(&p, "host"), Some("site.test"));
+        assert!(!has(&p, "x-a"));
     }
 
     #[test]
     fn an_http_1_0_request_says_so_in_via() {
         let mut p = parts(&[("host", "h")]);
         p.version = Version::HTTP_10;
-        let lines = forward_to_b1(&mut p);
+        let lines = forward(&mut p);
         assert!(lines.ends_with(b"\r\nvia: 1.0 lb\r\n"), "{lines:?}");
         assert_eq!(p.version, Version::HTTP_11);
     }
@@ -355,9 +379,15 @@ mod tests {
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        forward_to_b1(&mut p);
-        assert_eq!(p.headers["te"], "trailers");
-        assert_eq!(p.headers["upgrade"], "websocket");
-        assert_eq!(p.headers["connection"], "upgrade");
+        let lines = forward(&mut p);
+        assert_eq!(value(&p, "te"), Some("trailers"));
+        assert!(
+            lines.starts_with(b"upgrade: websocket\r\nconnection: upgrade\r\nx-forwarded-for"),
+            "{lines:?}"
+        );
+        assert!(
+            !has(&p, "upgrade") && !has(&p, "connection"),
+            "lb writes its own"
+        );
     }
 }

@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request};
+use http::{Method, Version};
 
 use crate::config::HealthCheck;
+use crate::h1::{Fields, RequestHead};
 use crate::health::{ProbeStreak, Verdict};
 use crate::upstream::Backend;
 
@@ -65,15 +66,12 @@ pub async fn run(backends: Vec<Arc<Backend>>, check: HealthCheck) {
 async fn probe(backend: &Arc<Backend>, path: &str, timeout: Duration) -> Result<(), String> {
     let attempt = async {
         let mut upstream = backend.connect().await.map_err(|e| e.to_string())?;
-        let mut request = Request::new(());
-        *request.uri_mut() = path.parse().map_err(|_| format!("bad path {path}"))?;
-        if let Ok(host) = HeaderValue::from_str(&backend.name) {
-            request.headers_mut().insert(header::HOST, host);
-        }
-        request
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let (head, ()) = request.into_parts();
+        let head = RequestHead {
+            method: Method::GET,
+            uri: path.parse().map_err(|_| format!("bad path {path}"))?,
+            version: Version::HTTP_11,
+            fields: Fields::from_pairs(&[("host", &backend.name), ("connection", "close")]),
+        };
         let response = upstream
             .conn
             .head_only(&head)

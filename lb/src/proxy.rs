@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use http::uri::PathAndQuery;
-use http::{header, request, Request, Response, StatusCode, Uri, Version};
+use http::{header, Response, StatusCode, Uri, Version};
 use tokio::time::Sleep;
 
 use crate::access_log::Record;
@@ -36,7 +36,7 @@ use crate::body::{IdleTimer, RequestBody};
 use crate::downstream::ConnInfo;
 use crate::error::{BoxError, ClientBodyError, ConnectError, ProxyError};
 use crate::failover::Walk;
-use crate::h1::{self, Asked, SendError, Sending};
+use crate::h1::{self, Asked, HeadFields, RequestHead, SendError, Sending};
 use crate::pick::RequestInfo;
 use crate::respond;
 use crate::response::{Completion, ResponseBody};
@@ -47,12 +47,13 @@ use crate::Balancer;
 
 /// Answer one request. Never fails; failures are answered with an error status.
 pub async fn handle(
-    request: Request<RequestBody>,
+    head: RequestHead,
+    body: RequestBody,
     balancer: &Balancer,
     conn: &Arc<ConnInfo>,
 ) -> Response<ResponseBody> {
-    let mut exchange = Exchange::begin(balancer, conn, &request);
-    let response = match exchange.proxy(request).await {
+    let mut exchange = Exchange::begin(balancer, conn, &head);
+    let response = match exchange.proxy(head, body).await {
         Ok(response) => response,
         Err(error) => {
             conn.trace
@@ -74,29 +75,24 @@ struct Exchange<'a> {
 
 impl<'a> Exchange<'a> {
     /// Step 1 is done: count the request in flight, trace its head, start its log record.
-    fn begin(
-        balancer: &'a Balancer,
-        conn: &'a Arc<ConnInfo>,
-        request: &Request<RequestBody>,
-    ) -> Self {
+    fn begin(balancer: &'a Balancer, conn: &'a Arc<ConnInfo>, head: &RequestHead) -> Self {
         let in_flight = conn.begin_request();
         let number = in_flight.number();
         if conn.trace.is_enabled() {
-            let host = request.headers().get(header::HOST);
             conn.trace.event(
                 1,
                 number,
                 format_args!(
                     "request head read: {} {} {:?} (host {})",
-                    request.method(),
-                    request.uri(),
-                    request.version(),
-                    host.and_then(|h| h.to_str().ok()).unwrap_or("-")
+                    head.method,
+                    head.uri,
+                    head.version,
+                    head.fields.get_str(&header::HOST).unwrap_or("-")
                 ),
             );
         }
         let record = Record::start(
-            request,
+            head,
             number,
             conn.peer,
             conn.scheme,
@@ -121,23 +117,24 @@ impl<'a> Exchange<'a> {
     /// fails and that is safe), then relay the response head.
     async fn proxy(
         &mut self,
-        request: Request<RequestBody>,
+        head: RequestHead,
+        body: RequestBody,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        check_request(&request)?;
-        let group = self.route(&request)?;
-        let original = request
-            .uri()
+        check_request(&head)?;
+        let group = self.route(&head)?;
+        let original = head
+            .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut walk = self.pick(group, &request, &original);
+        let mut walk = self.pick(group, &head, &original);
         let (member, backend) = walk.next_member().ok_or_else(|| walk.gave_up())?;
         if member.redirect {
             return Ok(self.redirect(group, member, &backend, &original));
         }
-        let upgrade = crate::forward::is_upgrade(request.version(), request.headers());
+        let upgrade = crate::forward::is_upgrade(head.version, &head.fields);
         let target = self.target(group, member, &original)?;
-        let outgoing = self.forward(request, target, &backend);
+        let outgoing = self.forward(head, body, target);
         let first = Target {
             group,
             member,
@@ -151,16 +148,11 @@ impl<'a> Exchange<'a> {
     }
 
     /// Step 4: the group's strategy orders its members for this request.
-    fn pick(
-        &self,
-        group: &'a Group,
-        request: &Request<RequestBody>,
-        original: &PathAndQuery,
-    ) -> Walk<'a> {
+    fn pick(&self, group: &'a Group, head: &RequestHead, original: &PathAndQuery) -> Walk<'a> {
         let keys = RequestInfo {
             client: Some(self.conn.peer.ip()),
             path_and_query: original.as_str(),
-            headers: request.headers(),
+            headers: &head.fields,
         };
         Walk::start(
             group,
@@ -198,15 +190,14 @@ impl<'a> Exchange<'a> {
             let outgoing = match unsent.take() {
                 // `forward` aimed it at the first member already.
                 Some(outgoing) if first => outgoing,
-                Some(outgoing) => outgoing.aimed_at(
-                    self.target(to.group, to.member, to.original)?,
-                    &to.backend.name,
-                ),
+                Some(outgoing) => {
+                    outgoing.aimed_at(self.target(to.group, to.member, to.original)?)
+                }
                 None => {
                     let target = self.target(to.group, to.member, to.original)?;
                     replay
                         .as_ref()
-                        .and_then(|r| r.again(target, &to.backend.name))
+                        .and_then(|r| r.again(target))
                         .ok_or_else(|| walk.gave_up())?
                 }
             };
@@ -251,14 +242,12 @@ impl<'a> Exchange<'a> {
 
     /// Step 3: which group serves this Host and path. An absolute-form target
     /// (`GET http://host/x`) carries the host itself.
-    fn route(&self, request: &Request<RequestBody>) -> Result<&'a Group, ProxyError> {
-        let host = request.uri().host().or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        let path = request.uri().path();
+    fn route(&self, head: &RequestHead) -> Result<&'a Group, ProxyError> {
+        let host = head
+            .uri
+            .host()
+            .or_else(|| head.fields.get_str(&header::HOST));
+        let path = head.uri.path();
         let Some(group) = self.balancer.router.route(host, path) else {
             return Err(ProxyError::NoRoute {
                 host: host.unwrap_or("").to_string(),
@@ -315,14 +304,14 @@ impl<'a> Exchange<'a> {
     }
 
     /// Step 6: the client's request becomes the backend's (see `forward.rs`).
-    fn forward(&self, request: Request<RequestBody>, target: Uri, backend: &Backend) -> Outgoing {
-        let (mut parts, body) = request.into_parts();
-        let host_added = !parts.headers.contains_key(header::HOST);
-        let added = crate::forward::request(&mut parts, target, &self.conn.added, &backend.name);
+    fn forward(&self, mut head: RequestHead, body: RequestBody, target: Uri) -> Outgoing {
+        let needs_host = !head.fields.contains(&header::HOST);
+        let added = crate::forward::request(&mut head, target, &self.conn.added);
         Outgoing {
-            request: Request::from_parts(parts, body),
+            head,
+            body,
             added,
-            host_added,
+            needs_host,
         }
     }
 
@@ -434,7 +423,7 @@ impl<'a> Exchange<'a> {
         backend: &Backend,
         error: h1::Error,
         pooled: bool,
-        head: Box<request::Parts>,
+        head: Box<RequestHead>,
     ) -> Attempt {
         let dropped = backend.forget_idle();
         let why = retry_reason(&error, pooled);
@@ -471,9 +460,10 @@ impl<'a> Exchange<'a> {
         deadline: &mut Deadline<'_>,
     ) -> Sent {
         let Outgoing {
-            request,
+            head,
+            body,
             added,
-            host_added,
+            needs_host,
         } = outgoing;
         let timeout = self.balancer.timeouts.response;
         if let Some(user) = &upstream.user {
@@ -482,12 +472,19 @@ impl<'a> Exchange<'a> {
             user.1.store(self.number, Relaxed);
         }
         let started = std::time::Instant::now();
-        let (head, body) = request.into_parts();
         let asked = Asked {
             method: head.method.clone(),
             upgrade,
         };
-        let mut sending = Some(upstream.conn.start(&head, &added, body));
+        let with_host;
+        let lines = match needs_host {
+            true => {
+                with_host = crate::forward::with_host(&added, &upstream.backend.name);
+                &with_host[..]
+            }
+            false => &added[..],
+        };
+        let mut sending = Some(upstream.conn.start(&head, lines, body));
         // A write that fails is not the end yet: the backend may have answered first (a 413 to an
         // upload it will not read, then a reset), and that answer is what the client should get.
         let mut send_failed = None;
@@ -573,9 +570,10 @@ impl<'a> Exchange<'a> {
             }) => match sending.and_then(Sending::into_untouched_body) {
                 Some(body) => {
                     let unsent = Outgoing {
-                        request: Request::from_parts(head, body),
+                        head,
+                        body,
                         added,
-                        host_added,
+                        needs_host,
                     };
                     Sent::NotWritten(unsent, upstream.id)
                 }
@@ -722,7 +720,7 @@ enum Attempt {
     NotSent(Outgoing, String),
     /// Written, then the connection failed before a response: only a replay may try again, with
     /// the head handed back here.
-    Lost(ProxyError, Box<request::Parts>),
+    Lost(ProxyError, Box<RequestHead>),
     /// Nothing more to try: a timeout, the client's own body failing, a malformed response.
     Fatal(ProxyError),
 }
@@ -735,14 +733,14 @@ enum Sent {
     NotWritten(Outgoing, u64),
     /// The connection failed after the request was written; `bool` = it was a pooled connection.
     /// The head comes back, for a replay.
-    Failed(h1::Error, bool, Box<request::Parts>),
+    Failed(h1::Error, bool, Box<RequestHead>),
     Fatal(ProxyError),
 }
 
 impl Sent {
     /// Sorting a failure after the request was (at least partly) written: a malformed response
     /// ends the request; the connection failing may be retried.
-    fn failed(error: h1::Error, upstream: &Upstream, head: request::Parts) -> Sent {
+    fn failed(error: h1::Error, upstream: &Upstream, head: RequestHead) -> Sent {
         match error {
             h1::Error::Malformed(_) => Sent::Fatal(ProxyError::Upstream {
                 backend: upstream.backend.name.to_string(),
@@ -786,12 +784,12 @@ fn client_body_error(error: BoxError) -> ProxyError {
 }
 
 /// Step 2 (RFC 9112 §3.2): an HTTP/1.1 request carries exactly one Host header.
-fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
-    let hosts = request.headers().get_all(header::HOST).iter().count();
+fn check_request(head: &RequestHead) -> Result<(), ProxyError> {
+    let hosts = head.fields.values(&header::HOST).count();
     if hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    if hosts == 0 && request.version() == Version::HTTP_11 {
+    if hosts == 0 && head.version == Version::HTTP_11 {
         return Err(ProxyError::BadRequest(
             "HTTP/1.1 request without a Host header",
         ));
@@ -800,11 +798,10 @@ fn check_request<B>(request: &Request<B>) -> Result<(), ProxyError> {
     // decodes; any other coding (`gzip, chunked`) would reach the backend still applied but no
     // longer declared, since Transfer-Encoding is hop-by-hop. RFC 9112 §6.1 lets us refuse what we
     // do not implement.
-    let other_coding = request
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    let other_coding = head
+        .fields
+        .values(&header::TRANSFER_ENCODING)
+        .flat_map(|v| v.split(|&b| b == b','))
         .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     if other_coding {
         return Err(ProxyError::BadRequest(

@@ -27,10 +27,11 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{header, request, HeaderValue, Method, Request, Uri};
+use http::{Method, Uri};
 use http_body::Body;
 
 use crate::body::{Kept, RequestBody};
+use crate::h1::RequestHead;
 
 /// RFC 9110 §9.2.2: the methods a proxy may repeat on its own.
 pub fn is_idempotent(method: &Method) -> bool {
@@ -43,21 +44,19 @@ pub fn is_idempotent(method: &Method) -> bool {
 /// A request ready to be written to a backend.
 #[derive(Debug)]
 pub struct Outgoing {
-    pub request: Request<RequestBody>,
+    pub head: RequestHead,
+    pub body: RequestBody,
     /// The lines of the fields lb adds (`forward.rs`), written after the request's own.
     pub added: Bytes,
-    /// `Host` was absent from the client's request and lb filled in the backend's name.
-    pub host_added: bool,
+    /// `Host` is absent from the client's request: each attempt names its backend
+    /// (`forward::with_host`).
+    pub needs_host: bool,
 }
 
 impl Outgoing {
-    /// Aim this (never written) request at a backend: its target and, if lb supplied the `Host`,
-    /// that too.
-    pub fn aimed_at(mut self, target: Uri, backend: &str) -> Self {
-        *self.request.uri_mut() = target;
-        if self.host_added {
-            set_host(self.request.headers_mut(), backend);
-        }
+    /// Aim this (never written) request at a backend's target.
+    pub fn aimed_at(mut self, target: Uri) -> Self {
+        self.head.uri = target;
         self
     }
 }
@@ -67,9 +66,9 @@ impl Outgoing {
 pub struct Replay {
     /// The rewritten head, handed back by the attempt that lost it (see [`Replay::keep_head`]):
     /// most requests are answered the first time, and never pay for a copy of their head.
-    head: Option<request::Parts>,
+    head: Option<RequestHead>,
     added: Bytes,
-    host_added: bool,
+    needs_host: bool,
     /// The body's copy; `None` for a request without a body (most GETs), which needs none.
     body: Option<Arc<Mutex<Kept>>>,
 }
@@ -78,18 +77,18 @@ impl Replay {
     /// Keep what a retry of `outgoing` would need, if it may be retried once written: the method
     /// is idempotent and the body is not known to exceed `body_limit` bytes.
     pub fn capture(outgoing: &mut Outgoing, body_limit: usize) -> Option<Replay> {
-        if !is_idempotent(outgoing.request.method()) {
+        if !is_idempotent(&outgoing.head.method) {
             return None;
         }
-        let body = if outgoing.request.body().is_end_stream() {
+        let body = if outgoing.body.is_end_stream() {
             None
         } else {
-            Some(outgoing.request.body_mut().keep_copy(body_limit)?)
+            Some(outgoing.body.keep_copy(body_limit)?)
         };
         Some(Replay {
             head: None,
             added: outgoing.added.clone(),
-            host_added: outgoing.host_added,
+            needs_host: outgoing.needs_host,
             body,
         })
     }
@@ -97,13 +96,13 @@ impl Replay {
     /// The head of an attempt that was written and lost: what [`Replay::again`] sends anew.
     /// Writing a request does not consume its head, so keeping it costs nothing; only the first
     /// is kept (every attempt carries the same head, re-aimed).
-    pub fn keep_head(&mut self, head: request::Parts) {
+    pub fn keep_head(&mut self, head: RequestHead) {
         self.head.get_or_insert(head);
     }
 
     /// The request again, aimed at `backend` with `target`; `None` if the body was not kept whole
     /// (it outgrew the limit, or the client had not finished sending it).
-    pub fn again(&self, target: Uri, backend: &str) -> Option<Outgoing> {
+    pub fn again(&self, target: Uri) -> Option<Outgoing> {
         let head = self.head.as_ref()?;
         let chunks: Vec<Bytes> = match &self.body {
             None => Vec::new(),
@@ -112,23 +111,13 @@ impl Replay {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .whole()?,
         };
-        let body = RequestBody::replay(chunks);
-        let mut request = Request::new(body);
-        *request.method_mut() = head.method.clone();
-        *request.version_mut() = head.version;
-        *request.headers_mut() = head.headers.clone();
         let outgoing = Outgoing {
-            request,
+            head: head.clone(),
+            body: RequestBody::replay(chunks),
             added: self.added.clone(),
-            host_added: self.host_added,
+            needs_host: self.needs_host,
         };
-        Some(outgoing.aimed_at(target, backend))
-    }
-}
-
-fn set_host(headers: &mut http::HeaderMap, backend: &str) {
-    if let Ok(host) = HeaderValue::from_str(backend) {
-        headers.insert(header::HOST, host);
+        Some(outgoing.aimed_at(target))
     }
 }
 

@@ -25,7 +25,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -163,14 +163,13 @@ where
 {
     let max_head = balancer.limits.max_header_bytes;
     let mut asked = Asked {
-        method: parsed.parts.method.clone(),
-        version: parsed.parts.version,
+        method: parsed.head.method.clone(),
+        version: parsed.head.version,
         keep_alive: parsed.keep_alive,
         body_unclaimed: false,
     };
     let body = server::request_body(client, parsed.body, balancer.timeouts.body_idle);
-    let request = Request::from_parts(parsed.parts, body);
-    let mut handling = pin!(crate::proxy::handle(request, balancer, info));
+    let mut handling = pin!(crate::proxy::handle(parsed.head, body, balancer, info));
     let answered = poll_fn(|cx| {
         if let Poll::Ready(response) = handling.as_mut().poll(cx) {
             return Poll::Ready(Some(response));

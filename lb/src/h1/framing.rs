@@ -6,7 +6,7 @@
 //! RFC 9112 §6.3 gives the rules, in order; [`response_body`] applies them to a backend's
 //! response, [`request_body`] picks how lb frames the request it sends.
 
-use http::{header, HeaderMap, Method, StatusCode, Version};
+use http::{header, Method, StatusCode, Version};
 
 use super::{Error, HeadFields};
 
@@ -167,9 +167,9 @@ pub enum RequestBody {
 /// that ambiguity is what *request smuggling* exploits.
 pub fn client_request(
     version: Version,
-    headers: &mut HeaderMap,
+    headers: &mut impl HeadFields,
 ) -> Result<(RequestBody, bool), Error> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if headers.contains(&header::TRANSFER_ENCODING) {
         // §6.1: HTTP/1.0 has no transfer codings; a server must treat such framing as faulty.
         if version != Version::HTTP_11 {
             return Err(Error::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
@@ -183,7 +183,8 @@ pub fn client_request(
         // Item 3: with both headers, Transfer-Encoding wins and Content-Length is dropped; the
         // message may be an attempt to smuggle a request past a proxy that reads the other one,
         // so the connection closes after it (what follows is never read as a request).
-        let both = headers.remove(header::CONTENT_LENGTH).is_some();
+        let both = headers.contains(&header::CONTENT_LENGTH);
+        headers.remove(b"content-length");
         return Ok((RequestBody::Chunked, both));
     }
     // Item 5 (and item 6: neither header, no body).
@@ -198,8 +199,8 @@ pub fn client_request(
 /// one framing: a body of known length (`exact`: the client's `Content-Length`, checked by [`client_request`], or it
 /// is a kept copy) goes with `Content-Length`, as does an empty body the client announced with
 /// `Content-Length: 0`; a body of unknown length (it came chunked) goes chunked; no body, nothing.
-pub fn request_body(headers: &HeaderMap, exact: Option<u64>, has_body: bool) -> RequestBody {
-    let announced = headers.contains_key(header::CONTENT_LENGTH);
+pub fn request_body(headers: &impl HeadFields, exact: Option<u64>, has_body: bool) -> RequestBody {
+    let announced = headers.contains(&header::CONTENT_LENGTH);
     match exact {
         Some(n) if has_body || announced => RequestBody::Length(n),
         _ if !has_body => RequestBody::None,
@@ -209,6 +210,8 @@ pub fn request_body(headers: &HeaderMap, exact: Option<u64>, has_body: bool) -> 
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderMap;
+
     use super::*;
 
     fn headers(fields: &[(&str, &str)]) -> HeaderMap {

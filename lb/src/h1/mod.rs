@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, request, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -116,6 +116,16 @@ pub struct Asked {
     pub upgrade: bool,
 }
 
+/// A request head: as lb read it from a client (`server::parse`), and, rewritten by
+/// `forward.rs`, as it goes to a backend ([`Conn::start`]).
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: http::Version,
+    pub fields: Fields,
+}
+
 /// A response head, and how its body is framed.
 #[derive(Debug)]
 pub struct Head {
@@ -128,11 +138,12 @@ pub struct Head {
 
 /// Header fields as they arrived: the bytes of their head and where each field lies in it.
 ///
-/// A backend's response head goes to the client almost as it came, so lb keeps its fields this
-/// way instead of parsing them into a `HeaderMap`: no name is looked up in a table of standard
-/// names, hashed or copied, no value is validated twice (httparse did) and nothing is allocated
-/// per field. A lookup walks the spans, which for the handful of fields of a response is as
-/// quick as a hash.
+/// A head goes on (a request to a backend, a response to the client) almost as it came, so lb
+/// keeps its fields this way instead of parsing them into a `HeaderMap`: no name is looked up in
+/// a table of standard names, hashed or copied, no value is validated twice (httparse did) and
+/// nothing is allocated per field. A lookup walks the spans, which for the handful of fields of
+/// a head is as quick as a hash; a field lb drops is only forgotten (its span), never cut out of
+/// the bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     bytes: Bytes,
@@ -140,6 +151,41 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// Fields whose lines lie at `spans` in `bytes` (a head httparse accepted).
+    fn new(bytes: Bytes, spans: &[Span]) -> Fields {
+        Fields {
+            bytes,
+            spans: spans.to_vec(),
+        }
+    }
+
+    /// Fields made of `pairs` (name, value), for heads lb writes itself (health probes) and
+    /// tests. Pairs that are not valid fields are left out.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Fields {
+        let mut bytes = BytesMut::new();
+        let mut spans = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            let valid = HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && HeaderValue::from_str(value).is_ok();
+            if !valid {
+                continue;
+            }
+            let at = bytes.len() as u32;
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.trim().as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+            spans.push(Span {
+                name: (at, name.len() as u32),
+                value: (at + name.len() as u32 + 2, value.trim().len() as u32),
+            });
+        }
+        Fields {
+            bytes: bytes.freeze(),
+            spans,
+        }
+    }
+
     /// The fields of `head`, a complete response head (status line, fields, empty line); `None`
     /// if it is not one.
     pub fn of_response(head: &[u8]) -> Option<Fields> {
@@ -151,10 +197,10 @@ impl Fields {
         };
         let mut spans = [Span::default(); MAX_HEADERS];
         let count = locate(head, response.headers, &mut spans);
-        Some(Fields {
-            bytes: Bytes::copy_from_slice(&head[..len]),
-            spans: spans[..count].to_vec(),
-        })
+        Some(Fields::new(
+            Bytes::copy_from_slice(&head[..len]),
+            &spans[..count],
+        ))
     }
 
     /// Each field's name (as the backend spelled it) and value, in order.
@@ -169,14 +215,35 @@ impl Fields {
         self.values(name).next()
     }
 
+    /// The value of the first field called `name`, as text if it is visible ASCII (what
+    /// `HeaderValue::to_str` accepts).
+    pub fn get_str(&self, name: &HeaderName) -> Option<&str> {
+        self.get(name).and_then(visible_text)
+    }
+
+    /// The value of the first field called `name`, sharing the head's bytes (no copy).
+    pub fn get_shared(&self, name: &HeaderName) -> Option<Bytes> {
+        let bytes = self.get(name)?;
+        Some(self.bytes.slice_ref(bytes))
+    }
+
     fn at(&self, (at, len): (u32, u32)) -> &[u8] {
         &self.bytes[at as usize..(at + len) as usize]
     }
 }
 
-/// The fields of a message head, whether parsed into a `HeaderMap` (requests, and the answers lb
-/// writes itself) or kept as they arrived ([`Fields`], a backend's responses): what the framing
-/// rules and the hop-by-hop rules need to read and remove. Names compare case-insensitively.
+/// A field value as text, if it is all visible ASCII, spaces and tabs (what `HeaderValue::to_str`
+/// accepts).
+pub fn visible_text(value: &[u8]) -> Option<&str> {
+    let visible = value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    visible.then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
+/// The fields of a message head, whether kept as they arrived ([`Fields`]: requests, and a
+/// backend's responses) or in a `HeaderMap` (the answers lb writes itself): what the framing rules
+/// and the hop-by-hop rules need to read and remove. Names compare case-insensitively.
 pub trait HeadFields {
     /// Every field's name.
     fn names(&self) -> impl Iterator<Item = &[u8]>;
@@ -306,9 +373,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Step 1: write the head of `request` (its body framed as [`framing::request_body`] says)
     /// into the output buffer, with the lines of the fields lb adds (`added`) after its own.
     /// Nothing is sent until [`Conn::poll_send`].
-    pub fn start(&mut self, head: &request::Parts, added: &[u8], body: RequestBody) -> Sending {
+    pub fn start(&mut self, head: &RequestHead, added: &[u8], body: RequestBody) -> Sending {
         let has_body = !body.is_end_stream();
-        let framing = framing::request_body(&head.headers, body.size_hint().exact(), has_body);
+        let framing = framing::request_body(&head.fields, body.size_hint().exact(), has_body);
         self.interim = 0;
         self.out.clear();
         let out = &mut self.out.buf;
@@ -320,17 +387,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // The framing is lb's to write, never the client's: its `Content-Length` (where the
         // client had one, so the head keeps its order) or `Transfer-Encoding: chunked` (last).
         let mut length_written = false;
-        for (name, value) in &head.headers {
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        for (name, value) in head.fields.iter() {
+            if name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+            {
                 if let (framing::RequestBody::Length(n), false) = (framing, length_written) {
                     write_length(out, n);
                     length_written = true;
                 }
                 continue;
             }
-            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(name);
             out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(added);
@@ -355,51 +424,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Step 2: write what is buffered, then the body's frames as they come. Ready once the whole
-    /// request has been written.
+    /// Step 2: write the head and the body's frames as they come (a frame that is already here
+    /// goes out with the head). Ready once the whole request has been written.
     pub fn poll_send(
         &mut self,
         sending: &mut Sending,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
         loop {
-            if let Err(error) = ready!(self.out.poll_write(&mut self.io, cx)) {
-                self.reusable = false;
-                return Poll::Ready(Err(SendError::Backend {
-                    error: error.into(),
-                    written: self.out.written > 0,
-                }));
-            }
-            if sending.ended {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut sending.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    sending.taken = true;
-                    if let Err(error) = self.queue_frame(sending, frame) {
-                        self.reusable = false;
-                        return Poll::Ready(Err(SendError::Client(error.into())));
+            // The body's next frame is asked for whenever there is room for it, before writing:
+            // a head and the body that came with it leave in one write (one packet, often).
+            if !sending.ended && self.out.has_room() {
+                match Pin::new(&mut sending.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        sending.taken = true;
+                        if let Err(error) = self.queue_frame(sending, frame) {
+                            self.reusable = false;
+                            return Poll::Ready(Err(SendError::Client(error.into())));
+                        }
+                        continue;
                     }
+                    Poll::Ready(Some(Err(error))) => {
+                        self.reusable = false;
+                        return Poll::Ready(Err(SendError::Client(error)));
+                    }
+                    Poll::Ready(None) => {
+                        if matches!(sending.framing, framing::RequestBody::Length(_))
+                            && sending.left > 0
+                        {
+                            self.reusable = false;
+                            return Poll::Ready(Err(SendError::Client(
+                                "request body shorter than its Content-Length".into(),
+                            )));
+                        }
+                        if sending.framing == framing::RequestBody::Chunked {
+                            self.out.buf.extend_from_slice(chunked::LAST_CHUNK);
+                        }
+                        sending.ended = true;
+                    }
+                    Poll::Pending => {}
                 }
-                Some(Err(error)) => {
+            }
+            if self.out.pending() > 0 {
+                if let Err(error) = ready!(self.out.poll_write(&mut self.io, cx)) {
                     self.reusable = false;
-                    return Poll::Ready(Err(SendError::Client(error)));
+                    return Poll::Ready(Err(SendError::Backend {
+                        error: error.into(),
+                        written: self.out.written > 0,
+                    }));
                 }
-                None => {
-                    if matches!(sending.framing, framing::RequestBody::Length(_))
-                        && sending.left > 0
-                    {
-                        self.reusable = false;
-                        return Poll::Ready(Err(SendError::Client(
-                            "request body shorter than its Content-Length".into(),
-                        )));
-                    }
-                    if sending.framing == framing::RequestBody::Chunked {
-                        self.out.buf.extend_from_slice(chunked::LAST_CHUNK);
-                    }
-                    sending.ended = true;
-                }
+                continue; // all written: room for more
             }
+            return match sending.ended {
+                true => Poll::Ready(Ok(())),
+                false => Poll::Pending, // the body's next frame has not come yet
+            };
         }
     }
 
@@ -536,10 +615,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let status =
             StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status code"))?;
-        let fields = Fields {
-            bytes: self.input.split_to(len).freeze(),
-            spans: spans.to_vec(),
-        };
+        let fields = Fields::new(self.input.split_to(len).freeze(), spans);
         let framing = framing::response_body(&asked.method, status, version, &fields)?;
         if !framing.reusable || status == StatusCode::SWITCHING_PROTOCOLS {
             self.reusable = false;
@@ -630,7 +706,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// A whole exchange for a request without a body, for health probes: send it, read the head
     /// (the body is not read; the connection is not reused).
-    pub async fn head_only(&mut self, head: &request::Parts) -> Result<Head, Error> {
+    pub async fn head_only(&mut self, head: &RequestHead) -> Result<Head, Error> {
         let mut sending = self.start(head, b"", RequestBody::empty());
         std::future::poll_fn(|cx| self.poll_send(&mut sending, cx))
             .await
@@ -758,30 +834,31 @@ fn locate(head: &[u8], fields: &[httparse::Header<'_>], spans: &mut [Span; MAX_H
     fields.len().min(MAX_HEADERS)
 }
 
-/// The header map of a head whose fields lie at `spans` in `bytes`: each value is a slice of
-/// `bytes`, not a copy. `spare`: room for fields lb will add.
-fn header_map(bytes: &Bytes, spans: &[Span], spare: usize) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + spare);
-    for span in spans {
-        let name = slice(bytes, span.name).ok_or("invalid header name")?;
-        let name = HeaderName::from_bytes(&name).map_err(|_| "invalid header name")?;
-        let value = slice(bytes, span.value).ok_or("invalid header value")?;
-        let value = HeaderValue::from_maybe_shared(value).map_err(|_| "invalid header value")?;
-        headers.append(name, value);
-    }
-    Ok(headers)
-}
-
 /// The part of `bytes` at `(start, len)`, if it lies within.
 fn slice(bytes: &Bytes, (at, len): (u32, u32)) -> Option<Bytes> {
     let (at, len) = (at as usize, len as usize);
     (at.checked_add(len)? <= bytes.len()).then(|| bytes.slice(at..at + len))
 }
 
+/// `n` in decimal, written into the end of `buf` (no allocation; the framing headers lb writes
+/// and the access log's line use it).
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).unwrap_or("0")
+}
+
 /// `content-length: N` and its line end.
 fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(crate::access_log::itoa(n, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(itoa(n, &mut [0; 20]).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 

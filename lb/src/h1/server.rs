@@ -31,7 +31,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, request, response, Method, Request};
+use http::{header, response, Method};
 use http::{StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::chunked::{self, Decoded};
 use super::framing::{self, RequestBody as Framing};
 use super::{
-    header_map, locate, parser, slice, write_length, Error, Fields, Output, Span, MAX_HEADERS,
+    locate, parser, slice, write_length, Error, Fields, Output, RequestHead, Span, MAX_HEADERS,
     READ_SIZE,
 };
 use crate::body::{IdleTimer, ReadBody, RequestBody};
@@ -89,7 +89,7 @@ impl std::fmt::Display for Refused {
 /// A request head, parsed: what the request path gets, and what the connection needs to know.
 #[derive(Debug)]
 pub struct Parsed {
-    pub parts: request::Parts,
+    pub head: RequestHead,
     pub body: Framing,
     /// The client expects the connection to stay open (RFC 9112 §9.3) and nothing rules it out.
     pub keep_alive: bool,
@@ -136,28 +136,27 @@ pub fn parse(input: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refused
     let uri = slice(&bytes, target)
         .and_then(|target| Uri::from_maybe_shared(target).ok())
         .ok_or(Refused::Malformed("invalid target"))?;
-    // A spare slot for the `Host` lb adds when an HTTP/1.0 client sent none (the fields lb adds to
-    // every request are not put in the map: `forward::Added`).
-    let mut headers = header_map(&bytes, &spans[..count], 1).map_err(Refused::Malformed)?;
+    let mut fields = Fields::new(bytes, &spans[..count]);
     let (body, close_after) =
-        framing::client_request(version, &mut headers).map_err(|e| match e {
+        framing::client_request(version, &mut fields).map_err(|e| match e {
             Error::Malformed(why) => Refused::Malformed(why),
             _ => Refused::Malformed("invalid framing"),
         })?;
-    let keep_alive = framing::keeps_alive(version, &headers) && !close_after;
+    let keep_alive = framing::keeps_alive(version, &fields) && !close_after;
     let expect_continue = version == Version::HTTP_11
         && body != Framing::None
         && body != Framing::Length(0)
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut parts = Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = headers;
+        && fields
+            .get(&header::EXPECT)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let head = RequestHead {
+        method,
+        uri,
+        version,
+        fields,
+    };
     Ok(Some(Parsed {
-        parts,
+        head,
         body,
         keep_alive,
         expect_continue,
@@ -775,10 +774,10 @@ mod tests {
         assert!(parse(&mut input, 1024).unwrap().is_none());
         input.extend_from_slice(b"\r\nGET /next");
         let head = parse(&mut input, 1024).unwrap().unwrap();
-        assert_eq!(head.parts.method, Method::GET);
-        assert_eq!(head.parts.uri, "/a?b=1");
-        assert_eq!(head.parts.version, Version::HTTP_11);
-        assert_eq!(head.parts.headers["host"], "x");
+        assert_eq!(head.head.method, Method::GET);
+        assert_eq!(head.head.uri, "/a?b=1");
+        assert_eq!(head.head.version, Version::HTTP_11);
+        assert_eq!(head.head.fields.get_str(&header::HOST), Some("x"));
         assert_eq!(head.body, Framing::None);
         assert!(head.keep_alive);
         // The next request's first bytes stay in the buffer.
@@ -837,7 +836,7 @@ mod tests {
     #[test]
     fn bare_line_feeds_are_accepted() {
         let head = parsed("GET /lf HTTP/1.1\nHost: x\n\n").unwrap().unwrap();
-        assert_eq!(head.parts.uri, "/lf");
+        assert_eq!(head.head.uri, "/lf");
     }
 
     /// RFC 9112 §9.3.

@@ -4,7 +4,7 @@
 use std::future::poll_fn;
 
 use bytes::Bytes;
-use http::{Method, Request};
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
@@ -14,12 +14,13 @@ fn pipe() -> (Conn<DuplexStream>, DuplexStream) {
     (Conn::new(ours), theirs)
 }
 
-fn head(method: Method, target: &str, fields: &[(&str, &str)]) -> request::Parts {
-    let mut builder = Request::builder().method(method).uri(target);
-    for (name, value) in fields {
-        builder = builder.header(*name, *value);
+fn head(method: Method, target: &str, fields: &[(&str, &str)]) -> RequestHead {
+    RequestHead {
+        method,
+        uri: target.parse().unwrap(),
+        version: http::Version::HTTP_11,
+        fields: Fields::from_pairs(fields),
     }
-    builder.body(()).unwrap().into_parts().0
 }
 
 fn get() -> Asked {
@@ -32,7 +33,7 @@ fn get() -> Asked {
 /// Send `parts` with `body`, answer with `reply`; return what the backend read and the body lb
 /// read (frames joined), with the connection.
 async fn exchange(
-    parts: request::Parts,
+    parts: RequestHead,
     body: RequestBody,
     asked: Asked,
     reply: &[u8],
@@ -346,4 +347,79 @@ async fn a_streamed_body_and_response_round_trip() {
     }
     assert_eq!(body, expected);
     assert!(conn.is_reusable());
+}
+
+/// A socket that counts the writes made to it.
+struct Counted {
+    io: DuplexStream,
+    writes: usize,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.writes += 1;
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.writes += 1;
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A small body that is already here leaves with its head, in one write (one packet, where two
+/// would cost the backend two reads), a large one right behind it in the same write.
+#[tokio::test]
+async fn a_head_and_the_body_that_came_with_it_leave_in_one_write() {
+    for size in [11, 64 * 1024] {
+        let (ours, mut backend) = tokio::io::duplex(256 * 1024);
+        let mut conn = Conn::new(Counted {
+            io: ours,
+            writes: 0,
+        });
+        let length = size.to_string();
+        let parts = head(Method::POST, "/sum", &[("content-length", &length)]);
+        let body = RequestBody::replay(vec![Bytes::from(vec![b'n'; size])]);
+        let mut sending = conn.start(&parts, b"via: 1.1 lb\r\n", body);
+        poll_fn(|cx| conn.poll_send(&mut sending, cx))
+            .await
+            .map_err(|_| ())
+            .unwrap();
+        assert_eq!(conn.io.writes, 1, "a body of {size} bytes");
+        let mut seen = vec![0u8; 128 * 1024];
+        let n = backend.read(&mut seen).await.unwrap();
+        let head = format!("POST /sum HTTP/1.1\r\ncontent-length: {size}\r\nvia: 1.1 lb\r\n\r\n");
+        assert_eq!(n, head.len() + size);
+        assert!(seen.starts_with(head.as_bytes()));
+    }
 }

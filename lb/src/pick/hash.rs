@@ -73,7 +73,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::HeaderMap;
+use crate::h1::{Fields, HeadFields};
 
 use super::balance::HashKey;
 use super::round_robin::{self, Smooth};
@@ -122,14 +122,16 @@ impl Hash {
             HashKey::Uri => {
                 (!request.path_and_query.is_empty()).then_some(Key::Uri(request.path_and_query))
             }
-            HashKey::Header { name, spelled } => request
-                .headers
-                .get(name)
-                .and_then(|v| non_empty(v.as_bytes()))
-                .map(|value| Key::Header {
-                    name: spelled,
-                    value,
-                }),
+            HashKey::Header { name, spelled } => {
+                request
+                    .headers
+                    .get(name)
+                    .and_then(non_empty)
+                    .map(|value| Key::Header {
+                        name: spelled,
+                        value,
+                    })
+            }
             HashKey::Cookie(name) => {
                 cookie(request.headers, name)
                     .and_then(non_empty)
@@ -375,11 +377,10 @@ impl fmt::Display for Key<'_> {
 
 /// The value of cookie `name` in the request's `Cookie` header(s): `a=1; sid=xyz` -> `xyz`
 /// (RFC 6265 §4.2.1: `name=value` pairs separated by `; `). Names are case-sensitive.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+pub fn cookie<'h>(headers: &'h Fields, name: &str) -> Option<&'h [u8]> {
     headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .values(&http::header::COOKIE)
+        .flat_map(|v| v.split(|&b| b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
@@ -508,17 +509,16 @@ mod tests {
         }
     }
 
-    fn user(headers: &mut HeaderMap, name: &str) {
-        headers.insert("x-user", name.parse().unwrap());
+    fn user(name: &str) -> Fields {
+        Fields::from_pairs(&[("x-user", name)])
     }
 
     /// Where each of `keys` goes (the first slot), keyed by `X-User: user-N`.
     fn placement(s: &Hash, group: &Group, keys: usize) -> Vec<usize> {
         let mut order = Order::new();
-        let mut headers = HeaderMap::new();
         (0..keys)
             .map(|k| {
-                user(&mut headers, &format!("user-{k}"));
+                let headers = user(&format!("user-{k}"));
                 s.order(&no_request(&headers), group, &mut order);
                 order.first().unwrap()
             })
@@ -533,8 +533,7 @@ mod tests {
     fn same_key_same_backend() {
         let s = hash("hash:header:X-User", &[1, 1, 1]);
         let group = Group::up(3);
-        let mut headers = HeaderMap::new();
-        user(&mut headers, "alice");
+        let headers = user("alice");
         let mut order = Order::new();
         let first = {
             s.order(&no_request(&headers), &group, &mut order);
@@ -664,9 +663,8 @@ mod tests {
         let s = hash("hash:header:X-User", &[1, 1, 1, 1, 1]);
         let mut group = Group::up(5);
         let mut order = Order::new();
-        let mut headers = HeaderMap::new();
         for k in 0..500 {
-            user(&mut headers, &format!("user-{k}"));
+            let headers = user(&format!("user-{k}"));
             group.status = vec![Status::UP; 5];
             s.order(&no_request(&headers), &group, &mut order);
             let all_up = order.slots().to_vec();
@@ -764,8 +762,7 @@ mod tests {
         };
         let s = hash_with("hash:header:X-User", &specs(&[1, 1, 1]), &settings);
         let group = Group::up(3);
-        let mut headers = HeaderMap::new();
-        user(&mut headers, "hot");
+        let headers = user("hot");
         let mut order = Order::new();
         s.order(&no_request(&headers), &group, &mut order);
         let walk = order.slots().to_vec();
@@ -855,7 +852,7 @@ mod tests {
     fn missing_key_falls_back_to_round_robin() {
         let s = hash("hash:header:X-User", &[1, 1, 1]);
         let group = Group::up(3);
-        let headers = HeaderMap::new();
+        let headers = Fields::default();
         let mut order = Order::new();
         let mut slots = Vec::new();
         for _ in 0..3 {
@@ -882,11 +879,12 @@ mod tests {
     /// ```
     #[test]
     fn keys_from_requests() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-u", "v".parse().unwrap());
-        headers.append("cookie", "a=1; sid2=no".parse().unwrap());
-        headers.append("cookie", "b=2;sid=xyz ; c".parse().unwrap());
-        fn req<'a>(client: &str, path: &'a str, headers: &'a HeaderMap) -> RequestInfo<'a> {
+        let headers = Fields::from_pairs(&[
+            ("X-U", "v"),
+            ("cookie", "a=1; sid2=no"),
+            ("Cookie", "b=2;sid=xyz ; c"),
+        ]);
+        fn req<'a>(client: &str, path: &'a str, headers: &'a Fields) -> RequestInfo<'a> {
             RequestInfo {
                 client: Some(client.parse().unwrap()),
                 path_and_query: path,

@@ -165,7 +165,7 @@ mod tests {
     /// ```
     #[test]
     fn fewest_in_flight_per_weight() {
-        let headers = http::HeaderMap::new();
+        let headers = crate::h1::Fields::default();
         let mut order = Order::new();
         fn busy(g: &Group, n: [usize; 3]) -> Vec<InFlight<'_>> {
             (0..3)
@@ -213,7 +213,7 @@ mod tests {
     fn held_requests_spread_by_weight() {
         let s = least_conn(&[3, 1]);
         let g = Group::up(2);
-        let headers = http::HeaderMap::new();
+        let headers = crate::h1::Fields::default();
         let mut order = Order::new();
         let mut held = Vec::new();
         for _ in 0..40 {
@@ -245,7 +245,7 @@ mod tests {
             g.status[1] = Status::Up {
                 back_for: Some(Duration::ZERO),
             };
-            let headers = http::HeaderMap::new();
+            let headers = crate::h1::Fields::default();
             let mut order = Order::new();
             let mut held: Vec<InFlight<'_>> = (0..10)
                 .flat_map(|_| [g.loads[0].start(), g.loads[2].start()])

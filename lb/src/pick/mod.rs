@@ -53,7 +53,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::HeaderMap;
+use crate::h1::Fields;
 
 pub use balance::{build, Balance, HashKey, MemberSpec, ParseError, Settings};
 pub use ewma::Ewma;
@@ -91,7 +91,8 @@ pub struct RequestInfo<'a> {
     pub client: Option<IpAddr>,
     /// The request target as sent, path and query: `/api/x?q=1`.
     pub path_and_query: &'a str,
-    pub headers: &'a HeaderMap,
+    /// The request's header fields, as they arrived.
+    pub headers: &'a Fields,
 }
 
 /// Whether a member may be tried now, as the proxy's health bookkeeping sees it.
@@ -396,7 +397,7 @@ pub(crate) mod testing {
             .collect()
     }
 
-    pub fn no_request(headers: &HeaderMap) -> RequestInfo<'_> {
+    pub fn no_request(headers: &Fields) -> RequestInfo<'_> {
         RequestInfo {
             client: None,
             path_and_query: "/",
@@ -406,7 +407,7 @@ pub(crate) mod testing {
 
     /// Pick `n` times in a row with nothing in flight; the first slot of each pick.
     pub fn picks(s: &dyn Selection, group: &Group, n: usize) -> Vec<usize> {
-        let headers = HeaderMap::new();
+        let headers = Fields::default();
         let mut order = Order::new();
         (0..n)
             .map(|_| {
@@ -465,7 +466,7 @@ mod tests {
         );
         let mut group = Group::up(3);
         group.status[1] = Status::Down;
-        let headers = HeaderMap::new();
+        let headers = Fields::default();
         let mut order = Order::new();
         let why = s.order(&no_request(&headers), &group, &mut order);
         assert_eq!(order.slots(), &[0, 2]);
@@ -484,7 +485,7 @@ mod tests {
         let s = build(&Balance::LeastConn, &specs(&[1, 1]), &Settings::default());
         let group = Group::up(2);
         let _busy = [group.loads[0].start(), group.loads[0].start()];
-        let headers = HeaderMap::new();
+        let headers = Fields::default();
         let mut order = Order::new();
         let why = s.order(&no_request(&headers), &group, &mut order);
         let names = ["127.0.0.1:8910", "127.0.0.1:8911"];
@@ -499,7 +500,7 @@ mod tests {
     fn an_empty_group_orders_nothing() {
         let s = build(&Balance::P2c, &[], &Settings::default());
         let group = Group::up(0);
-        let headers = HeaderMap::new();
+        let headers = Fields::default();
         let mut order = Order::new();
         let why = s.order(&no_request(&headers), &group, &mut order);
         assert!(order.slots().is_empty());
@@ -519,8 +520,7 @@ mod tests {
             "hash:header:X-User",
             "hash:cookie:sid",
         ];
-        let mut headers = HeaderMap::new();
-        headers.insert("x-user", "alice".parse().unwrap());
+        let headers = Fields::from_pairs(&[("x-user", "alice")]);
         for name in strategies {
             let balance: Balance = name.parse().unwrap();
             let s = build(&balance, &specs(&[3, 1, 2, 1, 1]), &Settings::default());
@@ -607,7 +607,7 @@ mod tests {
             };
             let strategy = build(&balance, &specs(&[1, 1, 1]), &settings);
             let ewma = Ewma::new(&specs(&[1, 1, 1]), &settings);
-            let headers = HeaderMap::new();
+            let headers = Fields::default();
             let pick = |g: &Group, o: &mut Order, now| {
                 if name == "ewma" {
                     ewma.order_at(g, o, now);

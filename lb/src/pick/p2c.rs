@@ -247,7 +247,7 @@ mod tests {
             .flat_map(|(slot, &n)| (0..n).map(move |_| slot))
             .map(|slot| g.loads[slot].start())
             .collect();
-        let headers = http::HeaderMap::new();
+        let headers = crate::h1::Fields::default();
         let mut order = Order::new();
         for _ in 0..50 {
             let why = s.order(&no_request(&headers), &g, &mut order);
@@ -266,7 +266,7 @@ mod tests {
     fn trace_line() {
         let s = p2c(&[5, 1], 1);
         let mut g = Group::up(2);
-        let headers = http::HeaderMap::new();
+        let headers = crate::h1::Fields::default();
         let mut order = Order::new();
         let why = s.order(&no_request(&headers), &g, &mut order);
         let text = why.to_string();

@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn failover_order_is_who_wins_next() {
         let rr = RoundRobin::new(&specs(&[5, 1, 1]), &Settings::default());
-        let headers = http::HeaderMap::new();
+        let headers = crate::h1::Fields::default();
         let mut order = Order::new();
         let group = Group::up(3);
         // Pick 1: a wins (a -2, b 1, c 1); next would be b (tie with c: earlier first).
