@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Version};
 
@@ -76,9 +76,9 @@ impl Record {
         scheme: &'static str,
         logged: bool,
     ) -> Self {
-        let copied = |name| {
-            let value = head.fields.get_shared(&name).filter(|_| logged)?;
-            HeaderValue::from_maybe_shared(value).ok()
+        let copied = |name| match logged {
+            true => HeaderValue::from_maybe_shared(head.fields.get_shared(&name)?).ok(),
+            false => None,
         };
         Record {
             request: number,
@@ -154,9 +154,7 @@ impl Target {
 
 /// Seconds since the Unix epoch, as the original's `time(NULL)`.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::unix_ms() / 1000
 }
 
 enum Message {

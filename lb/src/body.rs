@@ -128,6 +128,9 @@ impl std::fmt::Debug for Source {
 /// A request body on its way to a backend: the client's, streamed, or a kept copy, replayed.
 #[derive(Debug)]
 pub struct RequestBody {
+    /// Frames to send before the source's, last first: frames taken for a write that failed
+    /// before a byte left ([`RequestBody::prepend`]).
+    ahead: Vec<Bytes>,
     source: Source,
     idle: IdleTimer,
     /// Where the frames are copied while they pass, if this request may be retried.
@@ -143,6 +146,7 @@ impl RequestBody {
         idle_timeout: Duration,
     ) -> Self {
         RequestBody {
+            ahead: Vec::new(),
             source: Source::Client { conn, left: length },
             idle: IdleTimer::new(idle_timeout),
             keep: None,
@@ -168,6 +172,7 @@ impl RequestBody {
     /// A body that sends `chunks` again (a retry).
     pub fn replay(chunks: Vec<Bytes>) -> Self {
         RequestBody {
+            ahead: Vec::new(),
             source: Source::Replay(chunks.into_iter()),
             idle: IdleTimer::new(Duration::MAX),
             keep: None,
@@ -177,10 +182,20 @@ impl RequestBody {
     /// An empty body (for health probes).
     pub fn empty() -> Self {
         RequestBody {
+            ahead: Vec::new(),
             source: Source::Empty,
             idle: IdleTimer::new(Duration::MAX),
             keep: None,
         }
+    }
+
+    /// This body with `frames` (taken from it, in order, and never sent) in front again. They were
+    /// copied for a retry when first taken, so they are not copied again.
+    pub fn prepend(mut self, mut frames: Vec<Bytes>) -> Self {
+        frames.reverse();
+        frames.append(&mut self.ahead);
+        self.ahead = frames;
+        self
     }
 
     /// The body has been read completely: close the copy.
@@ -219,6 +234,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(data) = this.ahead.pop() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         let (conn, left) = match &mut this.source {
             Source::Empty => return Poll::Ready(None),
             Source::Replay(chunks) => {
@@ -260,6 +278,9 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if !self.ahead.is_empty() {
+            return false;
+        }
         match &self.source {
             Source::Empty => true,
             Source::Client { left, .. } => *left == Some(0),
@@ -268,12 +289,21 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
+        let ahead: u64 = self.ahead.iter().map(|c| c.len() as u64).sum();
+        let source = match &self.source {
             Source::Empty => SizeHint::with_exact(0),
             Source::Client { left: Some(n), .. } => SizeHint::with_exact(*n),
             Source::Client { left: None, .. } => SizeHint::default(),
             Source::Replay(chunks) => {
                 SizeHint::with_exact(chunks.as_slice().iter().map(|c| c.len() as u64).sum())
+            }
+        };
+        match source.exact() {
+            Some(n) => SizeHint::with_exact(n + ahead),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(source.lower() + ahead);
+                hint
             }
         }
     }

@@ -8,8 +8,9 @@
 //!    the (already rewritten) header fields, and the framing of the body, always lb's own
 //!    ([`framing::request_body`]: `Content-Length` when the body's length is known, else
 //!    `Transfer-Encoding: chunked`; the client's framing headers are never copied);
-//! 2. [`Conn::poll_send`] writes the head and then the body as the client's frames arrive, as a
-//!    length-delimited run of bytes or as chunks ([`chunked`]);
+//! 2. [`Conn::poll_send`] writes the head and the body as the client's frames arrive, as a
+//!    length-delimited run of bytes or as chunks ([`chunked`]); a body already here leaves in
+//!    the head's write (and comes back whole if that first write fails);
 //! 3. meanwhile [`Conn::poll_head`] reads the response head (a backend may answer before it has
 //!    read the whole body), skipping `100 Continue` and other interim responses, and decides from
 //!    it how the body is framed ([`framing::response_body`], RFC 9112 §6.3);
@@ -97,14 +98,18 @@ pub struct Sending {
     left: u64,
     /// The client's body has ended (its last bytes may still be in the output buffer).
     ended: bool,
-    /// A frame has been taken from the body: it can no longer be handed back unsent.
+    /// Frames taken from the body before a byte of the request was written (they go out with
+    /// the head): if that first write fails, they are handed back with the body.
+    held: Vec<Bytes>,
+    /// A frame has been taken from the body that cannot be handed back: it may have left.
     taken: bool,
 }
 
 impl Sending {
-    /// The body, if not a byte of it was taken (to send it elsewhere).
+    /// The body, whole again, if nothing of it can have left (to send it elsewhere): only frames
+    /// held back for the first write were taken, and that write failed.
     pub fn into_untouched_body(self) -> Option<RequestBody> {
-        (!self.taken).then_some(self.body)
+        (!self.taken).then(|| self.body.prepend(self.held))
     }
 }
 
@@ -203,7 +208,7 @@ impl Fields {
         ))
     }
 
-    /// Each field's name (as the backend spelled it) and value, in order.
+    /// Each field's name (as its sender spelled it) and value, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.spans
             .iter()
@@ -420,6 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             framing,
             left,
             ended: !has_body,
+            held: Vec::new(),
             taken: false,
         }
     }
@@ -437,7 +443,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if !sending.ended && self.out.has_room() {
                 match Pin::new(&mut sending.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        sending.taken = true;
+                        match frame.data_ref() {
+                            Some(data) if self.out.written == 0 => sending.held.push(data.clone()),
+                            _ => sending.taken = true,
+                        }
                         if let Err(error) = self.queue_frame(sending, frame) {
                             self.reusable = false;
                             return Poll::Ready(Err(SendError::Client(error.into())));
@@ -472,6 +481,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         error: error.into(),
                         written: self.out.written > 0,
                     }));
+                }
+                if !sending.held.is_empty() {
+                    // They have left: nothing to hand back any more.
+                    sending.held = Vec::new();
+                    sending.taken = true;
                 }
                 continue; // all written: room for more
             }

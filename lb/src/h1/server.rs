@@ -603,13 +603,11 @@ fn write_date(out: &mut Vec<u8>) {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
-    let now = std::time::SystemTime::now();
-    let second = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let second = crate::clock::unix_ms() / 1000;
     DATE.with_borrow_mut(|(at, text)| {
         if *at != second {
             *at = second;
+            let now = std::time::UNIX_EPOCH + Duration::from_secs(second);
             *text = httpdate::fmt_http_date(now);
         }
         out.extend_from_slice(text.as_bytes());

@@ -349,10 +349,12 @@ async fn a_streamed_body_and_response_round_trip() {
     assert!(conn.is_reusable());
 }
 
-/// A socket that counts the writes made to it.
+/// A socket that counts the writes made to it (and fails them, if `broken`: a pooled connection
+/// the backend has just reset).
 struct Counted {
     io: DuplexStream,
     writes: usize,
+    broken: bool,
 }
 
 impl tokio::io::AsyncRead for Counted {
@@ -381,6 +383,9 @@ impl tokio::io::AsyncWrite for Counted {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.writes += 1;
+        if self.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -406,6 +411,7 @@ async fn a_head_and_the_body_that_came_with_it_leave_in_one_write() {
         let mut conn = Conn::new(Counted {
             io: ours,
             writes: 0,
+            broken: false,
         });
         let length = size.to_string();
         let parts = head(Method::POST, "/sum", &[("content-length", &length)]);
@@ -422,4 +428,34 @@ async fn a_head_and_the_body_that_came_with_it_leave_in_one_write() {
         assert_eq!(n, head.len() + size);
         assert!(seen.starts_with(head.as_bytes()));
     }
+}
+
+/// The body that went with a head into a first write that failed comes back whole: the request
+/// can go to a fresh connection as if it had never been tried (the pooled connection the backend
+/// closed in that instant must not cost a 502, or a retry elsewhere).
+#[tokio::test]
+async fn a_body_held_for_a_failed_first_write_is_handed_back() {
+    let (ours, _backend) = tokio::io::duplex(1024);
+    let mut conn = Conn::new(Counted {
+        io: ours,
+        writes: 0,
+        broken: true,
+    });
+    let chunks = vec![Bytes::from_static(b"n1=1&"), Bytes::from_static(b"n2=2.5")];
+    let parts = head(Method::POST, "/sum", &[("content-length", "11")]);
+    let mut sending = conn.start(&parts, b"", RequestBody::replay(chunks));
+    let sent = poll_fn(|cx| conn.poll_send(&mut sending, cx)).await;
+    assert!(matches!(
+        sent,
+        Err(SendError::Backend { written: false, .. })
+    ));
+    let mut body = sending
+        .into_untouched_body()
+        .expect("nothing left: the body comes back");
+    assert_eq!(body.size_hint().exact(), Some(11));
+    let mut again = Vec::new();
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        again.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    assert_eq!(again, b"n1=1&n2=2.5");
 }
