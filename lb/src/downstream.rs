@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::clock::now_ms;
 use crate::forward::Added;
-use crate::health::now_ms;
 use crate::trace::Trace;
 
 /// What the request path knows about the client connection it arrived on.

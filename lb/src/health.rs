@@ -7,14 +7,9 @@
 //! The state is two atomics per backend, read on every request without a lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Milliseconds since the first call: a cheap monotonic clock that fits in an atomic.
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+use crate::clock::now_ms;
 
 #[derive(Debug, Default)]
 pub struct Health {

@@ -33,6 +33,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod downstream;
 pub mod dump;

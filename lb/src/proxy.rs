@@ -540,7 +540,7 @@ impl<'a> Exchange<'a> {
         match result {
             Ok(Waited::Head(head)) => {
                 // The latency sample the ewma strategy learns from.
-                upstream.backend.load.observe(started.elapsed());
+                upstream.backend.load.observe(started);
                 if sending.is_some() {
                     // The backend answered before it had all of the request: what it did not read
                     // could be taken for the next request on this connection. Not reused.

@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The status classes counted: index 0 is `1xx`, ..., 4 is `5xx`.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -29,12 +29,7 @@ pub const DURATION_BUCKETS: [f64; 18] = [
     1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::unix_ms;
 
 fn class_index(status: u16) -> usize {
     usize::from(status / 100).clamp(1, 5) - 1

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::clock::now_ms;
 use crate::dump::{Dump, Leg, Tapped};
 use crate::error::ConnectError;
 use crate::h1;
@@ -169,7 +170,8 @@ pub struct PoolSettings {
 struct IdleConn {
     conn: Box<Conn>,
     id: u64,
-    since: Instant,
+    /// When it went idle, in [`now_ms`] time.
+    since_ms: u64,
     user: Option<Arc<(AtomicU64, AtomicU64)>>,
 }
 
@@ -269,7 +271,8 @@ impl Backend {
     /// A connection ready to carry one request: the most recently used idle one, or a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Upstream, ConnectError> {
         while let Some(mut idle) = self.pop_idle() {
-            if idle.since.elapsed() > self.settings.idle_timeout || idle.conn.closed_while_idle() {
+            let idle_for = Duration::from_millis(now_ms().saturating_sub(idle.since_ms));
+            if idle_for > self.settings.idle_timeout || idle.conn.closed_while_idle() {
                 continue; // dropping it closes the socket
             }
             return Ok(Upstream {
@@ -348,7 +351,7 @@ impl Backend {
             conn,
             id,
             user,
-            since: Instant::now(),
+            since_ms: now_ms(),
         });
         true
     }
@@ -357,7 +360,8 @@ impl Backend {
     pub fn evict_expired(&self) {
         let limit = self.settings.idle_timeout;
         for pool in &self.idle {
-            lock(pool).retain(|c| c.since.elapsed() <= limit);
+            let now = now_ms();
+            lock(pool).retain(|c| Duration::from_millis(now.saturating_sub(c.since_ms)) <= limit);
         }
     }
 

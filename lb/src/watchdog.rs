@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
+use crate::clock::now_ms;
 use crate::config::Timeouts;
 use crate::downstream::ConnInfo;
-use crate::health::now_ms;
 
 /// Which deadline ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
 
-use crate::health::now_ms;
+use crate::clock::now_ms;
 use crate::stats::{unix_ms, BackendStats, CLASSES, WINDOW_SECONDS};
 use crate::upstream::Backend;
 use crate::Balancer;

@@ -6,7 +6,7 @@
 //! ```text
 //!   let _in_flight = backend.load.start();     in_flight += 1   (-1 when the guard drops)
 //!   ... send the request, wait for the head ...
-//!   backend.load.observe(head_latency);        rtt estimate <- peak EWMA of the samples
+//!   backend.load.observe(sent_at);             rtt estimate <- peak EWMA of the samples
 //!   ... stream the body; drop the guard at the end ...
 //! ```
 //!
@@ -104,9 +104,10 @@ impl Load {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Record that a response head arrived `rtt` after the request was sent.
-    pub fn observe(&self, rtt: Duration) {
-        self.observe_at(rtt, Instant::now());
+    /// Record that a response head arrived now, for a request sent at `sent`.
+    pub fn observe(&self, sent: Instant) {
+        let now = Instant::now(); // one clock read for the sample and its time
+        self.observe_at(now.saturating_duration_since(sent), now);
     }
 
     /// [`Load::observe`] with the time of the sample given (for simulations and tests).
