@@ -45,6 +45,9 @@ use super::{
 use crate::body::{IdleTimer, ReadBody, RequestBody};
 use crate::error::BoxError;
 
+/// The longest request target lb takes (the `http` crate's limit, just under 64 KiB).
+const MAX_TARGET: u32 = u16::MAX as u32 - 1;
+
 /// The client's interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -58,6 +61,9 @@ pub enum Refused {
     Malformed(&'static str),
     /// Larger than `--max-header-bytes`, or more fields than lb takes: 431.
     TooLarge,
+    /// A request target longer than lb takes (64 KiB; only a `--max-header-bytes` above that lets
+    /// one through to here): 414.
+    UriTooLong,
     /// The HTTP/2 preface: lb speaks HTTP/1.1 only, and closes without an answer.
     Http2,
     /// The client closed the connection in the middle of a head.
@@ -70,6 +76,7 @@ impl Refused {
         match self {
             Refused::Malformed(_) => Some(StatusCode::BAD_REQUEST),
             Refused::TooLarge => Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            Refused::UriTooLong => Some(StatusCode::URI_TOO_LONG),
             Refused::Http2 | Refused::Cut => None,
         }
     }
@@ -80,6 +87,7 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::Malformed(why) => write!(f, "malformed request head: {why}"),
             Refused::TooLarge => f.write_str("request head too large"),
+            Refused::UriTooLong => f.write_str("request target too long"),
             Refused::Http2 => f.write_str("HTTP/2 preface (lb speaks HTTP/1.1)"),
             Refused::Cut => f.write_str("connection closed mid request head"),
         }
@@ -132,6 +140,9 @@ pub fn parse(input: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refused
     let mut spans = [Span::default(); MAX_HEADERS];
     let count = locate(input, request.headers, &mut spans);
     // The head's bytes leave the buffer; the target and the header values are slices of them.
+    if target.1 > MAX_TARGET {
+        return Err(Refused::UriTooLong);
+    }
     let bytes = input.split_to(len).freeze();
     let uri = slice(&bytes, target)
         .and_then(|target| Uri::from_maybe_shared(target).ok())
@@ -819,6 +830,16 @@ mod tests {
             status(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
+    }
+
+    /// A target too long to keep is 414 URI Too Long (RFC 9110 §15.5.15), not a generic 400.
+    #[test]
+    fn an_overlong_target_is_414() {
+        let head = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+        let refused = parse(&mut BytesMut::from(head.as_bytes()), 128 * 1024).unwrap_err();
+        assert_eq!(refused.status(), Some(StatusCode::URI_TOO_LONG));
+        let fits = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(60_000));
+        assert!(parse(&mut BytesMut::from(fits.as_bytes()), 128 * 1024).is_ok());
     }
 
     #[test]
