@@ -189,12 +189,10 @@ impl RequestBody {
         }
     }
 
-    /// This body with `frames` (taken from it, in order, and never sent) in front again. They were
-    /// copied for a retry when first taken, so they are not copied again.
-    pub fn prepend(mut self, mut frames: Vec<Bytes>) -> Self {
-        frames.reverse();
-        frames.append(&mut self.ahead);
-        self.ahead = frames;
+    /// This body with `frame` (taken from it and never sent) in front again. It was copied for a
+    /// retry when first taken, so it is not copied again.
+    pub fn prepend(mut self, frame: Option<Bytes>) -> Self {
+        self.ahead.extend(frame);
         self
     }
 

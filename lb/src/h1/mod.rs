@@ -98,16 +98,16 @@ pub struct Sending {
     left: u64,
     /// The client's body has ended (its last bytes may still be in the output buffer).
     ended: bool,
-    /// Frames taken from the body before a byte of the request was written (they go out with
-    /// the head): if that first write fails, they are handed back with the body.
-    held: Vec<Bytes>,
+    /// The frame taken from the body before a byte of the request was written (it goes out with
+    /// the head; only one is): if that first write fails, it is handed back with the body.
+    held: Option<Bytes>,
     /// A frame has been taken from the body that cannot be handed back: it may have left.
     taken: bool,
 }
 
 impl Sending {
-    /// The body, whole again, if nothing of it can have left (to send it elsewhere): only frames
-    /// held back for the first write were taken, and that write failed.
+    /// The body, whole again, if nothing of it can have left (to send it elsewhere): only the
+    /// frame held back for the first write was taken, and that write failed.
     pub fn into_untouched_body(self) -> Option<RequestBody> {
         (!self.taken).then(|| self.body.prepend(self.held))
     }
@@ -425,7 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             framing,
             left,
             ended: !has_body,
-            held: Vec::new(),
+            held: None,
             taken: false,
         }
     }
@@ -439,12 +439,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Poll<Result<(), SendError>> {
         loop {
             // The body's next frame is asked for whenever there is room for it, before writing:
-            // a head and the body that came with it leave in one write (one packet, often).
-            if !sending.ended && self.out.has_room() {
+            // a head and the body that came with it leave in one write (one packet, often). One
+            // frame at most goes with the head (it is held, in case that first write fails).
+            let first_write = self.out.written == 0;
+            if !sending.ended && self.out.has_room() && !(first_write && sending.held.is_some()) {
                 match Pin::new(&mut sending.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         match frame.data_ref() {
-                            Some(data) if self.out.written == 0 => sending.held.push(data.clone()),
+                            Some(data) if first_write => sending.held = Some(data.clone()),
                             _ => sending.taken = true,
                         }
                         if let Err(error) = self.queue_frame(sending, frame) {
@@ -482,10 +484,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         written: self.out.written > 0,
                     }));
                 }
-                if !sending.held.is_empty() {
-                    // They have left: nothing to hand back any more.
-                    sending.held = Vec::new();
-                    sending.taken = true;
+                if sending.held.take().is_some() {
+                    sending.taken = true; // it has left: nothing to hand back any more
                 }
                 continue; // all written: room for more
             }
