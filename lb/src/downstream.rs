@@ -43,7 +43,7 @@ impl ConnInfo {
         ConnInfo {
             id,
             peer,
-            added: Added::new(client_ip_value(peer), scheme),
+            added: Added::new(&peer.ip().to_string(), scheme),
             scheme,
             trace,
             requests: AtomicU64::new(0),
@@ -106,12 +106,6 @@ impl ConnInfo {
     pub fn head_started_ms(&self) -> u64 {
         self.head_started_ms.load(Ordering::Relaxed)
     }
-}
-
-/// A client address as the value lb appends to `X-Forwarded-For`.
-fn client_ip_value(client: SocketAddr) -> http::HeaderValue {
-    http::HeaderValue::from_str(&client.ip().to_string())
-        .unwrap_or(http::HeaderValue::from_static("unknown"))
 }
 
 /// A request in progress on a connection; see [`ConnInfo::begin_request`].

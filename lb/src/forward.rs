@@ -18,7 +18,7 @@
 //! own `X-Forwarded-For` gets them written anew.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::{StatusCode, Uri, Version};
 
 use crate::h1::{visible_text, Fields, HeadFields, RequestHead};
@@ -47,33 +47,39 @@ pub fn is_upgrade(version: Version, headers: &impl HeadFields) -> bool {
 }
 
 /// The fields lb adds to the requests of one client connection, as the bytes of their lines:
-/// `X-Forwarded-For` with the client's address, `X-Forwarded-Proto`, and `Via` (one set for
-/// HTTP/1.1 requests, one for HTTP/1.0).
+/// `X-Forwarded-For` with the client's address, `X-Forwarded-Proto`, and `Via`, written once for
+/// the connection's HTTP/1.1 requests (one small allocation per connection, kept while it idles).
 #[derive(Debug, Clone)]
 pub struct Added {
-    client_ip: HeaderValue,
+    lines: Bytes,
+    /// The length of the client's address, which follows `x-forwarded-for: ` in `lines`.
+    ip_len: usize,
     scheme: &'static str,
-    http11: Bytes,
-    http10: Bytes,
 }
+
+const FORWARDED_FOR: &[u8] = b"x-forwarded-for: ";
 
 impl Added {
     /// The fields for a client at `client_ip`, which connected over `scheme` (`http`, `https`).
-    pub fn new(client_ip: HeaderValue, scheme: &'static str) -> Self {
-        let lines = |version| added_lines(client_ip.as_bytes(), scheme, version);
+    pub fn new(client_ip: &str, scheme: &'static str) -> Self {
         Added {
-            http11: lines(Version::HTTP_11),
-            http10: lines(Version::HTTP_10),
-            client_ip,
+            lines: added_lines(client_ip.as_bytes(), scheme, Version::HTTP_11),
+            ip_len: client_ip.len(),
             scheme,
         }
     }
 
-    /// The lines for a request of `version` whose client sent no `X-Forwarded-For`.
+    /// The client's address.
+    fn client_ip(&self) -> &[u8] {
+        &self.lines[FORWARDED_FOR.len()..FORWARDED_FOR.len() + self.ip_len]
+    }
+
+    /// The lines for a request of `version` whose client sent no `X-Forwarded-For` (an HTTP/1.0
+    /// request's are written for it: its `Via` says 1.0).
     fn lines(&self, version: Version) -> Bytes {
         match version {
-            Version::HTTP_10 => self.http10.clone(),
-            _ => self.http11.clone(),
+            Version::HTTP_10 => added_lines(self.client_ip(), self.scheme, version),
+            _ => self.lines.clone(),
         }
     }
 }
@@ -81,7 +87,7 @@ impl Added {
 /// `x-forwarded-for: <for>\r\nx-forwarded-proto: <scheme>\r\nvia: 1.x lb\r\n`.
 fn added_lines(forwarded_for: &[u8], scheme: &str, version: Version) -> Bytes {
     let mut lines = BytesMut::with_capacity(64 + forwarded_for.len());
-    lines.put_slice(b"x-forwarded-for: ");
+    lines.put_slice(FORWARDED_FOR);
     lines.put_slice(forwarded_for);
     lines.put_slice(b"\r\nx-forwarded-proto: ");
     lines.put_slice(scheme.as_bytes());
@@ -122,7 +128,7 @@ pub fn request(head: &mut RequestHead, target: Uri, added: &Added) -> Bytes {
         lines.put_slice(b"\r\nconnection: upgrade\r\n");
     }
     if forwarded_sent {
-        let list = forwarded_for(&head.fields, &added.client_ip);
+        let list = forwarded_for(&head.fields, added.client_ip());
         head.fields.remove(X_FORWARDED_FOR.as_str().as_bytes());
         lines.put_slice(&added_lines(list.as_bytes(), added.scheme, version));
     } else {
@@ -210,13 +216,13 @@ fn connection_tokens(headers: &impl HeadFields) -> impl Iterator<Item = &[u8]> {
 
 /// `<what the client sent>, <client ip>`: the value of lb's one `X-Forwarded-For` line. Values
 /// that are not visible ASCII are left out.
-fn forwarded_for(headers: &Fields, client_ip: &HeaderValue) -> String {
+fn forwarded_for(headers: &Fields, client_ip: &[u8]) -> String {
     let mut list = String::new();
     for text in headers.values(&X_FORWARDED_FOR).filter_map(visible_text) {
         list.push_str(text);
         list.push_str(", ");
     }
-    list.push_str(client_ip.to_str().unwrap_or_default());
+    list.push_str(visible_text(client_ip).unwrap_or_default());
     list
 }
 
@@ -252,7 +258,7 @@ mod tests {
             ("proxy-authorization", "basic x"),
             ("x-kept", "yes"),
         ]);
-        let added = Added::new(HeaderValue::from_static("10.0.0.1"), "http");
+        let added = Added::new("10.0.0.1", "http");
         let lines = request(&mut p, Uri::from_static("/y"), &added);
         for gone in [
             "connection",
@@ -275,7 +281,7 @@ mod tests {
 
     /// Forward `p` to target `/` for client 127.0.0.1 over https; the lines lb adds.
     fn forward(p: &mut RequestHead) -> Bytes {
-        let added = Added::new(HeaderValue::from_static("127.0.0.1"), "https");
+        let added = Added::new("127.0.0.1", "https");
         request(p, Uri::from_static("/"), &added)
     }
 
