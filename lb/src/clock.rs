@@ -5,7 +5,7 @@
 //! page's counts per second. A precise read (`Instant::now`, `CLOCK_MONOTONIC` through the vDSO)
 //! costs about 35 ns on the machine README's figures come from, and `SystemTime::now` 55 ns; the
 //! kernel's coarse clocks (`CLOCK_MONOTONIC_COARSE`, `CLOCK_REALTIME_COARSE`: the time of the
-//! last timer tick, at most a few milliseconds old) cost 5 ns. So what needs milliseconds or
+//! last timer tick, at most a few milliseconds old) cost 6 ns. So what needs milliseconds or
 //! seconds (timeouts, health, the pool's idle ages, `Date`, counts per second) reads the coarse
 //! clocks here, and only what measures a request (its latency, the access log's duration) reads
 //! `Instant`. (nginx caches its time once per event-loop turn for the same reason.)
