@@ -14,8 +14,9 @@
 //! `https` behind `-s`; overwritten: we know the truth), and `Via: 1.1 lb` (RFC 9110 §7.6.3). The
 //! client's `Host` is kept, as in the original. The three added fields are the same for every
 //! request of a connection, so they are written out once, when it is accepted ([`Added`]), and
-//! copied after the client's fields as they are (`h1::Conn::start`); only a client that sent its
-//! own `X-Forwarded-For` gets them written anew.
+//! copied after the client's fields as they are (`h1::Conn::start`); they are written anew only
+//! for a request that needs other lines: its client sent its own `X-Forwarded-For`, it asks for
+//! an upgrade, or it is HTTP/1.0 (`Via: 1.0 lb`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName};
