@@ -174,7 +174,8 @@ impl<'a> Exchange<'a> {
         upgrade: bool,
     ) -> Result<Delivered, ProxyError> {
         let limit = self.balancer.limits.retry_body_bytes;
-        // Keeping a retry's body copy costs: arrange one only when a retry is possible.
+        // A retry needs a copy of the body as it streams past: arrange one only when a retry is
+        // possible.
         let mut replay = (!upgrade && walk.has_more())
             .then(|| Replay::capture(&mut outgoing, limit))
             .flatten();
