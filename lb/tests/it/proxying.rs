@@ -370,8 +370,8 @@ fn an_http_1_0_client_is_answered_and_closed() {
     assert!(conn.closes_within(PATIENCE));
 }
 
-/// A keep-alive connection idle for a second is parked: lb lets go of hyper's connection and its
-/// buffers and keeps only the socket (the memory of ten thousand idle clients). The client must
+/// A keep-alive connection idle for a second is parked: lb lets go of its buffers and keeps only
+/// the socket (the memory of ten thousand idle clients). The client must
 /// notice nothing: a request after the pause, two requests pipelined in one write after another
 /// pause, a head that was half sent before a pause (not parked: a head is arriving), and a long
 /// head that arrived with the request before it are all answered, in order, on the same
