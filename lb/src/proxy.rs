@@ -69,8 +69,10 @@ struct Exchange<'a> {
     balancer: &'a Balancer,
     conn: &'a ConnInfo,
     number: u64,
-    /// The request's end: logs it exactly once, even if this exchange is dropped half-way.
-    completion: Completion,
+    /// The request's end: logs it exactly once, even if this exchange is dropped half-way. Boxed
+    /// from the start: the response body keeps it until the end, and the box moves instead of
+    /// the record (a few hundred bytes) at every step.
+    completion: Box<Completion>,
 }
 
 impl<'a> Exchange<'a> {
@@ -98,13 +100,13 @@ impl<'a> Exchange<'a> {
             conn.scheme,
             balancer.log.is_enabled(),
         );
-        let completion = Completion::new(
+        let completion = Box::new(Completion::new(
             record,
             balancer.log.clone(),
             conn.trace.clone(),
             in_flight,
             balancer.stats.clone(),
-        );
+        ));
         Exchange {
             balancer,
             conn,
@@ -143,7 +145,7 @@ impl<'a> Exchange<'a> {
         };
         match self.deliver(&mut walk, first, outgoing, upgrade).await? {
             Delivered::Answer(answer) => Ok(self.relay(answer, upgrade)),
-            Delivered::Redirect(response) => Ok(response),
+            Delivered::Redirect(response) => Ok(*response),
         }
     }
 
@@ -170,7 +172,7 @@ impl<'a> Exchange<'a> {
         &mut self,
         walk: &mut Walk<'a>,
         mut to: Target<'a, '_>,
-        mut outgoing: Outgoing,
+        mut outgoing: Box<Outgoing>,
         upgrade: bool,
     ) -> Result<Delivered, ProxyError> {
         let limit = self.balancer.limits.retry_body_bytes;
@@ -191,8 +193,9 @@ impl<'a> Exchange<'a> {
             let outgoing = match unsent.take() {
                 // `forward` aimed it at the first member already.
                 Some(outgoing) if first => outgoing,
-                Some(outgoing) => {
-                    outgoing.aimed_at(self.target(to.group, to.member, to.original)?)
+                Some(mut outgoing) => {
+                    outgoing.head.uri = self.target(to.group, to.member, to.original)?;
+                    outgoing
                 }
                 None => {
                     let target = self.target(to.group, to.member, to.original)?;
@@ -218,13 +221,13 @@ impl<'a> Exchange<'a> {
                     walk.failed(why, false);
                     unsent = Some(outgoing);
                 }
-                Attempt::Lost(error, head) => {
+                Attempt::Lost(error, spent) => {
                     to.backend.stats.lost.fetch_add(1, Relaxed);
                     if replay.is_none() && walk.has_more() {
                         return Err(error); // it may not be sent again (see `retry.rs`)
                     }
                     if let Some(replay) = replay.as_mut() {
-                        replay.keep_head(*head);
+                        replay.keep_head(spent.head);
                     }
                     walk.failed(error.to_string(), true);
                 }
@@ -236,7 +239,7 @@ impl<'a> Exchange<'a> {
             self.balancer.stats.retries.fetch_add(1, Relaxed);
             if to.member.redirect {
                 let redirect = self.redirect(to.group, to.member, &to.backend, to.original);
-                return Ok(Delivered::Redirect(redirect));
+                return Ok(Delivered::Redirect(Box::new(redirect)));
             }
         }
     }
@@ -305,15 +308,15 @@ impl<'a> Exchange<'a> {
     }
 
     /// Step 6: the client's request becomes the backend's (see `forward.rs`).
-    fn forward(&self, mut head: RequestHead, body: RequestBody, target: Uri) -> Outgoing {
+    fn forward(&self, mut head: RequestHead, body: RequestBody, target: Uri) -> Box<Outgoing> {
         let needs_host = !head.fields.contains(&header::HOST);
         let added = crate::forward::request(&mut head, target, &self.conn.added);
-        Outgoing {
+        Box::new(Outgoing {
             head,
             body,
             added,
             needs_host,
-        }
+        })
     }
 
     /// Steps 5 and 7 on one backend: get a connection, send, wait for the response head. A pooled
@@ -322,7 +325,7 @@ impl<'a> Exchange<'a> {
     async fn attempt(
         &self,
         backend: &Arc<Backend>,
-        mut outgoing: Outgoing,
+        mut outgoing: Box<Outgoing>,
         upgrade: bool,
         deadline: &mut Deadline<'_>,
     ) -> Attempt {
@@ -350,8 +353,8 @@ impl<'a> Exchange<'a> {
                         "connection closed before the request was written".into(),
                     )
                 }
-                Sent::Failed(error, pooled, head) => {
-                    return self.lost(backend, error, pooled, head)
+                Sent::Failed(error, pooled, spent) => {
+                    return self.lost(backend, error, pooled, spent)
                 }
                 Sent::Fatal(error) => return Attempt::Fatal(error),
             }
@@ -424,7 +427,7 @@ impl<'a> Exchange<'a> {
         backend: &Backend,
         error: h1::Error,
         pooled: bool,
-        head: Box<RequestHead>,
+        spent: Box<Outgoing>,
     ) -> Attempt {
         let dropped = backend.forget_idle();
         let why = retry_reason(&error, pooled);
@@ -444,7 +447,7 @@ impl<'a> Exchange<'a> {
             what: why,
             source: error,
         };
-        Attempt::Lost(error, head)
+        Attempt::Lost(error, spent)
     }
 
     /// Step 7: send the request on `upstream` and wait for the response head.
@@ -456,16 +459,17 @@ impl<'a> Exchange<'a> {
     async fn send(
         &self,
         mut upstream: Upstream,
-        outgoing: Outgoing,
+        mut outgoing: Box<Outgoing>,
         upgrade: bool,
         deadline: &mut Deadline<'_>,
     ) -> Sent {
+        let body = std::mem::replace(&mut outgoing.body, RequestBody::empty());
         let Outgoing {
             head,
-            body,
             added,
             needs_host,
-        } = outgoing;
+            ..
+        } = &*outgoing;
         let timeout = self.balancer.timeouts.response;
         if let Some(user) = &upstream.user {
             // `-D` labels this connection's bytes with the request it carries now.
@@ -480,12 +484,12 @@ impl<'a> Exchange<'a> {
         let with_host;
         let lines = match needs_host {
             true => {
-                with_host = crate::forward::with_host(&added, &upstream.backend.name);
+                with_host = crate::forward::with_host(added, &upstream.backend.name);
                 &with_host[..]
             }
             false => &added[..],
         };
-        let mut sending = Some(upstream.conn.start(&head, lines, body));
+        let mut sending = Some(upstream.conn.start(head, lines, body));
         // A write that fails is not the end yet: the backend may have answered first (a 413 to an
         // upload it will not read, then a reset), and that answer is what the client should get.
         let mut send_failed = None;
@@ -550,11 +554,11 @@ impl<'a> Exchange<'a> {
                 if send_failed.is_some() {
                     sending = None; // the rest of the body cannot go anywhere now
                 }
-                Sent::Answered(Answer {
+                Sent::Answered(Box::new(Answer {
                     head,
                     upstream,
                     sending,
-                })
+                }))
             }
             Ok(Waited::TimedOut) => Sent::Fatal(ProxyError::ResponseTimeout {
                 backend: upstream.backend.name.to_string(),
@@ -570,27 +574,22 @@ impl<'a> Exchange<'a> {
                 written: false,
             }) => match sending.and_then(Sending::into_untouched_body) {
                 Some(body) => {
-                    let unsent = Outgoing {
-                        head,
-                        body,
-                        added,
-                        needs_host,
-                    };
-                    Sent::NotWritten(unsent, upstream.id)
+                    outgoing.body = body;
+                    Sent::NotWritten(outgoing, upstream.id)
                 }
-                None => Sent::failed(error, &upstream, head),
+                None => Sent::failed(error, &upstream, outgoing),
             },
-            Err(SendError::Backend { error, .. }) => Sent::failed(error, &upstream, head),
+            Err(SendError::Backend { error, .. }) => Sent::failed(error, &upstream, outgoing),
         }
     }
 
     /// Step 8: the backend's response head goes back to the client, its body streams behind it.
-    fn relay(&self, answer: Answer, upgrade: bool) -> Response<ResponseBody> {
+    fn relay(&self, answer: Box<Answer>, upgrade: bool) -> Response<ResponseBody> {
         let Answer {
             head,
             upstream,
             sending,
-        } = answer;
+        } = *answer;
         let h1::Head {
             status,
             version,
@@ -703,52 +702,54 @@ struct Answer {
     sending: Option<Sending>,
 }
 
-/// How delivering a request ended, short of an error. (An `Answer` is large, but it is moved a
-/// couple of times per request; boxing it would cost an allocation per request.)
-#[allow(clippy::large_enum_variant)]
+/// How delivering a request ended, short of an error.
+///
+/// The answer (and the request, in [`Attempt`] and [`Sent`]) travel boxed: each is a few hundred
+/// bytes, and every `.await` between `send` and `relay` would copy it again. A pointer moves for
+/// the price of one allocation.
 enum Delivered {
     /// A backend answered with this head; its body follows on the connection.
-    Answer(Answer),
+    Answer(Box<Answer>),
     /// The walk reached a `-r` member: lb answers with a redirect itself.
-    Redirect(Response<ResponseBody>),
+    Redirect(Box<Response<ResponseBody>>),
 }
 
 /// What one attempt on one backend came to.
 enum Attempt {
     /// A response head arrived: that is the answer, whatever its status.
-    Answered(Answer),
+    Answered(Box<Answer>),
     /// Nothing was written (connect failed, or the connection closed first): safe to send anywhere.
-    NotSent(Outgoing, String),
+    NotSent(Box<Outgoing>, String),
     /// Written, then the connection failed before a response: only a replay may try again, with
     /// the head handed back here.
-    Lost(ProxyError, Box<RequestHead>),
+    Lost(ProxyError, Box<Outgoing>),
     /// Nothing more to try: a timeout, the client's own body failing, a malformed response.
     Fatal(ProxyError),
 }
 
 /// What sending on one connection came to.
 enum Sent {
-    Answered(Answer),
+    Answered(Box<Answer>),
     /// Not a byte left (the connection had closed); the request comes back whole. Carries the
     /// conn id.
-    NotWritten(Outgoing, u64),
+    NotWritten(Box<Outgoing>, u64),
     /// The connection failed after the request was written; `bool` = it was a pooled connection.
-    /// The head comes back, for a replay.
-    Failed(h1::Error, bool, Box<RequestHead>),
+    /// The request comes back (its head is what a replay sends; its body is spent).
+    Failed(h1::Error, bool, Box<Outgoing>),
     Fatal(ProxyError),
 }
 
 impl Sent {
     /// Sorting a failure after the request was (at least partly) written: a malformed response
     /// ends the request; the connection failing may be retried.
-    fn failed(error: h1::Error, upstream: &Upstream, head: RequestHead) -> Sent {
+    fn failed(error: h1::Error, upstream: &Upstream, outgoing: Box<Outgoing>) -> Sent {
         match error {
             h1::Error::Malformed(_) => Sent::Fatal(ProxyError::Upstream {
                 backend: upstream.backend.name.to_string(),
                 what: "sent a malformed response".into(),
                 source: error,
             }),
-            error => Sent::Failed(error, upstream.was_pooled(), Box::new(head)),
+            error => Sent::Failed(error, upstream.was_pooled(), outgoing),
         }
     }
 }

@@ -264,8 +264,8 @@ impl ResponseBody {
     }
 
     /// Finish `completion` when this body ends.
-    pub fn on_complete(&mut self, completion: Completion) {
-        self.completion = Some(Box::new(completion));
+    pub fn on_complete(&mut self, completion: Box<Completion>) {
+        self.completion = Some(completion);
     }
 
     /// The exchange is over, one way or the other.

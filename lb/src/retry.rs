@@ -53,14 +53,6 @@ pub struct Outgoing {
     pub needs_host: bool,
 }
 
-impl Outgoing {
-    /// Aim this (never written) request at a backend's target.
-    pub fn aimed_at(mut self, target: Uri) -> Self {
-        self.head.uri = target;
-        self
-    }
-}
-
 /// What it takes to send a request again after it was written: its head and a copy of its body.
 #[derive(Debug)]
 pub struct Replay {
@@ -102,7 +94,7 @@ impl Replay {
 
     /// The request again, aimed at `backend` with `target`; `None` if the body was not kept whole
     /// (it outgrew the limit, or the client had not finished sending it).
-    pub fn again(&self, target: Uri) -> Option<Outgoing> {
+    pub fn again(&self, target: Uri) -> Option<Box<Outgoing>> {
         let head = self.head.as_ref()?;
         let chunks: Vec<Bytes> = match &self.body {
             None => Vec::new(),
@@ -111,13 +103,14 @@ impl Replay {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .whole()?,
         };
-        let outgoing = Outgoing {
+        let mut outgoing = Box::new(Outgoing {
             head: head.clone(),
             body: RequestBody::replay(chunks),
             added: self.added.clone(),
             needs_host: self.needs_host,
-        };
-        Some(outgoing.aimed_at(target))
+        });
+        outgoing.head.uri = target;
+        Some(outgoing)
     }
 }
 

@@ -543,55 +543,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// read and dropped; a `101` ends the exchange when the request asked for an upgrade.
     pub fn poll_head(&mut self, asked: &Asked, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
         loop {
-            let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut []);
-            match parser().parse_response_with_uninit_headers(
-                &mut response,
-                &self.input,
-                &mut fields,
-            ) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let code = response.code.unwrap_or_default();
-                    let version = response.version;
-                    if code == 101 && !asked.upgrade {
-                        self.reusable = false;
-                        return Poll::Ready(Err(Error::Malformed(
-                            "101 Switching Protocols to a request that asked for no upgrade",
-                        )));
-                    }
-                    if (100..200).contains(&code) && code != 101 {
-                        self.interim += len;
-                        if self.interim > MAX_INTERIM {
-                            self.reusable = false;
-                            return Poll::Ready(Err(Error::Malformed(
-                                "too many interim responses",
-                            )));
-                        }
-                        self.input.advance(len);
-                        continue;
-                    }
-                    // Where each field lies is noted, so that the head's bytes can be split off
-                    // and its values be slices of them, without a copy.
-                    let mut spans = [Span::default(); MAX_HEADERS];
-                    let count = locate(&self.input, response.headers, &mut spans);
-                    let head = self.take_head(len, code, version, &spans[..count], asked);
-                    if head.is_err() {
-                        self.reusable = false;
-                    }
+            // Nothing to parse yet (the usual case right after the request went out): read first.
+            if !self.input.is_empty() {
+                if let Some(head) = self.parse_head(asked) {
                     return Poll::Ready(head);
-                }
-                Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
-                    self.reusable = false;
-                    return Poll::Ready(Err(Error::Malformed("response head too large")));
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => {
-                    self.reusable = false;
-                    return Poll::Ready(Err(Error::Malformed("too many response header fields")));
-                }
-                Err(_) => {
-                    self.reusable = false;
-                    return Poll::Ready(Err(Error::Malformed("malformed response head")));
                 }
             }
             match ready!(self.poll_fill(cx)) {
@@ -607,6 +562,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Err(error) => {
                     self.reusable = false;
                     return Poll::Ready(Err(error.into()));
+                }
+            }
+        }
+    }
+
+    /// The response head in the input so far, if it is complete (or cannot become a valid one):
+    /// `None` means more bytes are needed.
+    fn parse_head(&mut self, asked: &Asked) -> Option<Result<Head, Error>> {
+        loop {
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            match parser().parse_response_with_uninit_headers(
+                &mut response,
+                &self.input,
+                &mut fields,
+            ) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = response.code.unwrap_or_default();
+                    let version = response.version;
+                    if code == 101 && !asked.upgrade {
+                        self.reusable = false;
+                        return Some(Err(Error::Malformed(
+                            "101 Switching Protocols to a request that asked for no upgrade",
+                        )));
+                    }
+                    if (100..200).contains(&code) && code != 101 {
+                        self.interim += len;
+                        if self.interim > MAX_INTERIM {
+                            self.reusable = false;
+                            return Some(Err(Error::Malformed("too many interim responses")));
+                        }
+                        self.input.advance(len);
+                        continue;
+                    }
+                    // Where each field lies is noted, so that the head's bytes can be split off
+                    // and its values be slices of them, without a copy.
+                    let mut spans = [Span::default(); MAX_HEADERS];
+                    let count = locate(&self.input, response.headers, &mut spans);
+                    let head = self.take_head(len, code, version, &spans[..count], asked);
+                    if head.is_err() {
+                        self.reusable = false;
+                    }
+                    return Some(head);
+                }
+                Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
+                    self.reusable = false;
+                    return Some(Err(Error::Malformed("response head too large")));
+                }
+                Ok(httparse::Status::Partial) => return None,
+                Err(httparse::Error::TooManyHeaders) => {
+                    self.reusable = false;
+                    return Some(Err(Error::Malformed("too many response header fields")));
+                }
+                Err(_) => {
+                    self.reusable = false;
+                    return Some(Err(Error::Malformed("malformed response head")));
                 }
             }
         }
@@ -854,9 +865,9 @@ fn slice(bytes: &Bytes, (at, len): (u32, u32)) -> Option<Bytes> {
     (at.checked_add(len)? <= bytes.len()).then(|| bytes.slice(at..at + len))
 }
 
-/// `n` in decimal, written into the end of `buf` (no allocation; the framing headers lb writes
-/// and the access log's line use it).
-pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal ASCII digits, written into the end of `buf` (no allocation; the framing headers
+/// lb writes and the access log's line use it).
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut start = buf.len();
     loop {
         start -= 1;
@@ -866,13 +877,13 @@ pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    std::str::from_utf8(&buf[start..]).unwrap_or("0")
+    &buf[start..]
 }
 
 /// `content-length: N` and its line end.
 fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa(n, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(itoa(n, &mut [0; 20]));
     out.extend_from_slice(b"\r\n");
 }
 
