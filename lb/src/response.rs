@@ -91,7 +91,7 @@ impl Completion {
 
     /// The request is over: return the upstream connection to its pool if the exchange ended
     /// cleanly, trace `done`, write the access-log line, and stop counting the request in flight.
-    pub fn finish(mut self, end: End, upstream: Option<Upstream>) {
+    pub fn finish(mut self: Box<Self>, end: End, upstream: Option<Upstream>) {
         self.write(end, upstream);
     }
 

@@ -169,17 +169,21 @@ where
         body_unclaimed: false,
     };
     let body = server::request_body(client, parsed.body, balancer.timeouts.body_idle);
-    let mut handling = pin!(crate::proxy::handle(parsed.head, body, balancer, info));
-    let answered = poll_fn(|cx| {
-        if let Poll::Ready(response) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
-        }
-        match lock(client).poll_closed(max_head, cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
+    // In a block of its own: once it has answered, the handler's state (a few KiB) is gone, and
+    // the writing below may reuse its room in this future.
+    let answered = {
+        let mut handling = pin!(crate::proxy::handle(parsed.head, body, balancer, info));
+        poll_fn(|cx| {
+            if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            match lock(client).poll_closed(max_head, cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
     let Some(response) = answered else {
         // The client hung up: the request is dropped with this future, and logged as 499.
         return Next::End(Ended::Closed);

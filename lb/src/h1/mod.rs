@@ -157,11 +157,8 @@ pub struct Fields {
 
 impl Fields {
     /// Fields whose lines lie at `spans` in `bytes` (a head httparse accepted).
-    fn new(bytes: Bytes, spans: &[Span]) -> Fields {
-        Fields {
-            bytes,
-            spans: spans.to_vec(),
-        }
+    fn new(bytes: Bytes, spans: Vec<Span>) -> Fields {
+        Fields { bytes, spans }
     }
 
     /// Fields made of `pairs` (name, value), for heads lb writes itself (health probes) and
@@ -200,12 +197,8 @@ impl Fields {
             Ok(httparse::Status::Complete(len)) => len,
             _ => return None,
         };
-        let mut spans = [Span::default(); MAX_HEADERS];
-        let count = locate(head, response.headers, &mut spans);
-        Some(Fields::new(
-            Bytes::copy_from_slice(&head[..len]),
-            &spans[..count],
-        ))
+        let spans = locate(head, response.headers);
+        Some(Fields::new(Bytes::copy_from_slice(&head[..len]), spans))
     }
 
     /// Each field's name (as its sender spelled it) and value, in order.
@@ -598,9 +591,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     // Where each field lies is noted, so that the head's bytes can be split off
                     // and its values be slices of them, without a copy.
-                    let mut spans = [Span::default(); MAX_HEADERS];
-                    let count = locate(&self.input, response.headers, &mut spans);
-                    let head = self.take_head(len, code, version, &spans[..count], asked);
+                    let spans = locate(&self.input, response.headers);
+                    let head = self.take_head(len, code, version, spans, asked);
                     if head.is_err() {
                         self.reusable = false;
                     }
@@ -631,7 +623,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         len: usize,
         code: u16,
         version: Option<u8>,
-        spans: &[Span],
+        spans: Vec<Span>,
         asked: &Asked,
     ) -> Result<Head, Error> {
         let version = match version {
@@ -843,20 +835,20 @@ struct Span {
     value: (u32, u32),
 }
 
-/// Note where each of `fields` (parsed from `head`) lies in `head`; returns how many there are.
-fn locate(head: &[u8], fields: &[httparse::Header<'_>], spans: &mut [Span; MAX_HEADERS]) -> usize {
+/// Where each of `fields` (parsed from `head`) lies in `head`: what [`Fields`] keeps.
+fn locate(head: &[u8], fields: &[httparse::Header<'_>]) -> Vec<Span> {
     // Offset and length; a head is far smaller than 4 GiB (`MAX_HEAD`, `--max-header-bytes`).
     let at = |part: &[u8]| {
         let offset = part.as_ptr() as usize - head.as_ptr() as usize;
         (offset as u32, part.len() as u32)
     };
-    for (span, field) in spans.iter_mut().zip(fields) {
-        *span = Span {
+    fields
+        .iter()
+        .map(|field| Span {
             name: at(field.name.as_bytes()),
             value: at(field.value),
-        };
-    }
-    fields.len().min(MAX_HEADERS)
+        })
+        .collect()
 }
 
 /// The part of `bytes` at `(start, len)`, if it lies within.

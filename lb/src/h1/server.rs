@@ -39,8 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::chunked::{self, Decoded};
 use super::framing::{self, RequestBody as Framing};
 use super::{
-    locate, parser, slice, write_length, Error, Fields, Output, RequestHead, Span, MAX_HEADERS,
-    READ_SIZE,
+    locate, parser, slice, write_length, Error, Fields, Output, RequestHead, MAX_HEADERS, READ_SIZE,
 };
 use crate::body::{IdleTimer, ReadBody, RequestBody};
 use crate::error::BoxError;
@@ -137,8 +136,7 @@ pub fn parse(input: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refused
         (target.as_ptr() as usize - input.as_ptr() as usize) as u32,
         target.len() as u32,
     );
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let count = locate(input, request.headers, &mut spans);
+    let spans = locate(input, request.headers);
     // The head's bytes leave the buffer; the target and the header values are slices of them.
     if target.1 > MAX_TARGET {
         return Err(Refused::UriTooLong);
@@ -147,7 +145,7 @@ pub fn parse(input: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Refused
     let uri = slice(&bytes, target)
         .and_then(|target| Uri::from_maybe_shared(target).ok())
         .ok_or(Refused::Malformed("invalid target"))?;
-    let mut fields = Fields::new(bytes, &spans[..count]);
+    let mut fields = Fields::new(bytes, spans);
     let (body, close_after) =
         framing::client_request(version, &mut fields).map_err(|e| match e {
             Error::Malformed(why) => Refused::Malformed(why),
@@ -301,8 +299,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             return Poll::Ready(Ok(0));
         }
         let n = if self.input.capacity() == 0 {
-            let mut first = [0u8; 512];
-            let mut buf = ReadBuf::new(&mut first);
+            // Not zeroed first: the read fills what it reports.
+            let mut first = [MaybeUninit::<u8>::uninit(); 512];
+            let mut buf = ReadBuf::uninit(&mut first);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
             self.input.extend_from_slice(buf.filled());
             buf.filled().len()
