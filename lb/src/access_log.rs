@@ -72,16 +72,21 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of a request whose head just arrived. Without `-l` (`logged` false) the copies
-    /// the line would need (a few allocations per request) are skipped.
+    /// The record of a request whose head just arrived, for `log`: what its lines do not show is
+    /// not copied (without `-l`, the clock; in the original's format, Referer and User-Agent).
     pub fn start(
         head: &RequestHead,
         number: u64,
         client: SocketAddr,
         scheme: &'static str,
-        logged: bool,
+        log: &AccessLog,
     ) -> Self {
-        let copied = |name| match logged {
+        let logged = log.is_enabled();
+        let shows_headers = log
+            .inner
+            .as_ref()
+            .is_some_and(|inner| inner.format != LogFormat::Mongoose);
+        let copied = |name| match shows_headers {
             true => HeaderValue::from_maybe_shared(head.fields.get_shared(&name)?).ok(),
             false => None,
         };

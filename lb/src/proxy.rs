@@ -93,13 +93,7 @@ impl<'a> Exchange<'a> {
                 ),
             );
         }
-        let record = Record::start(
-            head,
-            number,
-            conn.peer,
-            conn.scheme,
-            balancer.log.is_enabled(),
-        );
+        let record = Record::start(head, number, conn.peer, conn.scheme, &balancer.log);
         let completion = Box::new(Completion::new(
             record,
             balancer.log.clone(),
@@ -181,10 +175,9 @@ impl<'a> Exchange<'a> {
         let mut replay = (!upgrade && walk.has_more())
             .then(|| Replay::capture(&mut outgoing, limit))
             .flatten();
-        let mut deadline = std::pin::pin!(tokio::time::sleep(self.balancer.timeouts.response));
+        let mut sleep = std::pin::pin!(None);
         let mut deadline = Deadline {
-            sleep: deadline.as_mut(),
-            armed: false,
+            sleep: sleep.as_mut(),
         };
         let mut unsent = Some(outgoing);
         let mut first = true;
@@ -502,7 +495,7 @@ impl<'a> Exchange<'a> {
                 match conn.poll_send(request, cx) {
                     Poll::Ready(Ok(())) => {
                         sending = None;
-                        if !deadline.armed {
+                        if !deadline.is_armed() {
                             deadline.arm(timeout);
                             self.conn.trace.event(
                                 7,
@@ -536,7 +529,7 @@ impl<'a> Exchange<'a> {
             if let Some(error) = send_failed.take() {
                 return Poll::Ready(Err(error));
             }
-            if deadline.armed && deadline.sleep.as_mut().poll(cx).is_ready() {
+            if deadline.poll_expired(cx) {
                 return Poll::Ready(Ok(Waited::TimedOut));
             }
             Poll::Pending
@@ -627,18 +620,27 @@ impl<'a> Exchange<'a> {
 }
 
 /// `--response-timeout`, shared by all attempts of one request: armed once, when the body has
-/// first been sent in full, and never pushed back by a retry.
+/// first been sent in full, and never pushed back by a retry. The timer is made when armed (one
+/// clock read), not before.
 struct Deadline<'p> {
-    sleep: Pin<&'p mut Sleep>,
-    armed: bool,
+    sleep: Pin<&'p mut Option<Sleep>>,
 }
 
 impl Deadline<'_> {
+    fn is_armed(&self) -> bool {
+        self.sleep.is_some()
+    }
+
     fn arm(&mut self, timeout: std::time::Duration) {
-        self.armed = true;
+        self.sleep.set(Some(tokio::time::sleep(timeout)));
+    }
+
+    /// Armed, and the time is up.
+    fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         self.sleep
             .as_mut()
-            .reset(tokio::time::Instant::now() + timeout);
+            .as_pin_mut()
+            .is_some_and(|sleep| sleep.poll(cx).is_ready())
     }
 }
 

@@ -81,6 +81,41 @@ fn a_refused_head_in_the_original_format_reads_dash_dash_not_defined() {
     assert_eq!(rest, "- - backend=not defined");
 }
 
+/// The formats that show the client's `Referer` and `User-Agent` (combined, JSON) get them from
+/// the request as it came; the original's format, which shows neither, stays as it was.
+#[test]
+fn the_formats_that_show_referer_and_user_agent_get_them_from_the_request() {
+    let a = Backend::start("a");
+    let request = b"GET /?q=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: Mozilla/5.0 (X11) test\r\n\
+                    Referer: http://example.com/from\r\n\r\n";
+    for format in [LogFormat::Combined, LogFormat::Json, LogFormat::Mongoose] {
+        let lb = Lb::start_with(vec![rule("/", a.addr)], |c| c.log_format = format);
+        let mut client = RawClient::connect(lb.addr);
+        client.send(request);
+        assert_eq!(client.read_response().status, 200);
+        let line = lb.exact_log_lines(1).remove(0);
+        match format {
+            LogFormat::Combined => {
+                assert!(
+                    line.contains("\"GET /?q=1 HTTP/1.1\" 200 ")
+                        && line
+                            .contains(" \"http://example.com/from\" \"Mozilla/5.0 (X11) test\" "),
+                    "{line}"
+                );
+            }
+            LogFormat::Json => {
+                let line = parse(&line);
+                assert_eq!(line["user_agent"], "Mozilla/5.0 (X11) test", "{line}");
+                assert_eq!(line["path"], "/", "{line}");
+            }
+            LogFormat::Mongoose => {
+                let (_, rest) = line.split_once(' ').unwrap();
+                assert_eq!(rest, format!("GET / backend={}", a.addr));
+            }
+        }
+    }
+}
+
 /// A request still waiting for its backend when `--grace` runs out is cut off, and logged (499: no
 /// response was ever sent), on one worker thread and on several.
 #[test]
