@@ -127,7 +127,11 @@ impl Balancer {
                     rule.backend
                 ))
             })?;
-            let load = pick::Load::new(config.ewma_decay);
+            // Only ewma reads a backend's latency: the other strategies do not pay for timing it.
+            let load = match config.balance {
+                pick::Balance::Ewma => pick::Load::new(config.ewma_decay),
+                _ => pick::Load::in_flight_only(),
+            };
             backends.push(Arc::new(Backend::new(
                 rule.backend.clone(),
                 addr,

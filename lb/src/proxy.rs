@@ -469,7 +469,12 @@ impl<'a> Exchange<'a> {
             user.0.store(self.conn.id, Relaxed);
             user.1.store(self.number, Relaxed);
         }
-        let started = std::time::Instant::now();
+        // Timed only for a strategy that learns from it (ewma).
+        let started = upstream
+            .backend
+            .load
+            .measures_rtt()
+            .then(std::time::Instant::now);
         let asked = Asked {
             method: head.method.clone(),
             upgrade,
@@ -538,7 +543,9 @@ impl<'a> Exchange<'a> {
         match result {
             Ok(Waited::Head(head)) => {
                 // The latency sample the ewma strategy learns from.
-                upstream.backend.load.observe(started);
+                if let Some(started) = started {
+                    upstream.backend.load.observe(started);
+                }
                 if sending.is_some() {
                     // The backend answered before it had all of the request: what it did not read
                     // could be taken for the next request on this connection. Not reused.

@@ -34,8 +34,8 @@
 //! do: a backend that was slow once, and so stopped being chosen, looks cheaper as time passes,
 //! gets a request again, and the fresh sample tells whether it recovered.
 //!
-//! **Invariant:** nothing here blocks for long: one atomic per request, and a `Mutex` held for a
-//! few arithmetic operations per response.
+//! **Invariant:** nothing here blocks for long: one atomic per request, and (under ewma, the one
+//! strategy that reads the estimate) a `Mutex` held for a few arithmetic operations per response.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,7 +47,9 @@ pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Load {
     in_flight: AtomicU32,
-    rtt: Mutex<Rtt>,
+    /// `None` when no strategy reads it (every one but ewma): then a response costs no clock read,
+    /// lock or `exp()`.
+    rtt: Option<Mutex<Rtt>>,
     /// Tau, the time constant of the RTT estimate's decay.
     decay: Duration,
 }
@@ -72,12 +74,27 @@ impl Load {
     pub fn new(decay: Duration) -> Self {
         Load {
             in_flight: AtomicU32::new(0),
-            rtt: Mutex::new(Rtt {
+            rtt: Some(Mutex::new(Rtt {
                 nanos: 0.0,
                 at: None,
-            }),
+            })),
             decay,
         }
+    }
+
+    /// A load that counts requests in flight and keeps no RTT estimate (for the strategies that
+    /// read none).
+    pub fn in_flight_only() -> Self {
+        Load {
+            in_flight: AtomicU32::new(0),
+            rtt: None,
+            decay: DEFAULT_EWMA_DECAY,
+        }
+    }
+
+    /// Whether [`Load::observe`] keeps its samples: if not, the caller need not time requests.
+    pub fn measures_rtt(&self) -> bool {
+        self.rtt.is_some()
     }
 
     /// A request to this backend starts; it counts as in flight until the guard is dropped.
@@ -112,8 +129,9 @@ impl Load {
 
     /// [`Load::observe`] with the time of the sample given (for simulations and tests).
     pub fn observe_at(&self, sample: Duration, at: Instant) {
+        let Some(rtt) = &self.rtt else { return };
         let sample = sample.as_secs_f64() * 1e9;
-        let mut rtt = self.rtt.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rtt = rtt.lock().unwrap_or_else(PoisonError::into_inner);
         rtt.nanos = match rtt.at {
             None => sample,
             Some(last) => {
@@ -138,7 +156,11 @@ impl Load {
 
     /// The estimate in nanoseconds, decayed from its last update to `now`.
     pub(crate) fn rtt_nanos(&self, now: Instant) -> Option<f64> {
-        let rtt = *self.rtt.lock().unwrap_or_else(PoisonError::into_inner);
+        let rtt = *self
+            .rtt
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let at = rtt.at?;
         if self.decay.is_zero() {
             // No memory: the estimate is the last sample, and it does not fade either.
@@ -256,5 +278,35 @@ mod tests {
         load.observe_at(ms(50.0), t0);
         load.observe_at(ms(5.0), t0 + ms(1.0));
         assert!((est_ms(&load, t0 + ms(1.0)) - 5.0).abs() < 1e-6);
+    }
+
+    /// The balancer keeps latency estimates only when its strategy reads them.
+    #[test]
+    fn only_ewma_times_its_backends() {
+        for (balance, timed) in [
+            ("ewma", true),
+            ("round-robin", false),
+            ("least-conn", false),
+            ("p2c", false),
+            ("hash:uri", false),
+        ] {
+            let config = crate::cli::parse([
+                "lb",
+                "-p",
+                "0",
+                "--balance",
+                balance,
+                "-b",
+                "/",
+                "127.0.0.1:9",
+            ])
+            .unwrap();
+            let balancer =
+                crate::Balancer::new(&config, Default::default(), Default::default()).unwrap();
+            let load = &balancer.backends[0].load;
+            assert_eq!(load.measures_rtt(), timed, "{balance}");
+            load.observe_at(ms(5.0), Instant::now());
+            assert_eq!(load.rtt_nanos(Instant::now()).is_some(), timed, "{balance}");
+        }
     }
 }
