@@ -730,7 +730,7 @@ enum Attempt {
     /// Nothing was written (connect failed, or the connection closed first): safe to send anywhere.
     NotSent(Box<Outgoing>, String),
     /// Written, then the connection failed before a response: only a replay may try again, with
-    /// the head handed back here.
+    /// the spent request handed back here (its head is what a replay sends again).
     Lost(ProxyError, Box<Outgoing>),
     /// Nothing more to try: a timeout, the client's own body failing, a malformed response.
     Fatal(ProxyError),
