@@ -9,10 +9,11 @@
 //! (Unix seconds, method, path without the query, the backend that served it, or `not defined`
 //! when no rule matched.) `--log-format combined|json` add status, bytes, duration and client.
 //!
-//! **Invariant:** writing the log never blocks a request. A request writes its line straight into
-//! one shared queue of bytes (a `Vec<u8>` behind a mutex held for the few hundred nanoseconds a
-//! line takes: no allocation, no message per line); a dedicated writer thread takes the whole
-//! queue at once, swapping in an empty buffer, and writes it with one system call. If the disk
+//! **Invariant:** writing the log never blocks a request. A request writes its line into one
+//! shared queue of bytes, a `Vec<u8>` behind a mutex: the original's line is formatted straight
+//! into it (a few hundred nanoseconds under the lock, no allocation, no message per line); the
+//! longer formats are formatted first and copied in. A dedicated writer thread takes the whole
+//! queue at once, swapping in an empty buffer, and writes it (usually one system call). If the disk
 //! cannot keep up the queue reaches [`QUEUE_BYTES`] and further lines are counted as dropped
 //! (reported at exit) instead of slowing the proxy down.
 //!
@@ -36,7 +37,8 @@ use crate::config::{LogFormat, LogTarget};
 use crate::h1::{itoa, RequestHead};
 
 /// How many bytes of lines may wait for the writer before new lines are dropped (some 100,000
-/// lines of the original's format).
+/// lines of the original's format). With the batch the writer is writing, at most twice this is
+/// held.
 pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// What the writer's buffer keeps between pick-ups: a burst's larger buffer is given back.
@@ -173,20 +175,32 @@ pub struct AccessLog {
     inner: Option<Arc<Inner>>,
 }
 
-#[derive(Debug)]
 struct Inner {
     /// The lines written since the writer's last pick-up, in order.
     queue: Mutex<Vec<u8>>,
     format: LogFormat,
     dropped: AtomicU64,
-    /// Set by [`LogWriter::finish`]: the writer's next pick-up is its last.
+    /// Set by [`LogWriter::finish`] (or its drop): the writer's next pick-up is its last.
     stop: AtomicBool,
 }
 
-/// The writer thread; [`LogWriter::finish`] writes out what is queued and stops it.
+impl std::fmt::Debug for Inner {
+    /// Not the queue: up to [`QUEUE_BYTES`] of lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("format", &self.format)
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writer thread; [`LogWriter::finish`] writes out what is queued and stops it. Dropped
+/// without `finish` (an early error, an aborted server), it still stops the thread, after one
+/// last pick-up, without waiting for it.
 #[derive(Debug)]
 pub struct LogWriter {
-    thread: JoinHandle<io::Result<()>>,
+    /// Taken by `finish`.
+    thread: Option<JoinHandle<io::Result<()>>>,
     log: AccessLog,
 }
 
@@ -219,7 +233,11 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || write_lines(&shared, out))?;
         let log = AccessLog { inner: Some(inner) };
-        Ok((log.clone(), LogWriter { thread, log }))
+        let writer = LogWriter {
+            thread: Some(thread),
+            log: log.clone(),
+        };
+        Ok((log, writer))
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -229,13 +247,25 @@ impl AccessLog {
     /// Queue the line for `record`, never waiting for the disk.
     pub fn write(&self, record: &Record) {
         let Some(inner) = &self.inner else { return };
+        // The longer formats take microseconds and allocate: not under the lock the workers share.
+        let line = match inner.format {
+            LogFormat::Mongoose => None,
+            format => {
+                let mut line = Vec::with_capacity(256);
+                write_line(format, record, &mut line);
+                Some(line)
+            }
+        };
         let mut queue = inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if queue.len() >= QUEUE_BYTES {
             drop(queue);
             inner.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        write_line(inner.format, record, &mut queue);
+        match line {
+            Some(line) => queue.extend_from_slice(&line),
+            None => write_line(inner.format, record, &mut queue),
+        }
     }
 
     /// Lines dropped so far because the writer could not keep up.
@@ -248,16 +278,31 @@ impl AccessLog {
 
 impl LogWriter {
     /// Write everything queued so far, stop the thread, and say how many lines were dropped.
-    pub fn finish(self) -> io::Result<u64> {
+    pub fn finish(mut self) -> io::Result<u64> {
+        self.stop();
+        if let Some(thread) = self.thread.take() {
+            match thread.join() {
+                Ok(result) => result?,
+                Err(_) => return Err(io::Error::other("the access-log thread panicked")),
+            }
+        }
+        Ok(self.log.dropped())
+    }
+
+    /// Tell the thread that its next pick-up is its last, and make it come now.
+    fn stop(&self) {
         if let Some(inner) = &self.log.inner {
             inner.stop.store(true, Ordering::Release);
         }
-        self.thread.thread().unpark(); // do not wait for the next pick-up
-        match self.thread.join() {
-            Ok(result) => result?,
-            Err(_) => return Err(io::Error::other("the access-log thread panicked")),
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark(); // do not wait for the next pick-up
         }
-        Ok(self.log.dropped())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -444,13 +489,18 @@ mod tests {
     }
 
     /// A stand-in for a disk that stops taking writes until `open` says so, and keeps what it got.
+    /// Says on `stuck` when the first write has begun (and is stuck).
     struct Stuck {
         open: std::sync::mpsc::Receiver<()>,
+        stuck: Option<std::sync::mpsc::Sender<()>>,
         got: Arc<Mutex<Vec<u8>>>,
     }
 
     impl Write for Stuck {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            if let Some(stuck) = self.stuck.take() {
+                let _ = stuck.send(());
+            }
             let _ = self.open.recv(); // returns at once once the sender is gone
             self.got.lock().unwrap().extend_from_slice(bytes);
             Ok(bytes.len())
@@ -464,20 +514,27 @@ mod tests {
     /// as dropped, and every other line reaches the file whole and in order.
     #[test]
     fn a_stuck_writer_drops_and_counts_lines_and_loses_no_other() {
-        let (open, stuck) = std::sync::mpsc::channel();
+        let (open, wait) = std::sync::mpsc::channel();
+        let (stuck, is_stuck) = std::sync::mpsc::channel();
         let got = Arc::new(Mutex::new(Vec::new()));
         let out = Stuck {
-            open: stuck,
+            open: wait,
+            stuck: Some(stuck),
             got: got.clone(),
         };
         let (log, writer) = AccessLog::start_on(Box::new(out), LogFormat::Mongoose).unwrap();
-        let line_len = format_line(LogFormat::Mongoose, &record()).len();
-        let lines = 2 * QUEUE_BYTES / line_len;
-        let started = Instant::now();
-        for n in 0..lines {
+        let line = |n: usize| {
             let mut r = record();
             r.unix_time = n as u64;
-            log.write(&r);
+            r
+        };
+        // The first line, taken by the writer, which gets stuck writing it.
+        log.write(&line(0));
+        is_stuck.recv_timeout(Duration::from_secs(10)).unwrap();
+        let lines = 2 * QUEUE_BYTES / format_line(LogFormat::Mongoose, &line(0)).len();
+        let started = Instant::now();
+        for n in 1..lines {
+            log.write(&line(n));
         }
         // Each write only appends to memory: even 2 x 4 MiB of lines take well under a second.
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -487,11 +544,44 @@ mod tests {
         let got = String::from_utf8(got.lock().unwrap().clone()).unwrap();
         let kept: Vec<&str> = got.lines().collect();
         assert_eq!(kept.len() as u64 + dropped, lines as u64);
-        // The lines that made it are the first ones, whole, in order (the writer took at most
-        // one batch before it got stuck, and nothing after the queue filled).
+        // The lines that made it are the first ones, whole, in order: the one being written when
+        // the writer got stuck, then the queue until it was full (nothing after: the writer never
+        // came back for more until the end).
         for (n, line) in kept.iter().enumerate() {
             assert_eq!(*line, format!("{n} GET /index.html backend=127.0.0.1:8910"));
         }
+    }
+
+    /// A writer dropped without `finish` still writes what was queued, and its thread ends.
+    #[test]
+    fn a_writer_dropped_without_finish_writes_what_was_queued_and_ends() {
+        let (open, wait) = std::sync::mpsc::channel::<()>();
+        drop(open); // never stuck
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = Stuck {
+            open: wait,
+            stuck: None,
+            got: got.clone(),
+        };
+        let (log, writer) = AccessLog::start_on(Box::new(out), LogFormat::Combined).unwrap();
+        log.write(&record());
+        let inner = log.inner.clone().unwrap();
+        drop(writer);
+        // The thread holds the queue's other handle until it ends.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&inner) > 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            Arc::strong_count(&inner),
+            2,
+            "the writer thread is still running"
+        );
+        let got = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        assert!(
+            got.contains("\"GET /index.html?q=1 HTTP/1.1\" 200 1930 \"-\" \"curl/8.0\""),
+            "{got}"
+        );
     }
 
     /// The target as the request line had it, whatever its form: origin, absolute (its path and
