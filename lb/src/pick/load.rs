@@ -50,8 +50,6 @@ pub struct Load {
     /// `None` when no strategy reads it (every one but ewma): then a response costs no clock read,
     /// lock or `exp()`.
     rtt: Option<Mutex<Rtt>>,
-    /// Tau, the time constant of the RTT estimate's decay.
-    decay: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +58,18 @@ struct Rtt {
     nanos: f64,
     /// When it was last updated; `None` until the first sample.
     at: Option<Instant>,
+    /// Tau, the time constant of the estimate's decay.
+    decay: Duration,
+}
+
+impl Rtt {
+    /// `exp(-elapsed / tau)`: how much of the old estimate survives `elapsed`.
+    fn weight_of_past(&self, elapsed: Duration) -> f64 {
+        if self.decay.is_zero() {
+            return 0.0;
+        }
+        (-elapsed.as_secs_f64() / self.decay.as_secs_f64()).exp()
+    }
 }
 
 impl Default for Load {
@@ -77,8 +87,8 @@ impl Load {
             rtt: Some(Mutex::new(Rtt {
                 nanos: 0.0,
                 at: None,
+                decay,
             })),
-            decay,
         }
     }
 
@@ -88,7 +98,6 @@ impl Load {
         Load {
             in_flight: AtomicU32::new(0),
             rtt: None,
-            decay: DEFAULT_EWMA_DECAY,
         }
     }
 
@@ -135,7 +144,7 @@ impl Load {
         rtt.nanos = match rtt.at {
             None => sample,
             Some(last) => {
-                let w = self.weight_of_past(at.saturating_duration_since(last));
+                let w = rtt.weight_of_past(at.saturating_duration_since(last));
                 if sample > rtt.nanos * w {
                     // Peak: slower than the (decayed) estimate, believe it at once.
                     sample
@@ -162,19 +171,11 @@ impl Load {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let at = rtt.at?;
-        if self.decay.is_zero() {
+        if rtt.decay.is_zero() {
             // No memory: the estimate is the last sample, and it does not fade either.
             return Some(rtt.nanos);
         }
-        Some(rtt.nanos * self.weight_of_past(now.saturating_duration_since(at)))
-    }
-
-    /// `exp(-elapsed / tau)`: how much of the old estimate survives `elapsed`.
-    fn weight_of_past(&self, elapsed: Duration) -> f64 {
-        if self.decay.is_zero() {
-            return 0.0;
-        }
-        (-elapsed.as_secs_f64() / self.decay.as_secs_f64()).exp()
+        Some(rtt.nanos * rtt.weight_of_past(now.saturating_duration_since(at)))
     }
 }
 
